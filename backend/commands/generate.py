@@ -1,0 +1,157 @@
+"""`generate`: image + cameras.json -> scene.ply, preview/*.png, meta.json, events.jsonl in --out.
+
+Every output but events.jsonl is written atomically; after a cancel or an error none of scene.ply
+and preview/ is left in the folder, and events.jsonl ends with exactly one final event.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from backend.atomic import atomic_write_text
+from backend.devices import DEVICES, DTYPES
+from backend.errors import Cancelled, InputError
+from backend.job import CancelWatch, EventLog
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--image", required=True, help="the input picture (anything Pillow reads)")
+    p.add_argument("--cameras", required=True, help="cameras.json; camera 0 is the picture's camera")
+    p.add_argument("--out", required=True, help="output folder (created if missing)")
+    p.add_argument("--model", default="default",
+                   help="a model folder, a shipped model's name, or 'tiny' (random weights, for tests)")
+    p.add_argument("--steps", type=int, help="denoising steps (default: the model's)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", choices=DEVICES, default="auto")
+    p.add_argument("--dtype", choices=list(DTYPES), default="auto")
+    p.add_argument("--guidance", type=float, help="classifier-free guidance scale (<= 1 turns it off)")
+    p.add_argument("--controlnet-fraction", type=float,
+                   help="run the camera ControlNet only for this first share of the steps (e.g. 0.4)")
+    p.add_argument("--cache", choices=["pab"], help="diffusers' pyramid attention broadcast cache")
+    p.add_argument("--compile", action="store_true", help="torch.compile the transformer blocks")
+    p.add_argument("--previews", type=int, default=8, help="preview renders along the trajectory (0: none)")
+    p.add_argument("--preview-size", type=int, default=256, help="long side of the previews in pixels")
+    p.add_argument("--max-gaussians", type=int, help="keep at most this many (the most opaque)")
+    p.add_argument("--prune-opacity", type=float, help="drop Gaussians less opaque than this")
+
+
+def _check_args(args) -> None:
+    for name in ("steps", "previews", "preview_size", "max_gaussians"):
+        value = getattr(args, name)
+        if value is not None and value < (0 if name == "previews" else 1):
+            raise InputError(f"--{name.replace('_', '-')} {value} is out of range", "use a positive number")
+
+
+def _clean_outputs(out: Path) -> None:
+    (out / "scene.ply").unlink(missing_ok=True)
+    shutil.rmtree(out / "preview", ignore_errors=True)
+
+
+def _versions() -> dict:
+    import diffusers
+    import torch
+
+    import backend
+    return {"backend": backend.__version__, "torch": torch.__version__, "diffusers": diffusers.__version__,
+            "python": platform.python_version()}
+
+
+def run(args) -> int:
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    _clean_outputs(out)
+    (out / "cancel").unlink(missing_ok=True)
+    events = EventLog(out / "events.jsonl")
+    watch = CancelWatch(out)
+    try:
+        result_event = _generate(args, out, events, watch)
+    except Cancelled:
+        _clean_outputs(out)
+        events.emit("cancelled")
+        raise
+    except InputError as e:
+        _clean_outputs(out)
+        events.emit("error", message=str(e), kind="input")
+        raise
+    except BaseException as e:
+        _clean_outputs(out)
+        events.emit("error", message=f"{type(e).__name__}: {e}")
+        raise
+    finally:
+        watch.close()
+        events.close()
+    print(f"done: {result_event['count']} Gaussians in {result_event['ply']}")
+    return 0
+
+
+def _generate(args, out: Path, events: EventLog, watch: CancelWatch) -> dict:
+    from tqdm import tqdm
+
+    from backend.cameras import load_cameras
+    from backend.devices import pick_device, pick_dtype
+    from backend.images import load_rgb, save_png
+
+    _check_args(args)  # bad input fails fast, before the heavy imports below
+    image = load_rgb(args.image)
+    cameras = load_cameras(args.cameras)
+    device = pick_device(args.device)
+    dtype = pick_dtype(args.dtype, device)
+
+    from backend.pipelines.wonderland import generate, load_pipeline
+    from backend.ply import write_ply
+    started = time.perf_counter()
+    pipe = load_pipeline(args.model, dtype=dtype)
+    if pipe.random_weights:
+        print(f"warning: --model {args.model} has no trained weights here: using {pipe.source}; "
+              "the result is noise, for smoke tests only", file=sys.stderr)
+    pipe.to(device, dtype)
+    load_s = time.perf_counter() - started
+
+    bars: dict[str, tqdm] = {}
+
+    def on_progress(stage: str, step: int, total: int) -> None:
+        events.stage(stage, step, total)
+        bar = bars.get(stage) or bars.setdefault(stage, tqdm(total=total, desc=stage, unit="step", disable=None))
+        bar.n = step
+        bar.refresh()
+
+    try:
+        result = generate(pipe, image, cameras, steps=args.steps, seed=args.seed, guidance_scale=args.guidance,
+                          controlnet_fraction=args.controlnet_fraction, cache=args.cache, compile=args.compile,
+                          preview_count=args.previews, preview_size=args.preview_size,
+                          prune_opacity=args.prune_opacity, max_gaussians=args.max_gaussians,
+                          on_progress=on_progress, should_cancel=watch.requested)
+    finally:
+        for bar in bars.values():
+            bar.close()
+    for warning in result.info["warnings"]:
+        print(f"warning: {warning}", file=sys.stderr)
+
+    watch.check()
+    total_writes = 2 + len(result.previews)
+    events.stage("write", 0, total_writes)
+    ply = out / "scene.ply"
+    write_ply(ply, result.gaussians)
+    events.stage("write", 1, total_writes)
+    previews = []
+    for i, rgb in enumerate(result.previews):
+        path = out / "preview" / f"{i:04d}.png"
+        save_png(path, rgb)
+        previews.append(str(path))
+        events.stage("write", 2 + i, total_writes)
+    meta = {"model": args.model, "model_config": pipe.config.name, "model_source": pipe.source,
+            "random_weights": pipe.random_weights, "device": str(device), "dtype": str(dtype).split(".")[-1],
+            "load_s": round(load_s, 3), "total_s": round(time.perf_counter() - started, 3),
+            "image": str(Path(args.image).resolve()), "cameras": str(Path(args.cameras).resolve()),
+            "versions": _versions(), **result.info}
+    atomic_write_text(out / "meta.json", json.dumps(meta, indent=1))
+    events.stage("write", total_writes, total_writes)
+    done = {"ply": str(ply), "previews": previews, "count": len(result.gaussians),
+            "meta": str(out / "meta.json"), "seconds": meta["total_s"]}
+    events.emit("done", **done)
+    return done

@@ -1,0 +1,109 @@
+"""`render-worker`: a long-lived renderer for Blender's "Wonderland Gaussians" render engine.
+
+Blender makes a new render engine per frame; starting Python, torch and the renderer for every frame
+would cost seconds, so the add-on keeps one worker alive and sends it requests. Protocol: JSON lines.
+
+request (stdin):   {"id": 7, "ply": "/tmp/scene.ply", "cameras": "/tmp/cameras.json",
+                    "width": 1920, "height": 1080, "out": "/tmp/frame-0007"}
+response (stdout): {"id": 7, "ok": true, "rgb": ".../rgb.npy", "alpha": ".../alpha.npy",
+                    "depth": ".../depth.npy", "count": N, "seconds": 0.42}
+               or  {"id": 7, "ok": false, "error": "what went wrong and how to fix it"}
+
+Outputs are float32 .npy files, top row first, written atomically: rgb [H, W, 3] display colour over
+black (premultiplied by alpha), alpha [H, W], depth [H, W] (camera z, 0 where nothing is seen), for the
+first camera of cameras.json. The loaded PLY is cached by path, size and mtime. The worker exits when
+its stdin closes (the parent ended), so it never outlives Blender.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from backend.devices import DEVICES
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", choices=DEVICES, default="auto")
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    from backend.atomic import atomic_path
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.save(f, np.ascontiguousarray(array, np.float32))
+
+
+class _Renderer:
+    def __init__(self, device):
+        self.device = device
+        self._cache_key = None
+        self._gaussians = None
+
+    def gaussians(self, ply: str):
+        from backend.ply import read_ply
+        st = os.stat(ply)
+        key = (os.path.abspath(ply), st.st_size, st.st_mtime_ns)
+        if key != self._cache_key:
+            self._gaussians, self._cache_key = None, None  # free the old scene before loading the new one
+            gaussians, _ = read_ply(ply)
+            self._gaussians, self._cache_key = gaussians.to(self.device), key
+        return self._gaussians
+
+    def handle(self, request: dict) -> dict:
+        import torch
+        from backend.cameras import load_cameras
+        from backend.render import render
+
+        start = time.perf_counter()
+        for key in ("ply", "cameras", "width", "height", "out"):
+            if key not in request:
+                return {"ok": False, "error": f"request lacks '{key}'"}
+        cameras = load_cameras(request["cameras"])[0].to(self.device)
+        gaussians = self.gaussians(request["ply"])
+        with torch.no_grad():
+            result = render(gaussians, cameras, int(request["width"]), int(request["height"]))
+        out = Path(request["out"])
+        paths = {name: out / f"{name}.npy" for name in ("rgb", "alpha", "depth")}
+        _save_npy(paths["rgb"], result.rgb[0].float().cpu().numpy())
+        _save_npy(paths["alpha"], result.alpha[0, ..., 0].float().cpu().numpy())
+        _save_npy(paths["depth"], result.depth[0, ..., 0].float().cpu().numpy())
+        return {"ok": True, **{k: str(v) for k, v in paths.items()}, "count": len(gaussians),
+                "seconds": round(time.perf_counter() - start, 4)}
+
+
+def run(args) -> int:
+    from backend.devices import pick_device
+    from backend.errors import InputError
+
+    # The protocol owns the real stdout; anything else printed (libraries, warnings) goes to stderr.
+    protocol = os.fdopen(os.dup(sys.stdout.fileno()), "w", buffering=1, encoding="utf-8")
+    sys.stdout.flush()
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    renderer = _Renderer(pick_device(args.device))
+    print(json.dumps({"event": "ready", "device": str(renderer.device)}), file=protocol)
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        try:
+            request = json.loads(line)
+            if not isinstance(request, dict):
+                raise ValueError("a request must be a JSON object")
+        except ValueError as e:
+            print(json.dumps({"id": None, "ok": False, "error": f"bad request line: {e}"}), file=protocol)
+            continue
+        try:
+            response = renderer.handle(request)
+        except InputError as e:
+            response = {"ok": False, "error": str(e)}
+        except FileNotFoundError as e:
+            response = {"ok": False, "error": f"{e.filename} does not exist"}
+        except Exception as e:  # noqa: BLE001 - one bad request must not end the worker
+            response = {"ok": False, "error": f"{type(e).__name__}: {e}"}
+        print(json.dumps({"id": request.get("id"), **response}), file=protocol)
+    return 0

@@ -1,0 +1,84 @@
+"""`ModelConfig`: the two models of one Wonderland model, and the named configurations.
+
+A named configuration pairs a `VideoModelConfig` with a `LaLRMConfig` whose frames, pixel size and
+latent shape agree, so latents flow from the sampler into the LaLRM without any reshaping.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from backend.errors import InputError
+from backend.models.lalrm import LaLRMConfig
+from backend.models.video import VideoModelConfig
+
+CONFIG_FORMAT = "wonderland-model"
+CONFIG_VERSION = 1
+
+
+@dataclass
+class ModelConfig:
+    name: str
+    video: VideoModelConfig
+    lalrm: LaLRMConfig
+    # Inference defaults (the CLI's options override them).
+    prune_opacity: float = 0.005       # drop nearly transparent Gaussians before writing
+    max_gaussians: int | None = None   # cap on the written count (most opaque kept)
+
+    def __post_init__(self) -> None:
+        v, r = self.video, self.lalrm
+        pairs = {"frames": (v.num_frames, r.num_frames), "height": (v.height, r.height),
+                 "width": (v.width, r.width), "latent channels": (v.latent_channels, r.latent_channels),
+                 "VAE temporal factor": (v.vae_temporal_compression, r.vae_temporal_factor),
+                 "VAE spatial factor": (v.vae_spatial_compression, r.vae_spatial_factor)}
+        wrong = {k: p for k, p in pairs.items() if p[0] != p[1]}
+        if wrong:
+            detail = ", ".join(f"{k}: video {a} vs LaLRM {b}" for k, (a, b) in wrong.items())
+            raise InputError(f"model config {self.name!r}: the video model and the LaLRM disagree ({detail})",
+                             "the LaLRM reads the video model's latents: give both the same sizes")
+
+    @property
+    def frames(self) -> int:
+        return self.video.num_frames
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height) in pixels of the images and cameras the model consumes."""
+        return self.video.width, self.video.height
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": CONFIG_FORMAT, "version": CONFIG_VERSION, "name": self.name,
+                "video": self.video.to_dict(), "lalrm": self.lalrm.to_dict(),
+                "prune_opacity": self.prune_opacity, "max_gaussians": self.max_gaussians}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], source: str = "wonderland.json") -> "ModelConfig":
+        if not isinstance(d, dict) or d.get("format") != CONFIG_FORMAT:
+            raise InputError(f"{source} is not a Wonderland model config (no \"format\": \"{CONFIG_FORMAT}\")",
+                             "point --model at a folder written by save_pretrained or train-* --export")
+        if d.get("version") != CONFIG_VERSION:
+            raise InputError(f"{source} has config version {d.get('version')}, this backend reads "
+                             f"{CONFIG_VERSION}", "update the backend, or re-export the model")
+        known = {f.name for f in dataclasses.fields(cls)}
+        extra = sorted(set(d) - known - {"format", "version"})
+        if extra:
+            raise InputError(f"{source} has unknown keys {extra}", f"known keys: {sorted(known)}")
+        return cls(name=d["name"], video=VideoModelConfig.from_dict(d["video"]),
+                   lalrm=LaLRMConfig.from_dict(d["lalrm"]), prune_opacity=d.get("prune_opacity", 0.005),
+                   max_gaussians=d.get("max_gaussians"))
+
+    # --- named configurations ---------------------------------------------------------------------
+    @classmethod
+    def tiny(cls) -> "ModelConfig":
+        """Runs on 2 CPU cores in seconds: 9 frames at 96x64."""
+        video = VideoModelConfig.tiny()
+        return cls("tiny", video, dataclasses.replace(LaLRMConfig.tiny(), latent_channels=video.latent_channels))
+
+    @classmethod
+    def paper(cls) -> "ModelConfig":
+        """CogVideoX-5B-I2V with both camera branches and the 24x1024 LaLRM: 49 frames at 720x480."""
+        return cls("paper", VideoModelConfig.paper(), LaLRMConfig.paper())
+
+
+NAMED_CONFIGS = {"tiny": ModelConfig.tiny, "paper": ModelConfig.paper}

@@ -1,0 +1,210 @@
+"""Local weight and config files: safetensors and JSON only, never pickle.
+
+Pickle checkpoints (.bin .pt .pth .ckpt .pkl) can run arbitrary code when loaded, so they are refused
+with a message that says how to convert them. Every write is atomic (backend.atomic), and every
+problem with a file is an InputError that names the file.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Any, Mapping, TypeVar
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from torch import Tensor, nn
+
+from backend.atomic import atomic_path, atomic_write_text
+from backend.errors import InputError
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+CONVERT_HINT = ("on a machine where you trust the file, e.g. "
+                "`safetensors.torch.save_file(torch.load(path, weights_only=True), 'model.safetensors')`")
+# safetensors' messages for a file shorter than its header promises.
+_TRUNCATION_MARKERS = ("not fully covered", "invalid header length", "header too small")
+_LISTED = 5  # names shown in a missing/unexpected key message
+
+T = TypeVar("T")
+
+
+def save_state_dict(state_dict: Mapping[str, Tensor], path: str | os.PathLike,
+                    metadata: Mapping[str, str] | None = None) -> None:
+    """Write tensors to a .safetensors file atomically.
+
+    safetensors refuses tensors that share memory (tied weights, views of one buffer) or are not
+    contiguous; those are written as independent contiguous copies, so every key survives.
+    """
+    tensors: dict[str, Tensor] = {}
+    seen_storages: set[tuple[torch.device, int]] = set()
+    for name, tensor in state_dict.items():
+        if not isinstance(tensor, Tensor):
+            raise TypeError(f"state_dict[{name!r}] is a {type(tensor).__name__}, not a tensor")
+        tensor = tensor.detach()
+        if tensor.device.type == "meta":
+            raise ValueError(f"state_dict[{name!r}] is on the meta device and has no values to save")
+        storage = (tensor.device, tensor.untyped_storage().data_ptr())
+        if storage in seen_storages or not tensor.is_contiguous():
+            tensor = tensor.contiguous().clone()
+        seen_storages.add(storage)
+        tensors[name] = tensor
+    meta = {str(k): str(v) for k, v in (metadata or {}).items()}
+    with atomic_path(path) as tmp:
+        save_file(tensors, tmp, metadata=meta)
+
+
+def _check_readable_weights(path: Path) -> None:
+    if path.suffix.lower() in PICKLE_SUFFIXES:
+        raise InputError(f"refusing to load {path}: {path.suffix} files are pickle checkpoints, which can "
+                         "run arbitrary code when loaded", f"convert to safetensors: {CONVERT_HINT}")
+    if not path.exists():
+        raise InputError(f"weights file {path} does not exist",
+                         "check the path, or download/train the model and point --model at its "
+                         ".safetensors file")
+    if path.is_dir():
+        raise InputError(f"weights path {path} is a folder, not a .safetensors file",
+                         "point at the .safetensors file inside it")
+
+
+def _looks_like_pickle(path: Path) -> bool:
+    """torch.save writes a zip archive (PK..) or, in its legacy format, a raw pickle (0x80 protocol)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError:
+        return False
+    return head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"
+
+
+def _file_error(path: Path, error: Exception) -> InputError:
+    detail = str(error)
+    if _looks_like_pickle(path):
+        return InputError(f"{path} is a pickle/torch.save checkpoint, not safetensors",
+                          f"convert to safetensors: {CONVERT_HINT}")
+    if any(marker in detail for marker in _TRUNCATION_MARKERS):
+        return InputError(f"weights file {path} is truncated ({detail})",
+                          "the download or copy was cut short: fetch or copy the file again")
+    return InputError(f"weights file {path} is corrupted: its safetensors header is unreadable ({detail})",
+                      "fetch or export the file again")
+
+
+def _open(path: Path, device: str | torch.device):
+    try:
+        return safe_open(path, framework="pt", device=str(device))
+    except (SafetensorError, OSError) as error:
+        raise _file_error(path, error) from error
+
+
+def load_state_dict(path: str | os.PathLike, device: str | torch.device = "cpu") -> dict[str, Tensor]:
+    """Read every tensor of a .safetensors file (never pickle) onto `device`."""
+    path = Path(path)
+    _check_readable_weights(path)
+    try:
+        with _open(path, device) as f:
+            return {name: f.get_tensor(name) for name in f.keys()}
+    except (SafetensorError, OSError) as error:
+        raise _file_error(path, error) from error
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The text metadata stored in a .safetensors header (e.g. the model's config), without tensors."""
+    path = Path(path)
+    _check_readable_weights(path)
+    with _open(path, "cpu") as f:
+        return dict(f.metadata() or {})
+
+
+def _name_list(names: list[str]) -> str:
+    shown = ", ".join(names[:_LISTED])
+    return f"{len(names)} ({shown}{', ...' if len(names) > _LISTED else ''})"
+
+
+def load_into(module: nn.Module, state_dict: Mapping[str, Tensor] | str | os.PathLike,
+              strict: bool = True, prefix: str = "") -> tuple[list[str], list[str]]:
+    """Copy weights into `module`, checking names and shapes first.
+
+    `state_dict` may be a mapping or a .safetensors path. With `prefix` (e.g. "lalrm."), only keys that
+    start with it are used, with the prefix removed: one file can hold several modules. Values are cast
+    to the module's dtypes and devices; a module built on the meta device takes the loaded tensors
+    as they are instead. Returns (missing, unexpected) key lists; with `strict` any of
+    them is an InputError instead. A shape mismatch is always an error.
+    """
+    source = "state dict"
+    if not isinstance(state_dict, Mapping):
+        source = str(state_dict)
+        state_dict = load_state_dict(state_dict)
+    if prefix:
+        state_dict = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+    expected = module.state_dict()
+    for name, tensor in state_dict.items():
+        if name in expected and tuple(tensor.shape) != tuple(expected[name].shape):
+            raise InputError(f"weights in {source} do not fit {type(module).__name__}: tensor "
+                             f"'{prefix}{name}' has shape {tuple(tensor.shape)} in the weights but "
+                             f"{tuple(expected[name].shape)} in the model",
+                             "the weights were trained with a different config: load the config saved "
+                             "with them")
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    if strict and (missing or unexpected):
+        parts = []
+        if missing:
+            parts.append(f"missing {_name_list(missing)}")
+        if unexpected:
+            parts.append(f"unexpected {_name_list(unexpected)}")
+        raise InputError(f"weights in {source} do not match {type(module).__name__}"
+                         f"{f' (prefix {prefix!r})' if prefix else ''}: " + "; ".join(parts),
+                         "use the weights and config that were saved together, or the right prefix")
+    on_meta = any(t.is_meta for t in expected.values())
+    if on_meta and missing:
+        raise InputError(f"weights in {source} lack {_name_list(missing)} that {type(module).__name__}, "
+                         "built without values (meta device), needs", "load a complete state dict")
+    # A module built on the meta device has no storage to copy into: take the loaded tensors instead.
+    module.load_state_dict(dict(state_dict), strict=False, assign=on_meta)
+    return missing, unexpected
+
+
+def save_config(obj: Any, path: str | os.PathLike) -> None:
+    """Write a dataclass config (its to_dict() if it has one) as indented JSON, atomically."""
+    data = obj.to_dict() if hasattr(obj, "to_dict") else dataclasses.asdict(obj)
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def config_from_dict(cls: type[T], data: Any, source: str = "config") -> T:
+    """Build dataclass `cls` from a JSON object; unknown fields are an InputError listing the known ones."""
+    if not isinstance(data, dict):
+        raise InputError(f"{source} must be a JSON object with the fields of {cls.__name__}, "
+                         f"got {type(data).__name__}")
+    known = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise InputError(f"{source} has unknown fields for {cls.__name__}: {', '.join(unknown)}",
+                         f"known fields: {', '.join(known)}")
+    try:
+        return cls(**data)
+    except TypeError as error:  # e.g. a required field is missing
+        raise InputError(f"{source} is not a valid {cls.__name__}: {error}") from error
+
+
+def load_config(path: str | os.PathLike, cls: type[T]) -> T:
+    """Read a JSON config file into dataclass `cls` (via cls.from_dict when it has one)."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InputError(f"config file {path} does not exist",
+                         "check the path; configs are saved next to the weights") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise InputError(f"config file {path} cannot be read: {error}") from error
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise InputError(f"config file {path} is not valid JSON: {error.msg} at line {error.lineno}, "
+                         f"column {error.colno}", "fix the file or save the config again") from error
+    if not hasattr(cls, "from_dict"):
+        return config_from_dict(cls, data, source=f"config file {path}")
+    try:
+        return cls.from_dict(data)
+    except InputError as error:
+        raise InputError(f"config file {path}: {error.message}", error.hint) from error

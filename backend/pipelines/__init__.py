@@ -1,0 +1,1 @@
+"""Inference pipelines built from the backend's models (the denoising loops and their VAE helpers)."""

@@ -1,0 +1,203 @@
+"""Camera-controlled image-to-video sampling: the denoising loop of diffusers'
+`CogVideoXImageToVideoPipeline`, driven by our `CameraControlledTransformer` and stopping at latents
+(the LaLRM reads latents, so no VAE decode is needed).
+
+Mirrors the pipeline at inference: the conditioning image is VAE-encoded (a sample of the latent
+distribution, scaled by the VAE's scaling factor, no noise augmentation: that is a training-time
+trick), placed as latent frame 0 of an otherwise zero "image latent" video and concatenated on
+channels to the noisy latents; rotary embeddings come from the pipeline's grid logic; the
+`CogVideoXDPMScheduler` steps with its two-step `old_pred_original_sample` form; classifier-free
+guidance runs [uncond, cond] as one batch, and only when guidance_scale > 1.
+
+Speed levers (all off by default except SDPA, which diffusers' CogVideoX attention always uses):
+- `controlnet_fraction` < 1 runs the ControlNet branch only in the first steps (AC3D: 0.4);
+- `cache="pab"`: diffusers' Pyramid Attention Broadcast on the base transformer (re-uses attention
+  outputs between steps in the middle of the schedule). First Block Cache and FasterCache are not
+  offered: First Block Cache skips whole blocks by comparing block-0 residuals, which the ControlNet
+  residuals added after each block would make wrong, and FasterCache's CFG hook splits the batch
+  inside the base, under our camera hooks;
+- `compile_blocks(model)`, once after loading: torch.compile of each transformer block's forward
+  (regional compilation; the per-call camera hooks stay outside the compiled code, so adding and
+  removing them causes no recompilation).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from diffusers import AutoencoderKLCogVideoX, CogVideoXDPMScheduler
+from diffusers.hooks import PyramidAttentionBroadcastConfig
+from diffusers.models.embeddings import get_3d_rotary_pos_embed
+from diffusers.pipelines.cogvideo.pipeline_cogvideox_image2video import get_resize_crop_region_for_grid
+from diffusers.utils.torch_utils import randn_tensor
+from torch import Tensor
+
+from backend.errors import Cancelled, InputError
+from backend.models.video import CameraControlledTransformer
+
+CACHES = (None, "pab")
+
+
+def rotary_embeddings(transformer: CameraControlledTransformer, latent_height: int, latent_width: int,
+                      latent_frames: int, device: torch.device) -> tuple[Tensor, Tensor] | None:
+    """The pipeline's `_prepare_rotary_positional_embeddings` (CogVideoX 1.0 branch) for a latent grid;
+    None for a transformer without rotary embeddings."""
+    cfg = transformer.base.config
+    if not cfg.use_rotary_positional_embeddings:
+        return None
+    p = cfg.patch_size
+    grid_h, grid_w = latent_height // p, latent_width // p
+    crops = get_resize_crop_region_for_grid((grid_h, grid_w), cfg.sample_width // p, cfg.sample_height // p)
+    return get_3d_rotary_pos_embed(embed_dim=cfg.attention_head_dim, crops_coords=crops,
+                                   grid_size=(grid_h, grid_w), temporal_size=latent_frames, device=device)
+
+
+def encode_image(vae: AutoencoderKLCogVideoX, image: Tensor, generator: torch.Generator | None = None,
+                 noise_sigma: Tensor | float | None = None) -> Tensor:
+    """Image [B, 3, H, W] in [-1, 1] -> scaled image latents [B, 1, C, H/8, W/8], as the I2V pipeline
+    encodes its condition (a latent sample, times scaling_factor). `noise_sigma` ([B] or a number) adds
+    CogVideoX's training-time noise augmentation; leave it None at inference, as the pipeline does."""
+    if image.ndim != 4 or image.shape[1] != 3:
+        raise InputError(f"encode_image expects an image batch [B, 3, H, W], got {tuple(image.shape)}",
+                         "convert the image to RGB and add a batch dimension")
+    x = image.to(device=vae.device, dtype=vae.dtype).unsqueeze(2)          # [B, 3, 1, H, W]
+    if noise_sigma is not None:
+        sigma = torch.as_tensor(noise_sigma, device=x.device, dtype=x.dtype).reshape(-1, 1, 1, 1, 1)
+        x = x + randn_tensor(x.shape, generator=generator, device=x.device, dtype=x.dtype) * sigma
+    latents = vae.encode(x).latent_dist.sample(generator).permute(0, 2, 1, 3, 4)
+    scale = vae.config.scaling_factor
+    return latents / scale if vae.config.invert_scale_latents else latents * scale
+
+
+def decode_latents(vae: AutoencoderKLCogVideoX, latents: Tensor) -> Tensor:
+    """Latents [B, T, C, h, w] (scaled) -> video [B, F, 3, H, W] in about [-1, 1], for previews."""
+    z = latents.to(device=vae.device, dtype=vae.dtype).permute(0, 2, 1, 3, 4) / vae.config.scaling_factor
+    return vae.decode(z).sample.permute(0, 2, 1, 3, 4)
+
+
+def controlnet_steps(steps: int, fraction: float) -> int:
+    """How many of the first denoising steps run the ControlNet branch."""
+    if not 0.0 <= fraction <= 1.0:
+        raise InputError(f"controlnet_fraction = {fraction} is outside [0, 1]",
+                         "use 1.0 (every step), or e.g. 0.4 to keep the ControlNet for the first 40%")
+    return round(fraction * steps)
+
+
+def compile_blocks(transformer: CameraControlledTransformer, **compile_kwargs) -> None:
+    """Opt-in torch.compile (kwargs go to it, e.g. mode="max-autotune") of every transformer block's
+    forward, base and ControlNet copy. All blocks share one code object, so one graph serves them."""
+    for block in [*transformer.base.transformer_blocks, *transformer.controlnet_blocks]:
+        block.forward = torch.compile(block.forward, **compile_kwargs)
+
+
+@torch.no_grad()
+def sample_video_latents(
+    transformer: CameraControlledTransformer,
+    scheduler: CogVideoXDPMScheduler,
+    image_latents: Tensor,
+    plucker: Tensor,
+    *,
+    steps: int,
+    guidance_scale: float = 1.0,
+    num_frames: int | None = None,
+    prompt_embeds: Tensor | None = None,
+    negative_prompt_embeds: Tensor | None = None,
+    generator: torch.Generator | None = None,
+    on_step: Callable[[int, int], None] | None = None,
+    should_cancel: Callable[[], bool] | None = None,
+    controlnet_fraction: float = 1.0,
+    cache: str | None = None,
+) -> Tensor:
+    """Denoises a camera-controlled video from one image; returns latents [B, T, C, h, w] (scaled like
+    the VAE's training latents; divide by the scaling factor before `vae.decode`).
+
+    image_latents: [B, 1, C, h, w] from `encode_image`. plucker: per video frame [B, F, 6, h, w] at the
+    latent grid, or grouped [B, T, 24, h, w] (see `CameraControlledTransformer.group_plucker`).
+    num_frames: video frames (default: the model config's); T = 1 + (F - 1) / 4.
+    prompt_embeds / negative_prompt_embeds: [B, L, D] text embeddings; zeros of the config's text
+    shape when None. CFG needs guidance_scale > 1.
+    generator: seeds the initial noise and the scheduler's noise (same seed -> same latents).
+    on_step(step, total) runs after each step (1-based); should_cancel() runs before each step and
+    a True answer raises backend.errors.Cancelled.
+    """
+    cfg = transformer.config
+    if image_latents.ndim != 5 or image_latents.shape[1] != 1 or image_latents.shape[2] != cfg.latent_channels:
+        raise InputError(f"image_latents must be [B, 1, {cfg.latent_channels}, h, w], got "
+                         f"{tuple(image_latents.shape)}", "encode the image with encode_image()")
+    if steps < 1:
+        raise InputError(f"steps = {steps}", "use at least 1 denoising step (50 for the paper model)")
+    if cache not in CACHES:
+        raise InputError(f"unknown cache {cache!r}", f"use one of {CACHES}")
+    num_frames = num_frames or cfg.num_frames
+    if (num_frames - 1) % cfg.vae_temporal_compression:
+        raise InputError(f"num_frames = {num_frames} is not 1 + 4k", "use e.g. 49 (paper) or 9 (tiny)")
+    latent_frames = (num_frames - 1) // cfg.vae_temporal_compression + 1
+    batch, _, channels, height, width = image_latents.shape
+    base_cfg = transformer.base.config
+    if base_cfg.use_learned_positional_embeddings and (num_frames, height, width) != (
+            base_cfg.sample_frames, base_cfg.sample_height, base_cfg.sample_width):
+        raise InputError(
+            f"this model only makes {base_cfg.sample_frames} frames at latent size "
+            f"{base_cfg.sample_height}x{base_cfg.sample_width}; asked {num_frames} frames at {height}x{width}",
+            "its learned positional embedding fixes the size: resize the image to "
+            f"{cfg.width}x{cfg.height} and resample the trajectory to {cfg.num_frames} frames")
+
+    device, dtype = image_latents.device, transformer.base.dtype
+    do_cfg = guidance_scale > 1.0
+    text = _text_embeds(cfg, prompt_embeds, batch, device, dtype)
+    text = torch.cat([_text_embeds(cfg, negative_prompt_embeds, batch, device, dtype), text]) if do_cfg else text
+    cams = transformer.group_plucker(plucker.to(device=device, dtype=dtype), latent_frames, height, width)
+    if cams.shape[0] != batch:
+        raise InputError(f"{cams.shape[0]} camera trajectories for {batch} images",
+                         "give one trajectory per image")
+    cams = torch.cat([cams] * 2) if do_cfg else cams
+
+    scheduler.set_timesteps(steps, device=device)
+    timesteps = scheduler.timesteps
+    latents = randn_tensor((batch, latent_frames, channels, height, width), generator=generator,
+                           device=device, dtype=dtype) * scheduler.init_noise_sigma
+    image_cond = torch.cat([image_latents.to(dtype),
+                            image_latents.new_zeros(batch, latent_frames - 1, channels, height, width, dtype=dtype)], 1)
+    image_cond = torch.cat([image_cond] * 2) if do_cfg else image_cond
+    rotary = rotary_embeddings(transformer, height, width, latent_frames, device)
+    with_controlnet = controlnet_steps(steps, controlnet_fraction)
+
+    current = {"t": None}
+    if cache == "pab":
+        transformer.base.enable_cache(PyramidAttentionBroadcastConfig(
+            spatial_attention_block_skip_range=2, spatial_attention_timestep_skip_range=(100, 800),
+            current_timestep_callback=lambda: current["t"]))
+    try:
+        old_pred_original_sample = None
+        for i, t in enumerate(timesteps):
+            if should_cancel is not None and should_cancel():
+                raise Cancelled(f"cancelled before denoising step {i + 1} of {steps}")
+            current["t"] = int(t)
+            model_input = torch.cat([latents] * 2) if do_cfg else latents
+            model_input = torch.cat([scheduler.scale_model_input(model_input, t), image_cond], dim=2)
+            with transformer.base.cache_context("cond_uncond"):
+                pred = transformer(model_input, text, t.expand(model_input.shape[0]), cams,
+                                   image_rotary_emb=rotary, use_controlnet=i < with_controlnet).float()
+            if do_cfg:
+                uncond, cond = pred.chunk(2)
+                pred = uncond + guidance_scale * (cond - uncond)
+            latents, old_pred_original_sample = scheduler.step(
+                pred, old_pred_original_sample, t, timesteps[i - 1] if i > 0 else None, latents,
+                generator=generator, return_dict=False)
+            latents = latents.to(dtype)
+            if on_step is not None:
+                on_step(i + 1, steps)
+    finally:
+        if cache is not None:
+            transformer.base.disable_cache()
+    return latents
+
+
+def _text_embeds(cfg, embeds: Tensor | None, batch: int, device, dtype) -> Tensor:
+    shape = (batch, *cfg.text_shape)
+    if embeds is None:
+        return torch.zeros(shape, device=device, dtype=dtype)
+    if tuple(embeds.shape) != shape:
+        raise InputError(f"prompt embeddings of shape {tuple(embeds.shape)}, the model reads {shape}",
+                         "encode the prompt with the model's text encoder (T5) padded to its token count")
+    return embeds.to(device=device, dtype=dtype)

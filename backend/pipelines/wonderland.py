@@ -1,0 +1,269 @@
+"""The Wonderland pipeline: image + camera trajectory -> video latents -> 3D Gaussians in the caller's world.
+
+A model directory (what `--model DIR` points at):
+
+    wonderland.json              ModelConfig (backend/models/config.py)
+    transformer/ vae/ scheduler/ the base CogVideoX model in diffusers' layout (`from_pretrained`), or a
+                                 "base_model" path in wonderland.json to a CogVideoX-5B-I2V folder on disk
+    camera_branches.safetensors  our ControlNet + LoRA camera branches
+    lalrm.safetensors            the LaLRM (its config also sits in the file's header)
+
+Loading is local only and never unpickles: diffusers is asked for safetensors files only.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from diffusers import AutoencoderKLCogVideoX, CogVideoXDPMScheduler, CogVideoXTransformer3DModel
+
+from backend.atomic import atomic_write_text
+from backend.cameras import CameraBatch, center_crop_box, fit_cameras, normalize, resample
+from backend.errors import InputError
+from backend.gaussians import Gaussians
+from backend.images import crop_resize
+from backend.models.config import NAMED_CONFIGS, ModelConfig
+from backend.models.lalrm import LaLRM
+from backend.models.video import CameraControlledTransformer, build_scheduler, build_vae
+from backend.models.weights import load_state_dict, save_state_dict
+from backend.pipelines.camera_i2v import compile_blocks, encode_image, sample_video_latents
+from backend.plucker import plucker_embedding
+from backend.render import render
+
+CONFIG_FILE = "wonderland.json"
+CAMERA_FILE = "camera_branches.safetensors"
+LALRM_FILE = "lalrm.safetensors"
+SHIPPED_DIR = Path(__file__).resolve().parents[1] / "weights"  # models the project ships, by name
+DEFAULT_MODEL = "default"
+ASPECT_TOLERANCE = 0.01
+
+ProgressFn = Callable[[str, int, int], None]
+
+
+@dataclass
+class WonderlandPipeline:
+    config: ModelConfig
+    vae: AutoencoderKLCogVideoX
+    transformer: CameraControlledTransformer
+    scheduler: CogVideoXDPMScheduler
+    lalrm: LaLRM
+    source: str                      # the directory it came from, or how its random weights were made
+    random_weights: bool = False
+
+    # --- construction ------------------------------------------------------------------------------
+    @classmethod
+    def from_config(cls, config: ModelConfig, seed: int = 0) -> "WonderlandPipeline":
+        """Seeded random weights: for smoke runs and tests, never for results."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            vae = build_vae(config.video)
+            transformer = CameraControlledTransformer(config.video)
+            lalrm = LaLRM(config.lalrm)
+        return cls(config, vae.eval(), transformer.eval(), build_scheduler(config.video), lalrm.eval(),
+                   source=f"random weights (seed {seed})", random_weights=True)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, dtype: torch.dtype = torch.float32) -> "WonderlandPipeline":
+        directory = Path(directory)
+        config_path = directory / CONFIG_FILE
+        if not config_path.is_file():
+            raise InputError(f"{directory} is not a Wonderland model folder: {CONFIG_FILE} is missing",
+                             "point --model at a folder made by training (train-* --export) or name a "
+                             f"shipped model ({', '.join(shipped_models()) or 'none installed'})")
+        import json
+        try:
+            raw = json.loads(config_path.read_text())
+        except ValueError as e:
+            raise InputError(f"{config_path} is not valid JSON: {e}", "restore the file from the model") from e
+        config = ModelConfig.from_dict(raw, source=str(config_path))
+        base_dir = Path(raw.get("base_model") or directory)
+        if not base_dir.is_absolute():
+            base_dir = directory / base_dir
+        load = dict(use_safetensors=True, local_files_only=True, torch_dtype=dtype)
+        try:
+            base = CogVideoXTransformer3DModel.from_pretrained(base_dir, subfolder="transformer", **load)
+            vae = AutoencoderKLCogVideoX.from_pretrained(base_dir, subfolder="vae", **load)
+            scheduler = CogVideoXDPMScheduler.from_pretrained(base_dir, subfolder="scheduler",
+                                                              local_files_only=True)
+        except (OSError, EnvironmentError) as e:
+            raise InputError(f"cannot load the base video model from {base_dir}: {e}",
+                             "the folder needs transformer/, vae/ and scheduler/ in diffusers' layout with "
+                             ".safetensors weights (e.g. a local copy of CogVideoX-5b-I2V)") from e
+        transformer = CameraControlledTransformer(config.video, base=base)
+        transformer.load_camera_state_dict(load_state_dict(directory / CAMERA_FILE))
+        lalrm = LaLRM.from_pretrained(directory / LALRM_FILE, dtype=dtype)
+        return cls(config, vae.eval(), transformer.to(dtype).eval(), scheduler, lalrm, source=str(directory))
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        """Writes the layout of the module docstring; the base in diffusers' format without LoRA."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        base = self.transformer.base
+        plain = {k.replace(".base_layer.", "."): v for k, v in base.state_dict().items() if ".lora_" not in k}
+        (directory / "transformer").mkdir(exist_ok=True)
+        base.save_config(directory / "transformer")
+        save_state_dict(plain, directory / "transformer" / "diffusion_pytorch_model.safetensors")
+        self.vae.save_pretrained(directory / "vae", safe_serialization=True)
+        self.scheduler.save_pretrained(directory / "scheduler")
+        save_state_dict(self.transformer.camera_state_dict(), directory / CAMERA_FILE)
+        self.lalrm.save_pretrained(directory / LALRM_FILE)
+        import json
+        atomic_write_text(directory / CONFIG_FILE, json.dumps(self.config.to_dict(), indent=1))
+
+    def to(self, device: torch.device, dtype: torch.dtype | None = None) -> "WonderlandPipeline":
+        for module in (self.vae, self.transformer, self.lalrm):
+            module.to(device=device, dtype=dtype)
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return self.lalrm.fuse.weight.device
+
+
+def shipped_models() -> list[str]:
+    return sorted(p.name for p in SHIPPED_DIR.glob("*") if (p / CONFIG_FILE).is_file())
+
+
+def load_pipeline(model: str, dtype: torch.dtype = torch.float32, seed: int = 0) -> WonderlandPipeline:
+    """`model` is a model folder, the name of a shipped model, or a named config: `tiny` builds seeded
+    random weights (for tests and smoke runs); `paper` needs real weights, so it refuses."""
+    path = Path(model).expanduser()
+    if path.is_dir():
+        return WonderlandPipeline.from_pretrained(path, dtype)
+    if (SHIPPED_DIR / model / CONFIG_FILE).is_file():
+        return WonderlandPipeline.from_pretrained(SHIPPED_DIR / model, dtype)
+    if model == "tiny":
+        return WonderlandPipeline.from_config(NAMED_CONFIGS["tiny"](), seed=seed)
+    if model == "paper":
+        raise InputError("the paper model needs weights (8B+ parameters), and none are published",
+                         "train one (train-video / train-lrm), or make a model folder whose wonderland.json "
+                         "has \"base_model\" pointing at a local CogVideoX-5b-I2V and add camera_branches "
+                         "and lalrm safetensors")
+    known = ", ".join(shipped_models() + list(NAMED_CONFIGS))
+    raise InputError(f"--model {model!r} is neither a folder nor a known model",
+                     f"give a model folder, or one of: {known}")
+
+
+@dataclass
+class GenerateResult:
+    gaussians: Gaussians                 # in the caller's world frame
+    previews: list[np.ndarray]           # [h, w, 3] floats in 0..1 along the trajectory
+    info: dict = field(default_factory=dict)
+
+
+def model_inputs(pipe: WonderlandPipeline, image: np.ndarray, cameras: CameraBatch
+                 ) -> tuple[np.ndarray, CameraBatch, dict]:
+    """The image and trajectory at the model's size and frame count, cropped identically.
+
+    Crop policy: the image is first centre-cropped to the cameras' aspect (when they differ, a
+    warning says so), then image and cameras take the same centred crop to the model's aspect
+    (3:2 for the paper model) and are resized to the model's size, K adjusted to match.
+    """
+    model_w, model_h = pipe.config.size
+    img_h, img_w = image.shape[:2]
+    warnings = []
+    aspect_box = center_crop_box(img_w, img_h, cameras.width, cameras.height)
+    if abs((img_w / img_h) / (cameras.width / cameras.height) - 1.0) > ASPECT_TOLERANCE:
+        warnings.append(f"the image is {img_w}x{img_h} but the cameras are {cameras.width}x{cameras.height}: "
+                        f"the image was centre-cropped to the cameras' aspect")
+    cam_box = center_crop_box(cameras.width, cameras.height, model_w, model_h)
+    s = aspect_box[2] / cameras.width
+    image_box = (aspect_box[0] + cam_box[0] * s, aspect_box[1] + cam_box[1] * s, cam_box[2] * s, cam_box[3] * s)
+    pixels = crop_resize(image, image_box, model_w, model_h)
+    fitted = fit_cameras(resample(cameras, pipe.config.frames), model_w, model_h, cam_box)
+    info = {"image_size": [img_w, img_h], "image_crop_box": [round(v, 3) for v in image_box],
+            "camera_crop_box": [round(v, 3) for v in cam_box], "model_size": [model_w, model_h],
+            "input_cameras": len(cameras), "model_frames": pipe.config.frames, "warnings": warnings}
+    return pixels, fitted, info
+
+
+def generate(pipe: WonderlandPipeline, image: np.ndarray, cameras: CameraBatch, *, steps: int | None = None,
+             seed: int = 0, guidance_scale: float | None = None, controlnet_fraction: float | None = None,
+             cache: str | None = None, compile: bool = False, preview_count: int = 8, preview_size: int = 256,
+             prune_opacity: float | None = None, max_gaussians: int | None = None,
+             on_progress: ProgressFn | None = None, should_cancel: Callable[[], bool] | None = None
+             ) -> GenerateResult:
+    """Image [H, W, 3] floats in 0..1 and the caller's trajectory -> Gaussians in the caller's world.
+
+    Same seed, same device -> same result. `should_cancel` is polled before every denoising step and
+    between stages; a True answer raises backend.errors.Cancelled.
+    """
+    from backend.errors import Cancelled
+
+    def progress(stage: str, step: int, total: int) -> None:
+        if on_progress is not None:
+            on_progress(stage, step, total)
+
+    def check() -> None:
+        if should_cancel is not None and should_cancel():
+            raise Cancelled("cancelled between stages")
+
+    cfg, video_cfg = pipe.config, pipe.config.video
+    steps = steps or video_cfg.num_inference_steps
+    device, dtype = pipe.device, pipe.lalrm.dtype
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+
+    pixels, fitted, info = model_inputs(pipe, image, cameras)
+    cams_norm, normalization = normalize(fitted)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    progress("encode", 0, 1)
+    with torch.no_grad():
+        image_t = torch.from_numpy(pixels).permute(2, 0, 1)[None].to(device=device, dtype=dtype) * 2.0 - 1.0
+        image_latents = encode_image(pipe.vae, image_t, generator=generator)
+    progress("encode", 1, 1)
+    timings["encode"] = time.perf_counter() - t0
+    check()
+
+    t1 = time.perf_counter()
+    if compile:
+        compile_blocks(pipe.transformer)
+    plucker = plucker_embedding(cams_norm.to(device), video_cfg.latent_height, video_cfg.latent_width)
+    latents = sample_video_latents(
+        pipe.transformer, pipe.scheduler, image_latents, plucker[None].to(dtype), steps=steps,
+        guidance_scale=video_cfg.guidance_scale if guidance_scale is None else guidance_scale,
+        generator=generator, on_step=lambda i, n: progress("denoise", i, n), should_cancel=should_cancel,
+        controlnet_fraction=video_cfg.controlnet_fraction if controlnet_fraction is None else controlnet_fraction,
+        cache=cache)
+    timings["denoise"] = time.perf_counter() - t1
+    check()
+
+    t2 = time.perf_counter()
+    progress("reconstruct", 0, 1)
+    with torch.no_grad():
+        local = pipe.lalrm.predict_gaussians(
+            latents[0], cams_norm, prune_opacity=cfg.prune_opacity if prune_opacity is None else prune_opacity,
+            max_count=cfg.max_gaussians if max_gaussians is None else max_gaussians)
+        gaussians = normalization.gaussians_to_world(local).detach().to("cpu", torch.float32)
+    progress("reconstruct", 1, 1)
+    timings["reconstruct"] = time.perf_counter() - t2
+    check()
+
+    t3 = time.perf_counter()
+    previews = render_previews(gaussians, cameras, preview_count, preview_size, progress, check)
+    timings["render"] = time.perf_counter() - t3
+    info.update({"steps": steps, "seed": seed, "normalization_scale": normalization.scale,
+                 "count": len(gaussians), "timings_s": {k: round(v, 3) for k, v in timings.items()}})
+    return GenerateResult(gaussians, previews, info)
+
+
+def render_previews(gaussians: Gaussians, cameras: CameraBatch, count: int, size: int,
+                    progress: ProgressFn, check: Callable[[], None]) -> list[np.ndarray]:
+    """`count` views spread along the caller's trajectory, the long side `size` pixels."""
+    if count <= 0:
+        return []
+    views = resample(cameras, count)
+    scale = size / max(cameras.width, cameras.height)
+    width, height = max(1, round(cameras.width * scale)), max(1, round(cameras.height * scale))
+    out = []
+    for i in range(count):
+        check()
+        with torch.no_grad():
+            rgb = render(gaussians, views[i], width, height).rgb[0]
+        out.append(rgb.clamp(0, 1).numpy())
+        progress("render", i + 1, count)
+    return out

@@ -1,0 +1,170 @@
+"""Import/export of 3DGS PLYs as PointCloud objects in the real bpy: exact values, edits respected, no leftovers."""
+from __future__ import annotations
+
+import math
+
+import bpy
+import numpy as np
+import pytest
+from mathutils import Euler, Quaternion
+
+from wonderland_blender import ops_io
+from wonderland_blender.plyio import SH_C0, Splats, read_ply, write_ply
+from wonderland_blender.pointcloud import COLLECTION_NAME, MATERIAL_NAME, read_splats
+
+N, K = 64, 8  # SH degree 2
+
+
+@pytest.fixture
+def io_ops():
+    ops_io.register()
+    yield
+    ops_io.unregister()
+
+
+@pytest.fixture
+def gsplat_ply(tmp_path):
+    """A PLY written by gsplat's exporter, and the arrays it was made from."""
+    import torch
+    from gsplat.exporter import export_splats
+    rng = np.random.default_rng(0)
+    f = lambda *shape: rng.normal(size=shape).astype(np.float32)  # noqa: E731
+    src = Splats(f(N, 3), f(N, 3), f(N, K, 3), f(N), f(N, 3) - 2, f(N, 4))
+    t = torch.from_numpy
+    export_splats(t(src.means), t(src.log_scales), t(src.quats), t(src.opacity_logits), t(src.f_dc)[:, None],
+                  t(src.f_rest), format="ply", save_to=str(tmp_path / "gsplat.ply"))
+    return tmp_path / "gsplat.ply", src
+
+
+def attribute(obj, name, prop, width):
+    out = np.empty(len(obj.data.points) * width, np.float32)
+    obj.data.attributes[name].data.foreach_get(prop, out)
+    return out.reshape(-1, width) if width > 1 else out
+
+
+def srgb_to_linear(c):
+    return np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
+
+
+def import_file(path, **kw):
+    assert bpy.ops.wonderland.import_gaussians(filepath=str(path), **kw) == {'FINISHED'}
+    return bpy.context.active_object
+
+
+def test_import_keeps_every_value_and_leaves_no_helpers(io_ops, gsplat_ply):
+    path, src = gsplat_ply
+    meshes_before = len(bpy.data.meshes)
+    obj = import_file(path)
+    assert obj.type == 'POINTCLOUD' and len(obj.data.points) == N
+    assert [c.name for c in obj.users_collection] == [COLLECTION_NAME]
+    assert obj.select_get() and bpy.context.view_layer.objects.active == obj
+    # Raw values, bit for bit.
+    assert np.array_equal(attribute(obj, "position", "vector", 3), src.means)
+    assert np.array_equal(attribute(obj, "f_dc", "vector", 3), src.f_dc)
+    assert np.array_equal(attribute(obj, "opacity_logit", "value", 1), src.opacity_logits)
+    assert np.array_equal(attribute(obj, "log_scale", "vector", 3), src.log_scales)
+    assert np.array_equal(attribute(obj, "rot_raw", "value", 4), src.quats)  # not normalized
+    for k in range(K):
+        assert np.array_equal(attribute(obj, f"sh_rest_{k:02d}", "vector", 3), src.f_rest[:, k])
+    # Activated views.
+    opacity = 1 / (1 + np.exp(-src.opacity_logits.astype(np.float64)))
+    np.testing.assert_allclose(attribute(obj, "opacity", "value", 1), opacity, rtol=1e-6)
+    np.testing.assert_allclose(attribute(obj, "scale", "vector", 3), np.exp(src.log_scales), rtol=1e-6)
+    unit = src.quats / np.linalg.norm(src.quats, axis=1, keepdims=True)
+    np.testing.assert_allclose(attribute(obj, "rotation", "value", 4), unit, atol=1e-6)
+    color = attribute(obj, "color", "color", 4)
+    np.testing.assert_allclose(color[:, :3], srgb_to_linear(np.clip(0.5 + SH_C0 * src.f_dc, 0, 1)), atol=1e-6)
+    np.testing.assert_allclose(color[:, 3], opacity, rtol=1e-6)
+    radius = attribute(obj, "radius", "value", 1)
+    np.testing.assert_allclose(radius, 2 * np.exp(src.log_scales).mean(axis=1), rtol=1e-5)
+    assert obj.data.attributes["color"].data_type == 'FLOAT_COLOR'
+    assert obj.data.attributes["rotation"].data_type == 'QUATERNION'
+    # No leftovers: the converted mesh is gone, no helper attributes.
+    assert len(bpy.data.meshes) == meshes_before
+    assert not [a.name for a in obj.data.attributes if a.name.startswith(".")]
+    # A material shows the colour attribute.
+    mat = obj.data.materials[0]
+    assert mat.name == MATERIAL_NAME
+    attr_nodes = [n for n in mat.node_tree.nodes if n.type == 'ATTRIBUTE']
+    assert attr_nodes and attr_nodes[0].attribute_name == "color" and attr_nodes[0].outputs["Color"].is_linked
+
+
+def test_export_gives_the_file_back_bitwise(io_ops, gsplat_ply, tmp_path):
+    path, src = gsplat_ply
+    import_file(path)
+    assert bpy.ops.wonderland.export_gaussians(filepath=str(tmp_path / "out.ply")) == {'FINISHED'}
+    out = read_ply(tmp_path / "out.ply").splats
+    for name in ("means", "f_dc", "f_rest", "opacity_logits", "log_scales", "quats"):
+        assert getattr(out, name).tobytes() == getattr(src, name).tobytes(), name
+
+
+def test_deleted_points_are_left_out(io_ops, gsplat_ply, tmp_path):
+    path, src = gsplat_ply
+    obj = import_file(path)
+    deleted = [0, 5, 17, 63]
+    selection = np.zeros(N, bool)
+    selection[deleted] = True
+    obj.data.attributes.new(".selection", 'BOOLEAN', 'POINT').data.foreach_set("value", selection)
+    bpy.ops.object.mode_set(mode='EDIT')
+    assert bpy.ops.pointcloud.delete() == {'FINISHED'}
+    bpy.ops.object.mode_set(mode='OBJECT')
+    bpy.ops.wonderland.export_gaussians(filepath=str(tmp_path / "out.ply"))
+    out = read_ply(tmp_path / "out.ply").splats
+    keep = np.setdiff1d(np.arange(N), deleted)
+    assert len(out) == N - len(deleted)
+    for name in ("means", "f_dc", "f_rest", "opacity_logits", "log_scales", "quats"):
+        assert np.array_equal(getattr(out, name), getattr(src, name)[keep]), name
+
+
+def test_object_transform_is_applied_on_export(io_ops, gsplat_ply, tmp_path):
+    path, src = gsplat_ply
+    obj = import_file(path)
+    obj.location = (1.0, -2.0, 0.5)
+    obj.rotation_euler = Euler((0.3, -0.7, 1.1))
+    obj.scale = (2.0, 2.0, 2.0)
+    bpy.context.view_layer.update()
+    bpy.ops.wonderland.export_gaussians(filepath=str(tmp_path / "out.ply"))
+    out = read_ply(tmp_path / "out.ply").splats
+    R = np.array(Euler((0.3, -0.7, 1.1)).to_matrix())
+    np.testing.assert_allclose(out.means, 2.0 * src.means @ R.T + [1.0, -2.0, 0.5], atol=1e-5)
+    np.testing.assert_allclose(out.log_scales, src.log_scales + math.log(2.0), atol=1e-6)
+    np.testing.assert_allclose(np.linalg.norm(out.quats, axis=1), np.linalg.norm(src.quats, axis=1), rtol=1e-5)
+    for i in (0, 9, 40):  # each exported rotation is the object rotation after the Gaussian's own
+        expect = R @ np.array(Quaternion(src.quats[i]).normalized().to_matrix())
+        np.testing.assert_allclose(np.array(Quaternion(out.quats[i]).normalized().to_matrix()), expect, atol=1e-5)
+    assert out.f_dc.tobytes() == src.f_dc.tobytes() and out.opacity_logits.tobytes() == src.opacity_logits.tobytes()
+
+
+def test_axis_conversion_for_other_tools(io_ops, tmp_path):
+    """A Y-up file (forward -Z) becomes Z-up: its +Y axis maps to Blender's +Z, its -Z to Blender's +Y."""
+    src = Splats(np.array([[0, 1, 0], [0, 0, -1]], np.float32), np.zeros((2, 3), np.float32),
+                 np.zeros((2, 0, 3), np.float32), np.zeros(2, np.float32), np.zeros((2, 3), np.float32),
+                 np.array([[1, 0, 0, 0]] * 2, np.float32))
+    write_ply(tmp_path / "yup.ply", src)
+    obj = import_file(tmp_path / "yup.ply", axis_forward='-Z', axis_up='Y')
+    np.testing.assert_allclose(read_splats(obj).means, [[0, 0, 1], [0, 1, 0]], atol=1e-7)
+    q = read_splats(obj).quats[0]
+    np.testing.assert_allclose(np.array(Quaternion(q).to_matrix()) @ [0, 1, 0], [0, 0, 1], atol=1e-6)
+    # Exporting with the same axes gives the file's frame back.
+    bpy.ops.wonderland.export_gaussians(filepath=str(tmp_path / "back.ply"), axis_forward='-Z', axis_up='Y')
+    np.testing.assert_allclose(read_ply(tmp_path / "back.ply").splats.means, src.means, atol=1e-7)
+
+
+def test_unreadable_ply_gives_a_clear_message(io_ops, tmp_path):
+    (tmp_path / "mesh.ply").write_text("ply\nformat ascii 1.0\nelement vertex 1\nproperty float x\n"
+                                       "property float y\nproperty float z\nend_header\n0 0 0\n")
+    objects_before = len(bpy.data.objects)
+    with pytest.raises(RuntimeError, match="missing the Gaussian properties f_dc_0.*not 3D Gaussians"):
+        bpy.ops.wonderland.import_gaussians(filepath=str(tmp_path / "mesh.ply"))
+    assert len(bpy.data.objects) == objects_before and COLLECTION_NAME not in bpy.data.collections
+
+
+def test_export_without_gaussians_says_what_to_do(io_ops, tmp_path):
+    with pytest.raises(RuntimeError, match="No Wonderland Gaussian point cloud selected"):
+        bpy.ops.wonderland.export_gaussians(filepath=str(tmp_path / "x.ply"))
+    assert not (tmp_path / "x.ply").exists()
+
+
+def test_menu_entries_are_registered(io_ops):
+    assert ops_io._menu_import in bpy.types.TOPBAR_MT_file_import._dyn_ui_initialize()
+    assert ops_io._menu_export in bpy.types.TOPBAR_MT_file_export._dyn_ui_initialize()

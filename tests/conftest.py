@@ -1,0 +1,25 @@
+"""Shared test set-up: small thread counts (2-core machines) and a seed per test."""
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+VENV_PYTHON = Path(sys.executable)
+
+
+@pytest.fixture
+def run_backend(tmp_path):
+    """Run `python -m backend ARGS` in a child process, as the add-on does; returns CompletedProcess."""
+    import subprocess
+
+    def _run(*args, timeout=300, check=None):
+        result = subprocess.run([str(VENV_PYTHON), "-m", "backend", *map(str, args)], cwd=tmp_path,
+                                capture_output=True, text=True, timeout=timeout,
+                                env=dict(os.environ, PYTHONUNBUFFERED="1"))
+        if check is not None:
+            assert result.returncode == check, (result.returncode, result.stdout, result.stderr)
+        return result
+
+    return _run

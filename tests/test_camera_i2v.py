@@ -1,0 +1,204 @@
+"""The camera-controlled image-to-video sampler (backend.pipelines.camera_i2v) with the tiny model:
+agreement with diffusers' CogVideoXImageToVideoPipeline, determinism, progress, cancel, CFG
+batching, and the ControlNet step fraction."""
+import pytest
+import torch
+from diffusers import CogVideoXImageToVideoPipeline, CogVideoXTransformer3DModel
+
+from backend.errors import Cancelled, InputError
+from backend.models.video import CameraControlledTransformer, VideoModelConfig, build_scheduler, build_vae
+from backend.pipelines.camera_i2v import (compile_blocks, controlnet_steps, decode_latents, encode_image,
+                                         rotary_embeddings, sample_video_latents)
+
+TINY = VideoModelConfig.tiny()
+STEPS = 4
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """Seeded random tiny camera model (camera branches perturbed, so cameras matter), VAE, inputs."""
+    torch.manual_seed(0)
+    model = CameraControlledTransformer(TINY).eval()
+    g = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for module in (model.controlnet_camera_embed, model.controlnet_out, model.lora_camera_proj):
+            for p in module.parameters():
+                p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+    vae = build_vae(TINY).eval()
+    image = torch.rand(1, 3, TINY.height, TINY.width, generator=g) * 2 - 1
+    _, _, h, w = TINY.latent_shape
+    plucker = torch.randn(1, TINY.num_frames, 6, h, w, generator=g)
+    with torch.no_grad():
+        image_latents = encode_image(vae, image, torch.Generator().manual_seed(1))
+    return model, vae, image, image_latents, plucker
+
+
+def sample(model, image_latents, plucker, seed=0, **kwargs):
+    kwargs.setdefault("steps", STEPS)
+    return sample_video_latents(model, build_scheduler(TINY), image_latents, plucker,
+                                generator=torch.Generator().manual_seed(seed), **kwargs)
+
+
+def count_calls(module):
+    """A list that grows by the batch size each time `module` runs; returns (list, hook handle)."""
+    calls = []
+    handle = module.register_forward_hook(
+        lambda m, args, out: calls.append((out[0] if isinstance(out, tuple) else out).shape[0]))
+    return calls, handle
+
+
+def test_matches_diffusers_image_to_video_pipeline_with_an_untrained_camera_model():
+    """At init the camera model equals CogVideoX, so our loop must reproduce diffusers' pipeline
+    (encode, noise, rotary embeddings, DPM two-step updates, CFG) bit for bit."""
+    torch.manual_seed(0)
+    base = CogVideoXTransformer3DModel(**TINY.transformer).eval()
+    stock = CogVideoXTransformer3DModel(**TINY.transformer).eval()
+    stock.load_state_dict(base.state_dict())
+    model = CameraControlledTransformer(TINY, base=base).eval()
+    vae = build_vae(TINY).eval()
+    pipe = CogVideoXImageToVideoPipeline(tokenizer=None, text_encoder=None, vae=vae, transformer=stock,
+                                         scheduler=build_scheduler(TINY))
+    pipe.set_progress_bar_config(disable=True)
+    g = torch.Generator().manual_seed(3)
+    image = torch.rand(1, 3, TINY.height, TINY.width, generator=g)  # [0, 1] for the pipeline
+    prompt, negative = torch.randn(1, *TINY.text_shape, generator=g), torch.randn(1, *TINY.text_shape, generator=g)
+    _, _, h, w = TINY.latent_shape
+    plucker = torch.randn(1, TINY.num_frames, 6, h, w, generator=g)
+    for guidance in (1.0, 3.0):
+        expected = pipe(image=image, prompt_embeds=prompt, negative_prompt_embeds=negative, height=TINY.height,
+                        width=TINY.width, num_frames=TINY.num_frames, num_inference_steps=STEPS,
+                        guidance_scale=guidance, generator=torch.Generator().manual_seed(5),
+                        output_type="latent").frames
+        g = torch.Generator().manual_seed(5)  # one generator through encode and sampling, like the pipeline
+        with torch.no_grad():
+            image_latents = encode_image(vae, image * 2 - 1, g)
+        ours = sample_video_latents(model, build_scheduler(TINY), image_latents, plucker, steps=STEPS,
+                                    guidance_scale=guidance, prompt_embeds=prompt,
+                                    negative_prompt_embeds=negative, generator=g)
+        assert torch.equal(ours, expected), guidance
+
+
+def test_shape_and_determinism_by_seed(tiny):
+    model, _, _, image_latents, plucker = tiny
+    a = sample(model, image_latents, plucker, seed=0)
+    assert a.shape == (1, *TINY.latent_shape)
+    assert torch.isfinite(a).all()
+    assert torch.equal(a, sample(model, image_latents, plucker, seed=0))
+    assert (a - sample(model, image_latents, plucker, seed=1)).abs().mean() > 1e-2
+    # The camera conditions the result: another trajectory, another video.
+    assert (a - sample(model, image_latents, plucker.flip(1), seed=0)).abs().mean() > 1e-3
+
+
+def test_on_step_reports_every_step_and_cancel_stops_after_step_two(tiny):
+    model, _, _, image_latents, plucker = tiny
+    progress = []
+    sample(model, image_latents, plucker, on_step=lambda step, total: progress.append((step, total)))
+    assert progress == [(i, STEPS) for i in range(1, STEPS + 1)]
+
+    progress.clear()
+    calls, handle = count_calls(model.base.patch_embed)
+    try:
+        with pytest.raises(Cancelled):
+            sample(model, image_latents, plucker, on_step=lambda step, total: progress.append(step),
+                   should_cancel=lambda: len(progress) >= 2)
+    finally:
+        handle.remove()
+    assert progress == [1, 2] and len(calls) == 2  # no third model call
+
+
+def test_controlnet_fraction_skips_the_branch_in_later_steps(tiny):
+    model, _, _, image_latents, plucker = tiny
+    runs = {}
+    for fraction in (1.0, 0.5, 0.0):
+        calls, handle = count_calls(model.controlnet_blocks[0])
+        try:
+            runs[fraction] = sample(model, image_latents, plucker, controlnet_fraction=fraction)
+        finally:
+            handle.remove()
+        assert len(calls) == controlnet_steps(STEPS, fraction), fraction
+    assert [controlnet_steps(STEPS, f) for f in (1.0, 0.5, 0.0)] == [4, 2, 0]
+    assert controlnet_steps(50, 0.4) == 20
+    assert (runs[1.0] - runs[0.5]).abs().mean() > 1e-4
+    with pytest.raises(InputError, match="controlnet_fraction"):
+        sample(model, image_latents, plucker, controlnet_fraction=1.5)
+
+
+def test_cfg_is_batched_only_above_guidance_one(tiny):
+    model, _, _, image_latents, plucker = tiny
+    g = torch.Generator().manual_seed(11)
+    prompt, negative = torch.randn(1, *TINY.text_shape, generator=g), torch.randn(1, *TINY.text_shape, generator=g)
+    batches = {}
+    results = {}
+    for guidance in (1.0, 4.0):
+        calls, handle = count_calls(model.base.patch_embed)
+        try:
+            results[guidance] = sample(model, image_latents, plucker, guidance_scale=guidance,
+                                       prompt_embeds=prompt, negative_prompt_embeds=negative)
+        finally:
+            handle.remove()
+        batches[guidance] = calls
+    assert batches == {1.0: [1] * STEPS, 4.0: [2] * STEPS}
+    assert (results[1.0] - results[4.0]).abs().mean() > 1e-3
+    with pytest.raises(InputError, match="prompt embeddings"):
+        sample(model, image_latents, plucker, prompt_embeds=prompt[:, :-1])
+
+
+def test_pyramid_attention_broadcast_cache_changes_the_work_and_is_removed(tiny):
+    model, _, _, image_latents, plucker = tiny
+    attn = model.base.transformer_blocks[1].attn1
+    calls, handle = count_calls(attn.to_q)  # runs only when attention is computed, not broadcast
+    try:
+        cached = sample(model, image_latents, plucker, cache="pab")
+    finally:
+        handle.remove()
+    # Timesteps 999, 749, 499, 249: PAB skips every second attention inside (100, 800).
+    assert len(calls) < STEPS
+    assert not model.base.is_cache_enabled
+    assert torch.isfinite(cached).all()
+    assert torch.equal(sample(model, image_latents, plucker), sample(model, image_latents, plucker))
+
+
+def test_encode_image_scales_latents_and_decode_returns_frames(tiny):
+    model, vae, image, image_latents, _ = tiny
+    assert image_latents.shape == (1, 1, TINY.latent_channels, TINY.latent_height, TINY.latent_width)
+    with torch.no_grad():
+        mode = vae.encode(image.unsqueeze(2)).latent_dist.mode().permute(0, 2, 1, 3, 4)
+        again = encode_image(vae, image, torch.Generator().manual_seed(1))
+        noisy = encode_image(vae, image, torch.Generator().manual_seed(1), noise_sigma=0.5)
+        frames = decode_latents(vae, image_latents)
+    assert torch.equal(again, image_latents)
+    assert (noisy - image_latents).abs().mean() > 1e-3
+    # A sample of N(mode, std) times scaling_factor 0.7: centred on 0.7 * mode.
+    assert abs(((image_latents / 0.7) - mode).mean()) < 0.1
+    assert frames.shape == (1, 1, 3, TINY.height, TINY.width)
+    with pytest.raises(InputError, match="image batch"):
+        encode_image(vae, image[0])
+
+
+def test_refuses_sizes_the_learned_positional_embedding_cannot_make(tiny):
+    model, _, _, image_latents, plucker = tiny
+    with pytest.raises(InputError, match="learned positional embedding"):
+        sample(model, image_latents, plucker, num_frames=13)
+    with pytest.raises(InputError, match="image_latents"):
+        sample(model, image_latents[:, :, :2], plucker)
+
+
+def test_compiled_blocks_give_the_same_prediction():
+    """Regional compilation leaves the camera hooks outside the compiled code (dynamo's "eager" backend
+    traces like inductor but needs no C++ compiler, so this runs anywhere)."""
+    torch.manual_seed(0)
+    model = CameraControlledTransformer(TINY).eval()
+    with torch.no_grad():
+        for p in model.controlnet_out.parameters():
+            p.normal_()
+    t, c, h, w = TINY.latent_shape
+    g = torch.Generator().manual_seed(2)
+    x, text = torch.randn(1, t, 2 * c, h, w, generator=g), torch.randn(1, *TINY.text_shape, generator=g)
+    plucker, timestep = torch.randn(1, TINY.num_frames, 6, h, w, generator=g), torch.tensor([500])
+    emb = rotary_embeddings(model, h, w, t, torch.device("cpu"))
+    with torch.no_grad():
+        expected = model(x, text, timestep, plucker, image_rotary_emb=emb)
+        compile_blocks(model, backend="eager")
+        assert torch.equal(model(x, text, timestep, plucker, image_rotary_emb=emb), expected)
+        assert not torch.equal(model(x, text, timestep, plucker, image_rotary_emb=emb, use_controlnet=False),
+                               expected)

@@ -1,0 +1,312 @@
+"""One backend job as a child process: start it, follow its events.jsonl, cancel it, and never leave it behind.
+
+Pure Python (no bpy), so it is tested without Blender and can be driven by a modal operator (one `poll()`
+per timer tick) or synchronously (`wait()`, for background mode and scripts). The contract it follows is
+architecture.md's: the backend appends JSON lines to DIR/events.jsonl ending with exactly one of
+done / error / cancelled, exits 0/1/2/3, and stops within one step when DIR/cancel appears or on
+SIGINT/SIGTERM. A child that exits without a final event has failed; its stderr says why.
+"""
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import signal
+import subprocess
+import time
+import weakref
+from dataclasses import dataclass, field
+from pathlib import Path
+
+EVENTS_FILE = "events.jsonl"
+CANCEL_FILE = "cancel"
+STDOUT_FILE = "stdout.log"
+STDERR_FILE = "stderr.log"
+FINAL_EVENTS = ("done", "error", "cancelled")
+CANCEL_GRACE_S = 10.0   # after writing DIR/cancel: the backend stops within one denoising step
+TERMINATE_GRACE_S = 5.0  # after SIGTERM to the process group: then SIGKILL
+STDERR_TAIL_LINES = 12
+
+# Share of the whole job each stage takes (denoising dominates); progress runs 0 → 1 through them.
+STAGE_WEIGHTS = {"encode": 0.05, "denoise": 0.75, "reconstruct": 0.10, "render": 0.07, "write": 0.03}
+
+
+def stage_progress(stage: str, step: int, total: int) -> float | None:
+    """Overall progress in [0, 1] at `step` of `total` in `stage`; None for a stage this table does not know."""
+    if stage not in STAGE_WEIGHTS:
+        return None
+    before = 0.0
+    for name, weight in STAGE_WEIGHTS.items():
+        if name == stage:
+            fraction = min(max(step / total, 0.0), 1.0) if total > 0 else 0.0
+            return min(before + weight * fraction, 1.0)
+        before += weight
+    return None
+
+
+def build_command(python: str, image: str | os.PathLike, cameras: str | os.PathLike, out_dir: str | os.PathLike,
+                  model: str | None = None, steps: int | None = None, seed: int | None = None,
+                  device: str | None = None, dtype: str | None = None) -> list[str]:
+    """The `python -m backend generate …` command line (architecture.md); options left as None are omitted."""
+    cmd = [str(python), "-m", "backend", "generate", "--image", str(image), "--cameras", str(cameras),
+           "--out", str(out_dir)]
+    for flag, value in (("--model", model), ("--steps", steps), ("--seed", seed), ("--device", device),
+                        ("--dtype", dtype)):
+        if value is not None and value != "":
+            cmd += [flag, str(value)]
+    return cmd
+
+
+def _tail_lines(path: Path, lines: int = STDERR_TAIL_LINES, max_bytes: int = 16384) -> str:
+    """The last non-empty lines of a log (progress bars' carriage returns count as line ends)."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            size = fh.tell()
+            fh.seek(max(0, size - max_bytes))
+            data = fh.read().decode("utf-8", errors="replace")
+    except OSError:
+        return ""
+    parts = [p.rstrip() for p in data.replace("\r", "\n").split("\n")]
+    return "\n".join([p for p in parts if p.strip()][-lines:])
+
+
+@dataclass
+class JobState:
+    """What a job has reported so far. `outcome` is None while it runs, then "done", "error" or "cancelled"."""
+    stage: str = ""
+    step: int = 0
+    total: int = 0
+    progress: float = 0.0
+    final: dict | None = None          # the done / error / cancelled event, once written
+    returncode: int | None = None      # the child's exit code once it has exited (negative: killed by a signal)
+    stderr_tail: str = ""
+    outcome: str | None = None
+    message: str = ""                  # why it failed or was cancelled
+    events: list = field(default_factory=list)   # every event read so far, in order
+
+    @property
+    def finished(self) -> bool:
+        return self.outcome is not None
+
+
+class EventTail:
+    """Reads events.jsonl incrementally: only new bytes each time, a partial last line is kept for later."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self._offset = 0
+        self._partial = b""
+
+    def read_new(self) -> list[dict]:
+        try:
+            with open(self.path, "rb") as fh:
+                fh.seek(self._offset)
+                data = fh.read()
+        except FileNotFoundError:
+            return []
+        self._offset += len(data)
+        lines = (self._partial + data).split(b"\n")
+        self._partial = lines.pop()  # b"" after a complete line, else the unfinished rest
+        events = []
+        for line in lines:
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue  # a torn or foreign line: the contract has none, so it carries nothing for us
+            if isinstance(event, dict) and "event" in event:
+                events.append(event)
+        return events
+
+
+_live: "weakref.WeakSet[Job]" = weakref.WeakSet()
+
+
+class Job:
+    """A backend child process writing into `out_dir`. Start it with `start()`, then `poll()` until finished."""
+
+    def __init__(self, command: list[str], out_dir: str | os.PathLike, cwd: str | os.PathLike | None = None,
+                 env: dict | None = None, cancel_grace: float = CANCEL_GRACE_S,
+                 terminate_grace: float = TERMINATE_GRACE_S):
+        self.command = list(command)
+        self.out_dir = Path(out_dir)
+        self.cwd = cwd
+        self.env = env
+        self.cancel_grace, self.terminate_grace = cancel_grace, terminate_grace
+        self.proc: subprocess.Popen | None = None
+        self.state = JobState()
+        self.started_at: float | None = None
+        self.ended_at: float | None = None
+        self._tail = EventTail(self.out_dir / EVENTS_FILE)
+        self._cancel_at: float | None = None      # when the cancel file was written
+        self._terminate_at: float | None = None   # when the process group got SIGTERM
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
+
+    @property
+    def cancel_requested(self) -> bool:
+        return self._cancel_at is not None
+
+    @property
+    def seconds(self) -> float:
+        if self.started_at is None:
+            return 0.0
+        return (self.ended_at or time.monotonic()) - self.started_at
+
+    def start(self) -> "Job":
+        """Start the child in its own process group (POSIX: a new session), output going to log files in
+        the job folder, so a cancel can end it and everything it started, and the logs stay for the user."""
+        if self.proc is not None:
+            raise RuntimeError("this job was already started")
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        kwargs = {}
+        if os.name == "nt":
+            kwargs["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP
+        else:
+            kwargs["start_new_session"] = True
+        env = dict(os.environ if self.env is None else self.env, PYTHONUNBUFFERED="1")
+        with open(self.out_dir / STDOUT_FILE, "wb") as out, open(self.out_dir / STDERR_FILE, "wb") as err:
+            self.proc = subprocess.Popen(self.command, cwd=self.cwd, env=env, stdin=subprocess.DEVNULL,
+                                         stdout=out, stderr=err, **kwargs)
+        self.started_at = time.monotonic()
+        _live.add(self)
+        return self
+
+    # --- reading ------------------------------------------------------------------------------------
+    def _apply(self, event: dict) -> None:
+        state = self.state
+        state.events.append(event)
+        kind = event.get("event")
+        if kind == "stage":
+            state.stage = str(event.get("stage", ""))
+            state.step = int(event.get("step") or 0)
+            state.total = int(event.get("total") or 0)
+            progress = stage_progress(state.stage, state.step, state.total)
+            if progress is not None:
+                state.progress = max(state.progress, progress)
+        elif kind in FINAL_EVENTS and state.final is None:
+            state.final = event
+
+    def poll(self) -> JobState:
+        """Read new events and check the child; move a cancel along (terminate, then kill) when its grace
+        period ran out. Cheap: call it from a timer."""
+        if self.proc is None:
+            raise RuntimeError("start() the job before polling it")
+        if self.state.finished:
+            return self.state
+        for event in self._tail.read_new():
+            self._apply(event)
+        if self.proc.poll() is None:
+            self._escalate_cancel()
+            return self.state
+        for event in self._tail.read_new():  # whatever it wrote just before exiting
+            self._apply(event)
+        self._finish()
+        return self.state
+
+    def _finish(self) -> None:
+        state, rc = self.state, self.proc.returncode
+        self.ended_at = time.monotonic()
+        state.returncode = rc
+        state.stderr_tail = _tail_lines(self.out_dir / STDERR_FILE)
+        _live.discard(self)
+        self._end_group(signal.SIGKILL if os.name != "nt" else None)  # anything the child left in its group
+        final = state.final or {}
+        kind = final.get("event")
+        if kind == "done" and rc == 0:
+            state.outcome, state.progress = "done", 1.0
+        elif kind == "cancelled" or rc == 3 or (kind is None and self.cancel_requested):
+            state.outcome, state.message = "cancelled", "cancelled"
+        elif kind == "error":
+            state.outcome = "error"
+            state.message = str(final.get("message") or f"the backend failed (exit code {rc})")
+        else:
+            state.outcome = "error"
+            what = "after reporting done" if kind == "done" else "without a final event"
+            state.message = (f"the backend exited with code {rc} {what}"
+                             + (f": {state.stderr_tail}" if state.stderr_tail else " and wrote nothing to stderr"))
+
+    # --- cancelling ---------------------------------------------------------------------------------
+    def cancel(self) -> None:
+        """Ask the child to stop: write DIR/cancel now; `poll()` terminates the group after `cancel_grace`
+        seconds and kills it `terminate_grace` seconds later if it still runs."""
+        if self._cancel_at is not None or self.proc is None or self.state.finished:
+            return
+        self._cancel_at = time.monotonic()
+        try:
+            (self.out_dir / CANCEL_FILE).touch()
+        except OSError:
+            self._terminate()  # no file, no polite request: go straight to the signal
+
+    def _escalate_cancel(self) -> None:
+        now = time.monotonic()
+        if self._cancel_at is not None and self._terminate_at is None:
+            # a backend still starting up clears a stale cancel file from an earlier run: ask again
+            cancel_file = self.out_dir / CANCEL_FILE
+            if not cancel_file.exists():
+                try:
+                    cancel_file.touch()
+                except OSError:
+                    pass
+        if self._cancel_at is not None and self._terminate_at is None and now - self._cancel_at > self.cancel_grace:
+            self._terminate()
+        elif self._terminate_at is not None and now - self._terminate_at > self.terminate_grace:
+            self._end_group(signal.SIGKILL if os.name != "nt" else None)
+
+    def _terminate(self) -> None:
+        self._terminate_at = time.monotonic()
+        self._end_group(signal.SIGTERM if os.name != "nt" else None)
+
+    def _end_group(self, sig) -> None:
+        """Signal the child's whole process group (POSIX); on Windows end the child itself."""
+        if self.proc is None:
+            return
+        if os.name == "nt":
+            if self.proc.poll() is None:
+                self.proc.kill()
+            return
+        try:
+            os.killpg(self.proc.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass  # the group is gone already
+
+    def abort(self, timeout: float = 3.0) -> JobState:
+        """End the child now (file, then SIGTERM, then SIGKILL within `timeout`) and return its final state:
+        for Blender quitting, a file load, or a modal operator torn down."""
+        if self.proc is None or self.state.finished:
+            return self.state
+        self.cancel()
+        if self._terminate_at is None:
+            self._terminate()
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self._end_group(signal.SIGKILL if os.name != "nt" else None)
+            self.proc.wait()
+        return self.poll()
+
+    def wait(self, interval: float = 0.2, on_update=None, should_cancel=None) -> JobState:
+        """Run to the end synchronously (background mode, scripts). `on_update(state)` is called after each
+        poll that read something new; `should_cancel()` returning True cancels the job."""
+        seen = -1
+        while True:
+            state = self.poll()
+            if on_update is not None and len(state.events) != seen:
+                seen = len(state.events)
+                on_update(state)
+            if state.finished:
+                return state
+            if should_cancel is not None and not self.cancel_requested and should_cancel():
+                self.cancel()
+            time.sleep(interval)
+
+
+def shutdown_all(timeout: float = 3.0) -> None:
+    """End every job still running (Blender quitting, the add-on unregistered)."""
+    for job in list(_live):
+        job.abort(timeout=timeout)
+
+
+atexit.register(shutdown_all)

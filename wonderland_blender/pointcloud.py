@@ -1,0 +1,205 @@
+"""Gaussians ⇄ Blender PointCloud objects, whole arrays at a time (no per-point Python).
+
+Each point keeps the raw PLY values (`f_dc`, `opacity_logit`, `log_scale`, `rot_raw`, `sh_rest_NN`) so an
+export gives back every bit, plus activated views for display and other tools (`color` linear RGBA,
+`opacity`, `scale`, `rotation` unit wxyz, `radius`). Edits are respected on the way out: deleted points
+are gone, positions come from the points, and the object transform is applied to positions, log-scales
+and rotations. Recipe: shared/design/gaussians.md.
+"""
+from __future__ import annotations
+
+import re
+
+import bpy
+import numpy as np
+from mathutils import Matrix
+
+from .plyio import Splats
+
+COLLECTION_NAME = "Wonderland"
+MATERIAL_NAME = "Wonderland Gaussians"
+RADIUS_PER_SCALE = 2.0  # display radius = this × mean axis std-dev, so points show their size
+RAW_ATTRIBUTES = ("f_dc", "opacity_logit", "log_scale", "rot_raw")
+_SH_REST = re.compile(r"sh_rest_(\d+)")
+
+
+def srgb_to_linear(c: np.ndarray) -> np.ndarray:
+    """The sRGB transfer curve inverted, float32 (pow as exp∘log: numpy vectorizes those, not pow)."""
+    c = np.asarray(c, np.float32)
+    with np.errstate(divide="ignore"):
+        curve = np.exp(np.float32(2.4) * np.log((c + np.float32(0.055)) / np.float32(1.055)))
+    return np.where(c <= 0.04045, c / np.float32(12.92), curve)
+
+
+def _normalized_quats(q: np.ndarray) -> np.ndarray:
+    """Unit quaternions; a zero quaternion becomes the identity."""
+    norm = np.sqrt(np.einsum("ij,ij->i", q, q))
+    zero = norm == 0
+    if zero.any():
+        q, norm = q.copy(), norm.copy()
+        q[zero] = (1.0, 0.0, 0.0, 0.0)
+        norm[zero] = 1.0
+    return q / norm[:, None]
+
+
+def _quat_multiply(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Hamilton product a ⊗ b of wxyz quaternions (b first, then a); a is [4] or [N, 4]."""
+    aw, ax, ay, az = np.moveaxis(np.asarray(a, np.float64), -1, 0)
+    bw, bx, by, bz = np.moveaxis(np.asarray(b, np.float64), -1, 0)
+    return np.stack([aw * bw - ax * bx - ay * by - az * bz,
+                     aw * bx + ax * bw + ay * bz - az * by,
+                     aw * by - ax * bz + ay * bw + az * bx,
+                     aw * bz + ax * by - ay * bx + az * bw], axis=-1)
+
+
+def transform_splats(splats: Splats, matrix) -> Splats:
+    """Apply a 4×4 affine transform: positions fully, rotations by its rotation part and log-scales by
+    its uniform scale (cube root of the determinant; a non-uniform scale cannot be expressed on rotated
+    Gaussians exactly). SH rest coefficients are kept as they are (not rotated). Identity returns the
+    input unchanged, so untransformed objects keep every bit."""
+    m = np.array(matrix, np.float64).reshape(4, 4)
+    if np.array_equal(m, np.eye(4)):
+        return splats
+    a, t = m[:3, :3], m[:3, 3]
+    det = np.linalg.det(a)
+    if not det > 0:
+        raise ValueError("The object transform mirrors or flattens the Gaussians (negative or zero "
+                         "scale); apply a positive scale to the object and try again.")
+    s = det ** (1.0 / 3.0)
+    u, _, vt = np.linalg.svd(a)
+    rot = u @ vt  # nearest rotation (polar decomposition); proper since det > 0
+    q_rot = np.array(Matrix(rot.tolist()).to_quaternion(), np.float64)
+    return Splats(
+        means=(splats.means.astype(np.float64) @ a.T + t).astype(np.float32),
+        f_dc=splats.f_dc, f_rest=splats.f_rest, opacity_logits=splats.opacity_logits,
+        log_scales=(splats.log_scales.astype(np.float64) + np.log(s)).astype(np.float32),
+        quats=_quat_multiply(q_rot, splats.quats).astype(np.float32))
+
+
+def is_gaussian_object(obj) -> bool:
+    """A point cloud made by this add-on (it carries the raw Gaussian attributes)."""
+    return obj is not None and obj.type == 'POINTCLOUD' and \
+        all(name in obj.data.attributes for name in RAW_ATTRIBUTES)
+
+
+def ensure_collection(scene) -> bpy.types.Collection:
+    """The scene's "Wonderland" collection, created and linked if missing, and visible in the view layer."""
+    coll = bpy.data.collections.get(COLLECTION_NAME)
+    if coll is None:
+        coll = bpy.data.collections.new(COLLECTION_NAME)
+    if coll.name not in scene.collection.children:
+        scene.collection.children.link(coll)
+    return coll
+
+
+def ensure_material() -> bpy.types.Material:
+    """Emission from the `color` attribute: material preview and Cycles show the Gaussians' colours."""
+    mat = bpy.data.materials.get(MATERIAL_NAME)
+    if mat is not None:
+        return mat
+    mat = bpy.data.materials.new(MATERIAL_NAME)
+    if mat.node_tree is None:  # Blender 4.5; 5.0 materials always have nodes
+        mat.use_nodes = True
+    nodes, links = mat.node_tree.nodes, mat.node_tree.links
+    nodes.clear()
+    attr = nodes.new("ShaderNodeAttribute")
+    attr.attribute_type = 'GEOMETRY'
+    attr.attribute_name = "color"
+    attr.location = (-400, 0)
+    emission = nodes.new("ShaderNodeEmission")
+    out = nodes.new("ShaderNodeOutputMaterial")
+    out.location = (250, 0)
+    links.new(attr.outputs["Color"], emission.inputs["Color"])
+    links.new(emission.outputs["Emission"], out.inputs["Surface"])
+    return mat
+
+
+def _set(attributes, name: str, kind: str, prop: str, values: np.ndarray) -> None:
+    attr = attributes.new(name, kind, 'POINT')
+    attr.data.foreach_set(prop, np.ascontiguousarray(values, np.float32).ravel())
+
+
+def _get(attributes, name: str, prop: str, n: int, width: int) -> np.ndarray:
+    out = np.empty(n * width, np.float32)
+    attributes[name].data.foreach_get(prop, out)
+    return out.reshape(n, width) if width > 1 else out
+
+
+def _select_only(view_layer, obj) -> None:
+    for other in view_layer.objects:
+        if other.select_get(view_layer=view_layer):
+            other.select_set(False, view_layer=view_layer)
+    obj.select_set(True, view_layer=view_layer)
+    view_layer.objects.active = obj
+
+
+def create_object(context, name: str, splats: Splats) -> bpy.types.Object:
+    """A new PointCloud object holding `splats`, linked into the "Wonderland" collection, selected and
+    active. Call in object mode."""
+    n = len(splats)
+    mesh = bpy.data.meshes.new(name)
+    mesh.vertices.add(n)
+    attrs = mesh.attributes
+    attrs["position"].data.foreach_set("vector", np.ascontiguousarray(splats.means, np.float32).ravel())
+    scales = np.exp(splats.log_scales)
+    with np.errstate(over="ignore"):  # exp overflows to inf for logits below -88: opacity 0, as it should
+        opacity = np.float32(1.0) / (np.float32(1.0) + np.exp(-splats.opacity_logits))
+    color = np.empty((n, 4), np.float32)
+    color[:, :3] = srgb_to_linear(splats.display_rgb())
+    color[:, 3] = opacity
+    _set(attrs, "color", 'FLOAT_COLOR', "color", color)
+    _set(attrs, "opacity", 'FLOAT', "value", opacity)
+    _set(attrs, "scale", 'FLOAT_VECTOR', "vector", scales)
+    _set(attrs, "rotation", 'QUATERNION', "value", _normalized_quats(splats.quats))
+    _set(attrs, "radius", 'FLOAT', "value",
+         (scales[:, 0] + scales[:, 1] + scales[:, 2]) * np.float32(RADIUS_PER_SCALE / 3))
+    _set(attrs, "f_dc", 'FLOAT_VECTOR', "vector", splats.f_dc)
+    _set(attrs, "opacity_logit", 'FLOAT', "value", splats.opacity_logits)
+    _set(attrs, "log_scale", 'FLOAT_VECTOR', "vector", splats.log_scales)
+    _set(attrs, "rot_raw", 'QUATERNION', "value", splats.quats)
+    for k in range(splats.sh_rest_count):
+        _set(attrs, f"sh_rest_{k:02d}", 'FLOAT_VECTOR', "vector", splats.f_rest[:, k, :])
+
+    obj = bpy.data.objects.new(name, mesh)
+    ensure_collection(context.scene).objects.link(obj)
+    view_layer = context.view_layer
+    _select_only(view_layer, obj)
+    with context.temp_override(active_object=obj, object=obj, selected_objects=[obj],
+                               selected_editable_objects=[obj]):
+        bpy.ops.object.convert(target='POINTCLOUD')
+    if obj.type != 'POINTCLOUD':
+        bpy.data.objects.remove(obj)
+        bpy.data.meshes.remove(mesh)
+        raise RuntimeError("Blender could not convert the imported mesh to a point cloud "
+                           "(object.convert needs Blender 4.5 or newer).")
+    if mesh.users == 0:
+        bpy.data.meshes.remove(mesh)
+    cloud = obj.data
+    cloud.name = name
+    for helper in [a.name for a in cloud.attributes if a.name.startswith(".")]:
+        cloud.attributes.remove(cloud.attributes[helper])
+    cloud.materials.append(ensure_material())
+    return obj
+
+
+def read_splats(obj, apply_transform: bool = True) -> Splats:
+    """The Gaussians of a point-cloud object (original or evaluated) from its raw attributes, with the
+    object's world transform applied."""
+    if not is_gaussian_object(obj):
+        raise ValueError(f"'{obj.name}' is not a Wonderland Gaussian point cloud (it lacks the "
+                         f"attributes {', '.join(RAW_ATTRIBUTES)}); import a 3DGS PLY first.")
+    attrs = obj.data.attributes
+    n = len(obj.data.points)
+    rest_ids = sorted(int(m.group(1)) for a in attrs if (m := _SH_REST.fullmatch(a.name)))
+    if rest_ids != list(range(len(rest_ids))):
+        raise ValueError(f"'{obj.name}' has SH attributes sh_rest_* with gaps ({rest_ids}); "
+                         "re-import the PLY.")
+    f_rest = np.empty((n, len(rest_ids), 3), np.float32)
+    for k in rest_ids:
+        f_rest[:, k, :] = _get(attrs, f"sh_rest_{k:02d}", "vector", n, 3)
+    splats = Splats(means=_get(attrs, "position", "vector", n, 3),
+                    f_dc=_get(attrs, "f_dc", "vector", n, 3), f_rest=f_rest,
+                    opacity_logits=_get(attrs, "opacity_logit", "value", n, 1),
+                    log_scales=_get(attrs, "log_scale", "vector", n, 3),
+                    quats=_get(attrs, "rot_raw", "value", n, 4))
+    return transform_splats(splats, obj.matrix_world) if apply_transform else splats

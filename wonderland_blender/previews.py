@@ -1,0 +1,95 @@
+"""A job's preview renders (preview/0000.png …) as one Blender image sequence, and an operator to show it.
+
+One image datablock per job (source SEQUENCE, files left in the job folder, not packed) rather than one
+per frame, so a 49-frame preview adds one entry to the image list. The frame count is kept on the image
+(`PREVIEW_COUNT_KEY`) because Blender only knows a sequence's length through an image user.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import bpy
+
+PREVIEW_COUNT_KEY = "wonderland_preview_count"
+
+
+def load_previews(paths: list[str | os.PathLike], name: str) -> bpy.types.Image | None:
+    """Load the preview PNGs (numbered 0000.png, 0001.png … in one folder) as one image; None when there are none."""
+    paths = [Path(p) for p in paths]
+    if not paths:
+        return None
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(f"preview images are missing: {', '.join(missing[:3])}")
+    image = bpy.data.images.load(str(paths[0]), check_existing=False)
+    image.name = name
+    if len(paths) > 1:
+        image.source = 'SEQUENCE'
+    image[PREVIEW_COUNT_KEY] = len(paths)
+    return image
+
+
+def preview_count(image) -> int:
+    return int(image.get(PREVIEW_COUNT_KEY, 1))
+
+
+def find_preview(job_dir: str | os.PathLike) -> bpy.types.Image | None:
+    """The preview image loaded from `job_dir`/preview, if it is still in the .blend."""
+    folder = os.path.normcase(os.path.abspath(os.path.join(job_dir, "preview")))
+    for image in bpy.data.images:
+        if PREVIEW_COUNT_KEY in image and image.filepath and \
+                os.path.normcase(os.path.dirname(os.path.abspath(bpy.path.abspath(image.filepath)))) == folder:
+            return image
+    return None
+
+
+def show_in_image_editor(space, image) -> None:
+    """Show `image` in an Image Editor space, its frames mapped to frames 1…N (file 0000.png at frame 1)."""
+    space.image = image
+    user = space.image_user
+    user.frame_start = 1
+    user.frame_offset = -1
+    user.frame_duration = preview_count(image)
+    user.use_cyclic = True
+    user.use_auto_refresh = True
+
+
+class WONDERLAND_OT_open_preview(bpy.types.Operator):
+    """Show the last result's preview renders in an Image Editor (a new window when none is open)"""
+    bl_idname = "wonderland.open_preview"
+    bl_label = "Open Preview"
+
+    @classmethod
+    def poll(cls, context):
+        if bpy.app.background:
+            cls.poll_message_set("No windows in background mode")
+            return False
+        settings = context.scene.wonderland
+        if not settings.last_result_path or find_preview(os.path.dirname(settings.last_result_path)) is None:
+            cls.poll_message_set("No preview: generate a scene first")
+            return False
+        return True
+
+    def execute(self, context):
+        image = find_preview(os.path.dirname(context.scene.wonderland.last_result_path))
+        for window in context.window_manager.windows:
+            for area in window.screen.areas:
+                if area.type == 'IMAGE_EDITOR':
+                    show_in_image_editor(area.spaces.active, image)
+                    area.tag_redraw()
+                    return {'FINISHED'}
+        bpy.ops.wm.window_new()
+        window = context.window_manager.windows[-1]
+        area = max(window.screen.areas, key=lambda a: a.width * a.height)
+        area.type = 'IMAGE_EDITOR'
+        show_in_image_editor(area.spaces.active, image)
+        return {'FINISHED'}
+
+
+def register():
+    bpy.utils.register_class(WONDERLAND_OT_open_preview)
+
+
+def unregister():
+    bpy.utils.unregister_class(WONDERLAND_OT_open_preview)

@@ -1,0 +1,302 @@
+"""The "Wonderland Gaussians" render engine: F12 and Render Animation through the backend's splat renderer.
+
+Per frame: gather every Gaussian point cloud the render depsgraph sees (raw attributes, world transform
+applied) into a temporary PLY, write the scene camera as cameras.json (cameras.md), ask the backend's
+render worker for rgb/alpha/depth, and fill Combined (scene-linear, premultiplied alpha) and Depth.
+Blender makes a new engine per frame, so the worker lives at module level and survives across frames;
+it is started lazily, restarted if it died, and ended on unregister and at exit.
+"""
+from __future__ import annotations
+
+import atexit
+import collections
+import hashlib
+import json
+import os
+import queue
+import shutil
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+
+import bpy
+import numpy as np
+
+from .intrinsics import intrinsics_matrix, opencv_c2w, render_size
+from .plyio import Splats, write_ply
+from .pointcloud import is_gaussian_object, read_splats, srgb_to_linear
+from .preferences import SOURCE_ROOT, get_preferences, resolve_backend_python
+from .trajectory import write_cameras_json
+
+ENGINE_ID = "WONDERLAND_GAUSSIANS"
+EMPTY_DEPTH = 1e10  # what Blender's engines write where nothing is seen
+POLL_SECONDS = 0.1
+WORKER_START_SECONDS = 300.0  # first start imports torch (and may compile gsplat kernels)
+_STDERR_LINES = 40
+
+
+class RenderError(RuntimeError):
+    """A frame could not be rendered; the message says why and what to do."""
+
+
+class _Worker:
+    """One `python -m backend render-worker` child and the threads that drain its pipes."""
+
+    def __init__(self, python: str):
+        cwd = SOURCE_ROOT if (SOURCE_ROOT / "backend").is_dir() else None
+        self.proc = subprocess.Popen([python, "-m", "backend", "render-worker"], cwd=cwd,
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     text=True, encoding="utf-8", bufsize=1)
+        self.responses: queue.Queue = queue.Queue()
+        self.stderr = collections.deque(maxlen=_STDERR_LINES)
+        self.next_id = 1
+        self.ready = False
+        threading.Thread(target=self._read_stdout, daemon=True).start()
+        threading.Thread(target=self._read_stderr, daemon=True).start()
+
+    def _read_stdout(self) -> None:
+        for line in self.proc.stdout:
+            try:
+                message = json.loads(line)
+            except ValueError:
+                continue  # not ours: stray output
+            if isinstance(message, dict):
+                self.responses.put(message)
+
+    def _read_stderr(self) -> None:
+        for line in self.proc.stderr:
+            self.stderr.append(line.rstrip())
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def _died(self) -> RenderError:
+        tail = "\n".join(list(self.stderr)[-8:])
+        return RenderError(f"the backend render worker exited (code {self.proc.returncode}): {tail or 'no output'}")
+
+    def request(self, payload: dict, should_stop) -> dict | None:
+        """Send one request and wait for its answer; None when `should_stop()` turned true first.
+
+        An answer to an abandoned request (a cancelled frame) arrives later and is skipped by its id.
+        """
+        request_id = self.next_id
+        self.next_id += 1
+        try:
+            self.proc.stdin.write(json.dumps({"id": request_id, **payload}) + "\n")
+            self.proc.stdin.flush()
+        except OSError:
+            self.proc.wait()
+            raise self._died() from None
+        waited = 0.0
+        while True:
+            if should_stop():
+                return None
+            try:
+                message = self.responses.get(timeout=POLL_SECONDS)
+            except queue.Empty:
+                waited += POLL_SECONDS
+                if not self.alive():
+                    raise self._died()
+                if not self.ready and waited > WORKER_START_SECONDS:
+                    raise RenderError(f"the backend render worker did not start within "
+                                      f"{WORKER_START_SECONDS:.0f} s")
+                continue
+            if message.get("event") == "ready":
+                self.ready = True
+            elif message.get("id") == request_id:
+                return message
+
+    def close(self) -> None:
+        """End the worker: closing stdin makes it exit; terminate it if it does not."""
+        try:
+            self.proc.stdin.close()
+        except OSError:
+            pass
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+_worker: _Worker | None = None
+_scratch: str | None = None
+
+
+def _get_worker() -> _Worker:
+    global _worker
+    if _worker is None or not _worker.alive():
+        if _worker is not None:
+            _worker.close()
+        python, where = resolve_backend_python(get_preferences())
+        if python is None:
+            raise RenderError(where)
+        _worker = _Worker(python)
+    return _worker
+
+
+def _scratch_dir() -> Path:
+    global _scratch
+    if _scratch is None or not os.path.isdir(_scratch):
+        _scratch = tempfile.mkdtemp(prefix="wonderland-render-")
+    return Path(_scratch)
+
+
+def shutdown() -> None:
+    """End the worker and remove the scratch files (unregister, Blender exit)."""
+    global _worker, _scratch
+    if _worker is not None:
+        _worker.close()
+        _worker = None
+    if _scratch is not None:
+        shutil.rmtree(_scratch, ignore_errors=True)
+        _scratch = None
+
+
+def gather_splats(depsgraph) -> Splats | None:
+    """All Gaussians the depsgraph renders, in world space; None when there are none."""
+    parts = [read_splats(obj) for obj in depsgraph.objects if is_gaussian_object(obj)]
+    parts = [p for p in parts if len(p)]
+    return Splats.concatenate(parts) if parts else None
+
+
+def _scene_ply(splats: Splats) -> Path:
+    """A PLY of `splats` named by its content, written only when new, so an animation with static
+    Gaussians writes (and the worker loads) it once. Older scene PLYs are removed."""
+    digest = hashlib.blake2b(digest_size=16)
+    for name in ("means", "f_dc", "f_rest", "opacity_logits", "log_scales", "quats"):
+        array = np.ascontiguousarray(getattr(splats, name))
+        digest.update(str(array.shape).encode())
+        digest.update(array.data)
+    path = _scratch_dir() / f"scene-{digest.hexdigest()}.ply"
+    if not path.exists():
+        for old in path.parent.glob("scene-*.ply"):
+            old.unlink()
+        write_ply(path, splats)
+    return path
+
+
+def camera_dict(depsgraph, width: int, height: int) -> dict:
+    """cameras.json of the scene camera at the depsgraph's frame (one frame)."""
+    scene = depsgraph.scene
+    if scene.camera is None:
+        raise RenderError("the scene has no camera: add one and set it as the scene camera")
+    cam_obj = scene.camera.evaluated_get(depsgraph)
+    cam = cam_obj.data
+    if cam.type != 'PERSP':
+        raise RenderError(f"camera '{cam_obj.name}' is {cam.type.lower()}; the Gaussian renderer needs a "
+                          "perspective camera: set its Type to Perspective")
+    render = scene.render
+    try:
+        K = intrinsics_matrix(lens=cam.lens, sensor_width=cam.sensor_width, sensor_height=cam.sensor_height,
+                              sensor_fit=cam.sensor_fit, width=width, height=height,
+                              pixel_aspect_x=render.pixel_aspect_x, pixel_aspect_y=render.pixel_aspect_y,
+                              shift_x=cam.shift_x, shift_y=cam.shift_y)
+        c2w = opencv_c2w(cam_obj.matrix_world)
+    except ValueError as e:
+        raise RenderError(f"camera '{cam_obj.name}': {e}") from None
+    return {"width": width, "height": height,
+            "frames": [{"frame": scene.frame_current, "K": K.tolist(), "c2w": c2w.tolist()}]}
+
+
+def render_arrays(depsgraph, width: int, height: int, should_stop=lambda: False):
+    """(rgba [H, W, 4] scene-linear premultiplied, depth [H, W]) top row first; None if stopped."""
+    splats = gather_splats(depsgraph)
+    if splats is None:
+        return np.zeros((height, width, 4), np.float32), np.full((height, width), EMPTY_DEPTH, np.float32)
+    scratch = _scratch_dir()
+    ply = _scene_ply(splats)
+    cameras = scratch / "cameras.json"
+    write_cameras_json(camera_dict(depsgraph, width, height), str(cameras))
+    out = scratch / "frame"
+    response = _get_worker().request({"ply": str(ply), "cameras": str(cameras), "width": width,
+                                      "height": height, "out": str(out)}, should_stop)
+    if response is None:
+        return None
+    if not response.get("ok"):
+        raise RenderError(f"the backend could not render: {response.get('error', 'no reason given')}")
+    rgb = np.load(response["rgb"])
+    alpha = np.load(response["alpha"])
+    depth = np.load(response["depth"])
+    return to_scene_linear(rgb, alpha), np.where(alpha > 0, depth, EMPTY_DEPTH).astype(np.float32)
+
+
+def to_scene_linear(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """Display colour over black (premultiplied) → scene-linear premultiplied RGBA."""
+    a = alpha[..., None]
+    straight = np.divide(rgb, a, out=np.zeros_like(rgb), where=a > 1e-6)
+    rgba = np.empty(rgb.shape[:2] + (4,), np.float32)
+    rgba[..., :3] = srgb_to_linear(np.maximum(straight, 0.0)) * a
+    rgba[..., 3] = alpha
+    return rgba
+
+
+class WonderlandRenderEngine(bpy.types.RenderEngine):
+    bl_idname = ENGINE_ID
+    bl_label = "Wonderland Gaussians"
+    bl_use_preview = False
+    bl_use_postprocess = True
+    bl_use_eevee_viewport = True  # material preview keeps working while this engine is chosen
+
+    def update_render_passes(self, scene=None, renderlayer=None):
+        self.register_pass(scene, renderlayer, "Combined", 4, "RGBA", 'COLOR')
+        if renderlayer.use_pass_z:
+            self.register_pass(scene, renderlayer, "Depth", 1, "Z", 'VALUE')
+
+    def render(self, depsgraph):
+        scene = depsgraph.scene
+        width, height = render_size(scene.render.resolution_x, scene.render.resolution_y,
+                                    scene.render.resolution_percentage)
+        self.update_stats("", "Wonderland: rendering Gaussians")
+        try:
+            arrays = render_arrays(depsgraph, width, height, self.test_break)
+        except (RenderError, ValueError, OSError) as e:
+            self.report({'ERROR'}, str(e))
+            self.error_set(str(e))
+            return
+        if arrays is None:
+            return  # cancelled
+        rgba, depth = arrays
+        if not scene.render.film_transparent and scene.world is not None:
+            background = np.asarray(scene.world.color, np.float32)
+            rgba[..., :3] += (1.0 - rgba[..., 3:]) * background
+            rgba[..., 3] = 1.0
+        result = self.begin_result(0, 0, width, height, layer=depsgraph.view_layer.name)
+        layer = result.layers[0]
+        layer.passes["Combined"].rect = rgba[::-1].reshape(-1, 4)  # Blender's rows go bottom-up
+        depth_pass = layer.passes.find_by_name("Depth", "")
+        if depth_pass is not None:
+            depth_pass.rect = depth[::-1].reshape(-1, 1)
+        self.end_result(result)
+
+
+def _compatible_panels():
+    """Built-in panels that offer the settings this engine uses (resolution, output, camera, passes)."""
+    prefixes = ("RENDER_PT_format", "RENDER_PT_frame", "RENDER_PT_output", "RENDER_PT_color_management",
+                "RENDER_PT_encoding", "RENDER_PT_post_processing", "RENDER_PT_stamp", "RENDER_PT_time_stretching",
+                "RENDER_PT_film", "DATA_PT_", "VIEWLAYER_PT_layer_passes_data", "VIEWLAYER_PT_layer")
+    for panel in bpy.types.Panel.__subclasses__():
+        engines = getattr(panel, "COMPAT_ENGINES", None)
+        if isinstance(engines, set) and panel.__name__.startswith(prefixes) and \
+                engines & {"BLENDER_RENDER", "BLENDER_EEVEE", "BLENDER_EEVEE_NEXT", "CYCLES"}:
+            yield panel
+
+
+def register():
+    bpy.utils.register_class(WonderlandRenderEngine)
+    for panel in _compatible_panels():
+        panel.COMPAT_ENGINES.add(ENGINE_ID)
+    atexit.register(shutdown)
+
+
+def unregister():
+    atexit.unregister(shutdown)
+    shutdown()
+    for panel in _compatible_panels():
+        panel.COMPAT_ENGINES.discard(ENGINE_ID)
+    bpy.utils.unregister_class(WonderlandRenderEngine)
