@@ -108,20 +108,12 @@ def test(pytest_args: list[str]) -> int:
     return code
 
 
-def demo() -> int:
+def run_tool(name: str, missing: str) -> int:
+    """Set up if needed, then run tools/<name> with the venv's Python."""
     setup(quiet_if_done=True)
-    script = ROOT / "tools" / "demo.py"
+    script = ROOT / "tools" / name
     if not script.exists():
-        say("the demo arrives with the embedded-default model (issue 7); nothing to run yet")
-        return 0
-    return subprocess.run([str(venv_python()), str(script)], cwd=ROOT).returncode
-
-
-def build_zip() -> int:
-    setup(quiet_if_done=True)
-    script = ROOT / "tools" / "build_zip.py"
-    if not script.exists():
-        say("the extension zip arrives with the Blender add-on; nothing to build yet")
+        say(missing)
         return 0
     return subprocess.run([str(venv_python()), str(script)], cwd=ROOT).returncode
 
@@ -145,8 +137,8 @@ def main(argv: list[str] | None = None) -> int:
         setup(args.cuda)
         return 0
     if args.task == "demo":
-        return demo()
-    return build_zip()
+        return run_tool("demo.py", "the demo arrives with the embedded-default model; nothing to run yet")
+    return run_tool("build_zip.py", "the extension zip arrives with the Blender add-on; nothing to build yet")
 
 
 if __name__ == "__main__":

@@ -2,8 +2,6 @@
 scaling, and parity of the torch rasterizer with gsplat (CUDA only)."""
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 
@@ -41,7 +39,8 @@ def gaussians(means, scale, opacity, rgb, sh_rest=None, dtype=torch.float32) -> 
 def pixel_ray_point(cam: CameraBatch, u: float, v: float, z: float) -> list[float]:
     """World point at depth z on the ray through pixel centre (u + 0.5, v + 0.5) of camera 0."""
     K = cam.K[0]
-    return [(u + 0.5 - K[0, 2].item()) / K[0, 0].item() * z, (v + 0.5 - K[1, 2].item()) / K[1, 1].item() * z, z]
+    fx, fy, cx, cy = K[0, 0].item(), K[1, 1].item(), K[0, 2].item(), K[1, 2].item()
+    return [(u + 0.5 - cx) / fx * z, (v + 0.5 - cy) / fy * z, z]
 
 
 def test_single_gaussian_centre_footprint_colour_and_depth():
@@ -61,7 +60,8 @@ def test_single_gaussian_centre_footprint_colour_and_depth():
     expected = torch.where(expected >= ALPHA_MIN, expected, torch.zeros_like(expected))
     torch.testing.assert_close(alpha, expected, atol=1e-6, rtol=1e-5)
     assert int((alpha > 0).sum()) < cam.width * cam.height / 2  # the footprint is finite
-    torch.testing.assert_close(out.rgb[0], alpha[..., None] * torch.tensor(colour), atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(out.rgb[0], alpha[..., None] * torch.tensor(colour),
+                               atol=1e-6, rtol=1e-5)
     seen = alpha > 0
     torch.testing.assert_close(out.depth[0, :, :, 0][seen], torch.full_like(alpha[seen], z))
     assert torch.all(out.depth[0, :, :, 0][~seen] == 0)
@@ -78,8 +78,9 @@ def test_front_gaussian_wins_and_blending_is_analytic(front_first):
     out = render(scene, cam)
     rgb, alpha, depth = out.rgb[0, 12, 16], out.alpha[0, 12, 16, 0], out.depth[0, 12, 16, 0]
     torch.testing.assert_close(rgb, torch.tensor([a1, 0.0, (1 - a1) * a2]))
-    torch.testing.assert_close(alpha, torch.tensor(1 - (1 - a1) * (1 - a2)))
-    torch.testing.assert_close(depth, torch.tensor((a1 * 2.0 + (1 - a1) * a2 * 4.0) / (1 - (1 - a1) * (1 - a2))))
+    total = 1 - (1 - a1) * (1 - a2)
+    torch.testing.assert_close(alpha, torch.tensor(total))
+    torch.testing.assert_close(depth, torch.tensor((a1 * 2.0 + (1 - a1) * a2 * 4.0) / total))
 
 
 def test_transmittance_cutoff_excludes_the_gaussian_that_ends_the_pixel():
@@ -101,6 +102,22 @@ def test_background_is_composited_with_one_minus_alpha():
     torch.testing.assert_close(over.rgb[0, 0, 0], bg)  # a corner the Gaussian does not reach
     empty = render(scene[torch.zeros(1, dtype=torch.bool)], cam, background=bg)
     torch.testing.assert_close(empty.rgb, bg.expand(1, cam.height, cam.width, 3))
+
+
+def test_camera_batch_renders_each_view_with_its_background():
+    scene = small_scene(60, seed=4, sh_degree=1)
+    c2w = torch.eye(4).repeat(2, 1, 1)
+    c2w[1, :3, 3] = torch.tensor([0.3, 0.1, -0.2])
+    K = camera().K.repeat(2, 1, 1)
+    cams = CameraBatch(K, c2w, 32, 24)
+    bg = torch.tensor([[0.0, 0.0, 1.0], [1.0, 0.5, 0.0]])
+    both = render(scene, cams, background=bg)
+    assert both.rgb.shape == (2, 24, 32, 3)
+    for view in range(2):
+        alone = render(scene, cams[view], background=bg[view])
+        torch.testing.assert_close(both.rgb[view], alone.rgb[0])
+        torch.testing.assert_close(both.depth[view], alone.depth[0])
+    assert not torch.allclose(both.alpha[0], both.alpha[1])
 
 
 def test_gaussians_behind_camera_or_before_near_plane_are_culled():
@@ -188,8 +205,11 @@ def test_small_chunk_budget_gives_the_same_image_and_gradients():
         (rgb.sum() + depth.sum()).backward()
         results.append((rgb, alpha, depth, params.grad))
     assert float(results[0][1].detach().mean()) > 0.2
-    for small, large in zip(*results):
+    for small, large in zip(results[0][:3], results[1][:3]):
         torch.testing.assert_close(small, large, atol=1e-5, rtol=1e-4)
+    grad_small, grad_large = results[0][3], results[1][3]
+    assert float(grad_large.abs().max()) > 1.0
+    torch.testing.assert_close(grad_small, grad_large, atol=1e-5 * float(grad_large.abs().max()), rtol=1e-4)
 
 
 def test_other_size_scales_intrinsics():
@@ -263,13 +283,15 @@ def gsplat_semantics_by_brute_force(scene: Gaussians, cam: CameraBatch) -> tuple
 @pytest.mark.parametrize("sh_degree", [0, 3])
 def test_torch_rasterizer_matches_gsplat_semantics_on_cpu(sh_degree):
     scene = small_scene(400, seed=3, sh_degree=sh_degree)
-    # Some Gaussians behind the camera and before the near plane, some off to the sides.
-    scene.means[:20, 2] = torch.linspace(-1.0, 0.009, 20)
-    scene.means[20:40, 0] *= 3
     c2w = torch.eye(4)
     c2w[:3, :3] = torch.tensor([[0.995, 0.0, 0.0998], [0.0, 1.0, 0.0], [-0.0998, 0.0, 0.995]])
     c2w[:3, 3] = torch.tensor([0.2, -0.1, -0.3])
     cam = camera(width=48, height=36, f=45.0, c2w=c2w)
+    # Some Gaussians behind the camera or just before its near plane (camera z up to 0.0099), some
+    # off to the sides.
+    in_camera = torch.stack([torch.full((20,), 0.001), torch.zeros(20), torch.linspace(-1.0, 0.0099, 20)], 1)
+    scene.means[:20] = in_camera @ c2w[:3, :3].T + c2w[:3, 3]
+    scene.means[20:40, 0] *= 3
     rgb, alpha, depth = gsplat_semantics_by_brute_force(scene, cam)
     ours = render(scene, cam, backend="torch")
     assert float(alpha.mean()) > 0.3

@@ -10,7 +10,7 @@ from diffusers.models.embeddings import CogVideoXPatchEmbed
 
 from backend.errors import InputError
 from backend.models.video import (LORA_ADAPTER, CameraControlledTransformer, CameraPatchEmbed,
-                                  VideoModelConfig, count_parameters, lora_modules)
+                                  VideoModelConfig, build_vae, count_parameters, lora_modules)
 from backend.models.weights import load_state_dict, save_state_dict
 from backend.pipelines.camera_i2v import rotary_embeddings
 
@@ -253,7 +253,10 @@ def test_paper_configuration_sizes_on_the_meta_device():
     lora = lora_modules(model)
     assert len(lora) == 42 * 4 and set(lora.values()) == {256}
     assert config.latent_shape == (13, 16, 60, 90)
-    assert config.vae["scaling_factor"] == 0.7
+    with torch.device("meta"):
+        vae = build_vae(config)
+    assert abs(count_parameters(vae) / 216e6 - 1) < 0.03
+    assert vae.config.scaling_factor == 0.7
     sched = config.scheduler
     assert (sched["prediction_type"], sched["timestep_spacing"], sched["rescale_betas_zero_snr"],
             sched["snr_shift_scale"], sched["beta_start"], sched["beta_end"]) == (

@@ -11,7 +11,12 @@ import importlib
 MODULE_NAMES = (
     "properties",
     "preferences",
+    "ops_io",
+    "render_engine",
     "ops_trajectory",
+    "previews",
+    "ops_generate",
+    "ops_install",
     "panel",
 )
 

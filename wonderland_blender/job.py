@@ -82,7 +82,7 @@ class JobState:
     returncode: int | None = None      # the child's exit code once it has exited (negative: killed by a signal)
     stderr_tail: str = ""
     outcome: str | None = None
-    message: str = ""                  # why it failed or was cancelled
+    message: str = ""                  # why it failed or was cancelled, one line
     events: list = field(default_factory=list)   # every event read so far, in order
 
     @property
@@ -225,8 +225,8 @@ class Job:
         else:
             state.outcome = "error"
             what = "after reporting done" if kind == "done" else "without a final event"
-            state.message = (f"the backend exited with code {rc} {what}"
-                             + (f": {state.stderr_tail}" if state.stderr_tail else " and wrote nothing to stderr"))
+            last = state.stderr_tail.splitlines()[-1] if state.stderr_tail else ""
+            state.message = f"the backend exited with code {rc} {what}: " + (last or "it wrote nothing to stderr")
 
     # --- cancelling ---------------------------------------------------------------------------------
     def cancel(self) -> None:
@@ -243,15 +243,14 @@ class Job:
     def _escalate_cancel(self) -> None:
         now = time.monotonic()
         if self._cancel_at is not None and self._terminate_at is None:
-            # a backend still starting up clears a stale cancel file from an earlier run: ask again
             cancel_file = self.out_dir / CANCEL_FILE
-            if not cancel_file.exists():
-                try:
+            if now - self._cancel_at > self.cancel_grace:
+                self._terminate()
+            elif not cancel_file.exists():
+                try:  # a backend still starting up clears a stale cancel file from an earlier run: ask again
                     cancel_file.touch()
                 except OSError:
                     pass
-        if self._cancel_at is not None and self._terminate_at is None and now - self._cancel_at > self.cancel_grace:
-            self._terminate()
         elif self._terminate_at is not None and now - self._terminate_at > self.terminate_grace:
             self._end_group(signal.SIGKILL if os.name != "nt" else None)
 

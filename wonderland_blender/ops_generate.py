@@ -22,7 +22,7 @@ import bpy
 import numpy as np
 from bpy.props import StringProperty
 
-from .job import Job, JobState, build_command
+from .job import Job, JobState, build_command, stage_progress
 from .plyio import PlyError, read_ply
 from .pointcloud import create_object
 from .preferences import (SOURCE_ROOT, WonderlandPreferences, get_preferences, output_root,
@@ -58,6 +58,9 @@ def _check_image(settings) -> None:
     if image is not None:
         if image.source not in {'FILE', 'GENERATED'}:
             raise GenerateError(f"image '{image.name}' is a {image.source.lower()} image: pick a still image")
+        if image.size[0] < 1 or image.size[1] < 1:  # loads the pixels: a missing file gives no size
+            where = f" (its file {bpy.path.abspath(image.filepath)} may be missing)" if image.filepath else ""
+            raise GenerateError(f"image '{image.name}' has no pixels{where}: reload it or pick another image")
         return
     if not settings.image_path:
         raise GenerateError("no input image: pick an image or an image file in the Wonderland panel")
@@ -124,9 +127,6 @@ def image_rgba8(image) -> np.ndarray:
     """
     w, h = image.size
     channels = image.channels
-    if w < 1 or h < 1 or channels < 1:
-        raise GenerateError(f"image '{image.name}' has no pixels (its file may be missing): reload it or pick "
-                            "another image")
     buf = np.empty(w * h * channels, np.float32)
     image.pixels.foreach_get(buf)
     px = buf.reshape(h, w, channels)[::-1]  # Blender stores the bottom row first
@@ -146,22 +146,22 @@ def image_rgba8(image) -> np.ndarray:
 
 
 def write_input_image(settings, folder: Path) -> Path:
-    """Put the input picture into the job folder: a file Pillow reads is copied as it is (exact bytes,
-    16-bit kept); a packed, generated, edited or EXR/HDR image is written from its pixels as image.png."""
+    """Put the input picture into the job folder. A file is copied as it is (exact bytes, 16-bit kept; the
+    backend says so if it cannot read it); an image datablock is too when it is an unedited file Pillow
+    reads, else (packed, generated, painted, EXR/HDR) its pixels are written as image.png."""
     image = settings.image
     if image is None:
         source = Path(bpy.path.abspath(settings.image_path))
     elif image.source == 'FILE' and image.packed_file is None and not image.is_dirty and image.filepath:
         source = Path(bpy.path.abspath(image.filepath, library=image.library))
+        if source.suffix.lower() not in PILLOW_SUFFIXES or not source.is_file():
+            source = None
     else:
         source = None
-    if source is not None and source.suffix.lower() in PILLOW_SUFFIXES and source.is_file():
+    if source is not None:
         target = folder / f"image{source.suffix.lower()}"
         shutil.copyfile(source, target)
         return target
-    if image is None:
-        raise GenerateError(f"{source.name} is not a format the backend reads: use PNG, JPEG, TIFF or WebP, or "
-                            "open it as an image datablock and pick that")
     target = folder / "image.png"
     write_png(target, image_rgba8(image))
     return target
@@ -196,11 +196,16 @@ def start_job(context, extra_args: str = "") -> Job:
         raise GenerateError(str(e)) from None
     try:
         folder = new_job_folder(output_root(prefs))
+    except OSError as e:
+        raise GenerateError(f"cannot make a job folder: {e}. Pick another Output Folder in the preferences") \
+            from None
+    try:
         image = write_input_image(settings, folder)
         write_cameras_json(cameras, str(folder / "cameras.json"))
     except OSError as e:
-        raise GenerateError(f"cannot write the job folder: {e}. Pick another Output Folder in the preferences") \
-            from None
+        shutil.rmtree(folder, ignore_errors=True)
+        raise GenerateError(f"cannot write the job folder {folder}: {e}. Pick another Output Folder in the "
+                            "preferences") from None
     command = build_command(python, image, folder / "cameras.json", folder,
                             model=settings.model or _pref(prefs, "default_model"),
                             steps=settings.steps or _pref(prefs, "default_steps"),
@@ -245,21 +250,29 @@ def finish_job(context, job: Job) -> tuple[str, str]:
     if state.outcome == "cancelled":
         settings.status = f"Cancelled; the job folder is kept: {job.out_dir}"
         return 'WARNING', "Wonderland job cancelled"
-    settings.last_error = state.message.splitlines()[-1] if state.message else "the backend failed"
+    settings.last_error = state.message
     settings.status = f"Failed; see {job.out_dir / 'stderr.log'}"
-    return 'ERROR', f"Wonderland failed: {state.message} (log: {job.out_dir / 'stderr.log'})"
+    tail = f"\n{state.stderr_tail}" if state.stderr_tail and state.final is None else ""
+    return 'ERROR', f"Wonderland failed: {state.message} (log: {job.out_dir / 'stderr.log'}){tail}"
 
 
 def _import_result(context, job: Job) -> str:
     final, settings = job.state.final, context.scene.wonderland
+    if not final.get("ply"):
+        raise PlyError("the backend's done event names no PLY file")
     result = read_ply(final["ply"])
     if len(result.splats) == 0:
         raise PlyError(f"{final['ply']} holds no Gaussians")
     name = f"Wonderland {job.out_dir.name}"
     if context.view_layer.objects.active is not None and context.mode != 'OBJECT':
         bpy.ops.object.mode_set(mode='OBJECT')
-    obj = create_object(context, name, result.splats)
-    load_previews(final.get("previews") or [], f"{name} Preview")
+    preview = load_previews(final.get("previews") or [], f"{name} Preview")
+    try:
+        obj = create_object(context, name, result.splats)
+    except Exception:
+        if preview is not None:  # nothing of a failed import stays in the .blend
+            bpy.data.images.remove(preview)
+        raise
     settings.last_result_path = str(final["ply"])
     settings.last_count = len(result.splats)
     settings.last_seconds = job.seconds
@@ -279,15 +292,16 @@ def _redraw_sidebars(context) -> None:
                         region.tag_redraw()
 
 
-def _progress_line(state: JobState) -> str:
-    step = f" {state.step}/{state.total}" if state.total else ""
-    return f"Wonderland: {state.stage or 'starting'}{step} ({state.progress * 100:.0f}%)"
+def _progress_line(event: dict) -> str:
+    stage, step, total = event.get("stage", ""), event.get("step", 0), event.get("total", 0)
+    progress = stage_progress(stage, step, total)
+    return f"Wonderland: {stage} {step}/{total}" + (f" ({progress * 100:.0f}%)" if progress is not None else "")
 
 
 class WONDERLAND_OT_generate(bpy.types.Operator):
     """Make 3D Gaussians from the picture and the camera's move over the frame range (runs the backend)"""
     bl_idname = "wonderland.generate"
-    bl_label = "Generate"
+    bl_label = "Generate Scene from Image"
     # No 'UNDO': the operator pushes its one undo step itself, after the import, and only on success
     # (and a redo panel would re-run a minutes-long job).
     bl_options = {'REGISTER'}
@@ -323,15 +337,15 @@ class WONDERLAND_OT_generate(bpy.types.Operator):
         """Synchronous: background mode, and scripts calling the operator directly."""
         if not self._start(context):
             return {'CANCELLED'}
-        settings, last = context.scene.wonderland, [""]
+        settings, printed = context.scene.wonderland, [0]
         print(f"Wonderland: job folder {self._job.out_dir}", flush=True)
 
         def on_update(state: JobState) -> None:
             show_progress(settings, state)
-            line = _progress_line(state)
-            if line != last[0]:
-                print(line, flush=True)
-                last[0] = line
+            for event in state.events[printed[0]:]:  # every stage event, also those read in one poll
+                if event.get("event") == "stage":
+                    print(_progress_line(event), flush=True)
+            printed[0] = len(state.events)
 
         try:
             self._job.wait(on_update=on_update)
@@ -376,6 +390,10 @@ class WONDERLAND_OT_generate(bpy.types.Operator):
             self._job.abort()
             if _active is self._job:
                 _active = None
+        try:
+            context.scene.wonderland.is_running = False
+        except (AttributeError, ReferenceError):
+            pass  # the scene is gone with the file that was closed
 
 
 class WONDERLAND_OT_cancel(bpy.types.Operator):

@@ -165,6 +165,8 @@ class WONDERLAND_PT_main(bpy.types.Panel):
             box = layout.box()
             box.label(text=f"Last: {s.last_count:,} Gaussians in {s.last_seconds:.1f} s", icon='CHECKMARK')
             box.label(text=s.last_result_path)
+            if operator_available("WONDERLAND_OT_open_preview"):
+                box.operator("wonderland.open_preview", icon='IMAGE_DATA')
 
 
 def register():

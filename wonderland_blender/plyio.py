@@ -86,7 +86,7 @@ class Splats:
 class ReadResult:
     splats: Splats
     dropped: int            # rows removed because some value was NaN or infinite
-    comments: list[str]     # header comment lines, e.g. "wonderland" from our backend
+    comments: list[str]     # the header's comment lines
 
 
 @dataclass
@@ -146,9 +146,9 @@ def _check_gaussian_vertex(elements: list[_Element], path: Path) -> _Element:
     vertex = next((e for e in elements if e.name == "vertex"), None)
     props = {p for p, _ in vertex.properties} if vertex else set()
     if "chunk" in names or "packed_position" in props:
-        raise PlyError(f"{path.name} is a compressed PLY (SuperSplat / gsplat 'ply_compressed'), which "
-                       "stores quantized Gaussians. Decompress it first, e.g. with the backend "
-                       "('python -m backend ...' can read it) or export an uncompressed PLY from SuperSplat.")
+        raise PlyError(f"{path.name} is a compressed PLY (SuperSplat / gsplat 'ply_compressed'): its "
+                       "Gaussians are quantized in packed chunks, which this importer does not decode. "
+                       "Open it in SuperSplat and export an uncompressed .ply, then import that.")
     if vertex is None:
         raise PlyError(f"{path.name} has no 'vertex' element, so it holds no Gaussians "
                        f"(elements: {', '.join(sorted(names)) or 'none'}).")

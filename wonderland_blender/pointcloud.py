@@ -52,11 +52,57 @@ def _quat_multiply(a: np.ndarray, b: np.ndarray) -> np.ndarray:
                      aw * bz + ax * by - ay * bx + az * bw], axis=-1)
 
 
+def sh_basis(degree: int, dirs: np.ndarray) -> np.ndarray:
+    """[M, 3] unit directions → [M, (degree+1)²] real SH basis values in the order and signs of 3DGS
+    and gsplat (Sloan's formulas, as backend/render/sh.py), degree ≤ 4."""
+    if not 0 <= degree <= 4:
+        raise ValueError(f"SH degree {degree} is not supported (0..4)")
+    x, y, z = dirs[:, 0], dirs[:, 1], dirs[:, 2]
+    out = [np.full_like(x, 0.2820947917738781)]
+    if degree >= 1:
+        out += [-0.48860251190292 * y, 0.48860251190292 * z, -0.48860251190292 * x]
+    z2, fc1, fs1 = z * z, x * x - y * y, 2 * x * y
+    sh6 = 0.9461746957575601 * z2 - 0.3153915652525201
+    if degree >= 2:
+        out += [0.5462742152960395 * fs1, -1.092548430592079 * z * y, sh6, -1.092548430592079 * z * x,
+                0.5462742152960395 * fc1]
+    fc2, fs2 = x * fc1 - y * fs1, x * fs1 + y * fc1
+    sh12 = z * (1.865881662950577 * z2 - 1.119528997770346)
+    if degree >= 3:
+        tmp_c = -2.285228997322329 * z2 + 0.4570457994644658
+        out += [-0.5900435899266435 * fs2, 1.445305721320277 * z * fs1, tmp_c * y, sh12, tmp_c * x,
+                1.445305721320277 * z * fc1, -0.5900435899266435 * fc2]
+    if degree >= 4:
+        fc3, fs3 = x * fc2 - y * fs2, x * fs2 + y * fc2
+        tmp_d = z * (-4.683325804901025 * z2 + 2.007139630671868)
+        tmp_c = 3.31161143515146 * z2 - 0.47308734787878
+        out += [0.6258357354491763 * fs3, -1.770130769779931 * z * fs2, tmp_c * fs1, tmp_d * y,
+                1.984313483298443 * z * sh12 - 1.006230589874905 * sh6, tmp_d * x, tmp_c * fc1,
+                -1.770130769779931 * z * fc2, 0.6258357354491763 * fc3]
+    return np.stack(out, axis=-1)
+
+
+def rotate_sh_rest(f_rest: np.ndarray, rot: np.ndarray) -> np.ndarray:
+    """SH coefficients beyond DC [N, K, 3] of Gaussians turned by the rotation matrix `rot`: the new
+    colour seen along rot·d is the old colour seen along d.
+
+    Each band's rotation matrix is found by least squares on sample directions (exact up to rounding:
+    a band is closed under rotation), so no Wigner-D formulas are needed.
+    """
+    k = f_rest.shape[1]
+    degree = round((k + 1) ** 0.5) - 1
+    dirs = np.random.default_rng(0).normal(size=(4 * (k + 1), 3))
+    dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
+    # basis(rot⁻¹ d) = basis(d) @ X, and the rotated coefficients are X @ c.
+    x = np.linalg.lstsq(sh_basis(degree, dirs)[:, 1:], sh_basis(degree, dirs @ rot)[:, 1:], rcond=None)[0]
+    return np.einsum("ji,nic->njc", x, f_rest.astype(np.float64)).astype(np.float32)
+
+
 def transform_splats(splats: Splats, matrix) -> Splats:
-    """Apply a 4×4 affine transform: positions fully, rotations by its rotation part and log-scales by
-    its uniform scale (cube root of the determinant; a non-uniform scale cannot be expressed on rotated
-    Gaussians exactly). SH rest coefficients are kept as they are (not rotated). Identity returns the
-    input unchanged, so untransformed objects keep every bit."""
+    """Apply a 4×4 affine transform: positions fully; rotations and SH coefficients by its rotation
+    part; log-scales by its uniform scale (cube root of the determinant: a non-uniform scale cannot be
+    expressed on rotated Gaussians exactly). Identity returns the input unchanged, so untransformed
+    objects keep every bit."""
     m = np.array(matrix, np.float64).reshape(4, 4)
     if np.array_equal(m, np.eye(4)):
         return splats
@@ -71,7 +117,8 @@ def transform_splats(splats: Splats, matrix) -> Splats:
     q_rot = np.array(Matrix(rot.tolist()).to_quaternion(), np.float64)
     return Splats(
         means=(splats.means.astype(np.float64) @ a.T + t).astype(np.float32),
-        f_dc=splats.f_dc, f_rest=splats.f_rest, opacity_logits=splats.opacity_logits,
+        f_dc=splats.f_dc, f_rest=rotate_sh_rest(splats.f_rest, rot) if splats.sh_rest_count else splats.f_rest,
+        opacity_logits=splats.opacity_logits,
         log_scales=(splats.log_scales.astype(np.float64) + np.log(s)).astype(np.float32),
         quats=_quat_multiply(q_rot, splats.quats).astype(np.float32))
 
@@ -82,13 +129,27 @@ def is_gaussian_object(obj) -> bool:
         all(name in obj.data.attributes for name in RAW_ATTRIBUTES)
 
 
-def ensure_collection(scene) -> bpy.types.Collection:
-    """The scene's "Wonderland" collection, created and linked if missing, and visible in the view layer."""
+def _layer_collection(layer_collection, name: str):
+    if layer_collection.name == name:
+        return layer_collection
+    for child in layer_collection.children:
+        found = _layer_collection(child, name)
+        if found is not None:
+            return found
+    return None
+
+
+def ensure_collection(scene, view_layer) -> bpy.types.Collection:
+    """The "Wonderland" collection, created and linked into the scene if missing, and shown in the view
+    layer so that what is imported into it is seen."""
     coll = bpy.data.collections.get(COLLECTION_NAME)
     if coll is None:
         coll = bpy.data.collections.new(COLLECTION_NAME)
-    if coll.name not in scene.collection.children:
+    if coll not in scene.collection.children_recursive:
         scene.collection.children.link(coll)
+    layer = _layer_collection(view_layer.layer_collection, coll.name)
+    layer.exclude = False
+    layer.hide_viewport = False
     return coll
 
 
@@ -133,45 +194,63 @@ def _select_only(view_layer, obj) -> None:
     view_layer.objects.active = obj
 
 
-def create_object(context, name: str, splats: Splats) -> bpy.types.Object:
-    """A new PointCloud object holding `splats`, linked into the "Wonderland" collection, selected and
-    active. Call in object mode."""
+def _mesh_with_attributes(name: str, splats: Splats) -> bpy.types.Mesh:
     n = len(splats)
     mesh = bpy.data.meshes.new(name)
-    mesh.vertices.add(n)
-    attrs = mesh.attributes
-    attrs["position"].data.foreach_set("vector", np.ascontiguousarray(splats.means, np.float32).ravel())
-    scales = np.exp(splats.log_scales)
-    with np.errstate(over="ignore"):  # exp overflows to inf for logits below -88: opacity 0, as it should
-        opacity = np.float32(1.0) / (np.float32(1.0) + np.exp(-splats.opacity_logits))
-    color = np.empty((n, 4), np.float32)
-    color[:, :3] = srgb_to_linear(splats.display_rgb())
-    color[:, 3] = opacity
-    _set(attrs, "color", 'FLOAT_COLOR', "color", color)
-    _set(attrs, "opacity", 'FLOAT', "value", opacity)
-    _set(attrs, "scale", 'FLOAT_VECTOR', "vector", scales)
-    _set(attrs, "rotation", 'QUATERNION', "value", _normalized_quats(splats.quats))
-    _set(attrs, "radius", 'FLOAT', "value",
-         (scales[:, 0] + scales[:, 1] + scales[:, 2]) * np.float32(RADIUS_PER_SCALE / 3))
-    _set(attrs, "f_dc", 'FLOAT_VECTOR', "vector", splats.f_dc)
-    _set(attrs, "opacity_logit", 'FLOAT', "value", splats.opacity_logits)
-    _set(attrs, "log_scale", 'FLOAT_VECTOR', "vector", splats.log_scales)
-    _set(attrs, "rot_raw", 'QUATERNION', "value", splats.quats)
-    for k in range(splats.sh_rest_count):
-        _set(attrs, f"sh_rest_{k:02d}", 'FLOAT_VECTOR', "vector", splats.f_rest[:, k, :])
+    try:
+        mesh.vertices.add(n)
+        attrs = mesh.attributes
+        attrs["position"].data.foreach_set("vector", np.ascontiguousarray(splats.means, np.float32).ravel())
+        scales = np.exp(splats.log_scales)
+        with np.errstate(over="ignore"):  # exp overflows to inf for logits below -88: opacity 0, as it should
+            opacity = np.float32(1.0) / (np.float32(1.0) + np.exp(-splats.opacity_logits))
+        color = np.empty((n, 4), np.float32)
+        color[:, :3] = srgb_to_linear(splats.display_rgb())
+        color[:, 3] = opacity
+        _set(attrs, "color", 'FLOAT_COLOR', "color", color)
+        _set(attrs, "opacity", 'FLOAT', "value", opacity)
+        _set(attrs, "scale", 'FLOAT_VECTOR', "vector", scales)
+        _set(attrs, "rotation", 'QUATERNION', "value", _normalized_quats(splats.quats))
+        _set(attrs, "radius", 'FLOAT', "value",
+             (scales[:, 0] + scales[:, 1] + scales[:, 2]) * np.float32(RADIUS_PER_SCALE / 3))
+        _set(attrs, "f_dc", 'FLOAT_VECTOR', "vector", splats.f_dc)
+        _set(attrs, "opacity_logit", 'FLOAT', "value", splats.opacity_logits)
+        _set(attrs, "log_scale", 'FLOAT_VECTOR', "vector", splats.log_scales)
+        _set(attrs, "rot_raw", 'QUATERNION', "value", splats.quats)
+        for k in range(splats.sh_rest_count):
+            _set(attrs, f"sh_rest_{k:02d}", 'FLOAT_VECTOR', "vector", splats.f_rest[:, k, :])
+    except BaseException:
+        bpy.data.meshes.remove(mesh)
+        raise
+    return mesh
 
+
+def create_object(context, name: str, splats: Splats) -> bpy.types.Object:
+    """A new PointCloud object holding `splats`, in the "Wonderland" collection, selected and active.
+
+    Call in object mode. On failure nothing new stays in the .blend (no object, mesh, collection or
+    material).
+    """
+    mesh = _mesh_with_attributes(name, splats)
     obj = bpy.data.objects.new(name, mesh)
-    ensure_collection(context.scene).objects.link(obj)
     view_layer = context.view_layer
-    _select_only(view_layer, obj)
-    with context.temp_override(active_object=obj, object=obj, selected_objects=[obj],
-                               selected_editable_objects=[obj]):
-        bpy.ops.object.convert(target='POINTCLOUD')
-    if obj.type != 'POINTCLOUD':
+    # Convert in the scene's root collection, which is always in the view layer; move it afterwards.
+    context.scene.collection.objects.link(obj)
+    try:
+        _select_only(view_layer, obj)
+        with context.temp_override(active_object=obj, object=obj, selected_objects=[obj],
+                                   selected_editable_objects=[obj]):
+            bpy.ops.object.convert(target='POINTCLOUD')
+        if obj.type != 'POINTCLOUD':
+            raise RuntimeError("Blender could not convert the imported mesh to a point cloud "
+                               "(object.convert to POINTCLOUD needs Blender 4.5 or newer).")
+    except BaseException:
+        cloud = obj.data if obj.type == 'POINTCLOUD' else None
         bpy.data.objects.remove(obj)
         bpy.data.meshes.remove(mesh)
-        raise RuntimeError("Blender could not convert the imported mesh to a point cloud "
-                           "(object.convert needs Blender 4.5 or newer).")
+        if cloud is not None:
+            bpy.data.pointclouds.remove(cloud)
+        raise
     if mesh.users == 0:
         bpy.data.meshes.remove(mesh)
     cloud = obj.data
@@ -179,10 +258,13 @@ def create_object(context, name: str, splats: Splats) -> bpy.types.Object:
     for helper in [a.name for a in cloud.attributes if a.name.startswith(".")]:
         cloud.attributes.remove(cloud.attributes[helper])
     cloud.materials.append(ensure_material())
+    ensure_collection(context.scene, view_layer).objects.link(obj)
+    context.scene.collection.objects.unlink(obj)
+    _select_only(view_layer, obj)
     return obj
 
 
-def read_splats(obj, apply_transform: bool = True) -> Splats:
+def read_splats(obj) -> Splats:
     """The Gaussians of a point-cloud object (original or evaluated) from its raw attributes, with the
     object's world transform applied."""
     if not is_gaussian_object(obj):
@@ -202,4 +284,4 @@ def read_splats(obj, apply_transform: bool = True) -> Splats:
                     opacity_logits=_get(attrs, "opacity_logit", "value", n, 1),
                     log_scales=_get(attrs, "log_scale", "vector", n, 3),
                     quats=_get(attrs, "rot_raw", "value", n, 4))
-    return transform_splats(splats, obj.matrix_world) if apply_transform else splats
+    return transform_splats(splats, obj.matrix_world)

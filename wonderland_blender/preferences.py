@@ -107,6 +107,12 @@ class WonderlandPreferences(bpy.types.AddonPreferences):
         layout.prop(self, "backend_python")
         path, where = resolve_backend_python(self)
         layout.label(text=f"Using {path} ({where})" if path else where, icon='CHECKMARK' if path else 'ERROR')
+        if hasattr(bpy.types, "WONDERLAND_OT_install_backend"):
+            from .ops_install import install_status
+            layout.operator("wonderland.install_backend", icon='IMPORT')
+            running, text = install_status()
+            if text:
+                layout.label(text=text, icon='TIME' if running else 'INFO')
         layout.prop(self, "default_model")
         layout.prop(self, "device")
         layout.prop(self, "precision")

@@ -275,20 +275,43 @@ class WonderlandRenderEngine(bpy.types.RenderEngine):
         self.end_result(result)
 
 
+class WONDERLAND_PT_passes(bpy.types.Panel):
+    """The passes this engine writes besides Combined."""
+    bl_label = "Passes"
+    bl_space_type = 'PROPERTIES'
+    bl_region_type = 'WINDOW'
+    bl_context = "view_layer"
+    COMPAT_ENGINES = {ENGINE_ID}
+
+    @classmethod
+    def poll(cls, context):
+        return context.engine in cls.COMPAT_ENGINES
+
+    def draw(self, context):
+        self.layout.prop(context.view_layer, "use_pass_z", text="Depth")
+
+
+_SKIPPED_PANELS = ("EEVEE", "eevee", "light", "spot", "cone", "aov", "cryptomatte", "lightgroups")
+
+
 def _compatible_panels():
-    """Built-in panels that offer the settings this engine uses (resolution, output, camera, passes)."""
+    """Built-in panels for settings this engine uses: output format and frames, colour management,
+    camera and object data. Lights, probes and EEVEE/Cycles passes do nothing here and stay hidden."""
     prefixes = ("RENDER_PT_format", "RENDER_PT_frame", "RENDER_PT_output", "RENDER_PT_color_management",
                 "RENDER_PT_encoding", "RENDER_PT_post_processing", "RENDER_PT_stamp", "RENDER_PT_time_stretching",
-                "RENDER_PT_film", "DATA_PT_", "VIEWLAYER_PT_layer_passes_data", "VIEWLAYER_PT_layer")
+                "DATA_PT_", "VIEWLAYER_PT_layer")
     for panel in bpy.types.Panel.__subclasses__():
         engines = getattr(panel, "COMPAT_ENGINES", None)
-        if isinstance(engines, set) and panel.__name__.startswith(prefixes) and \
+        name = panel.__name__
+        if isinstance(engines, set) and name.startswith(prefixes) and \
+                not any(word in name for word in _SKIPPED_PANELS) and \
                 engines & {"BLENDER_RENDER", "BLENDER_EEVEE", "BLENDER_EEVEE_NEXT", "CYCLES"}:
             yield panel
 
 
 def register():
     bpy.utils.register_class(WonderlandRenderEngine)
+    bpy.utils.register_class(WONDERLAND_PT_passes)
     for panel in _compatible_panels():
         panel.COMPAT_ENGINES.add(ENGINE_ID)
     atexit.register(shutdown)
@@ -299,4 +322,5 @@ def unregister():
     shutdown()
     for panel in _compatible_panels():
         panel.COMPAT_ENGINES.discard(ENGINE_ID)
+    bpy.utils.unregister_class(WONDERLAND_PT_passes)
     bpy.utils.unregister_class(WonderlandRenderEngine)

@@ -34,6 +34,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="run the camera ControlNet only for this first share of the steps (e.g. 0.4)")
     p.add_argument("--cache", choices=["pab"], help="diffusers' pyramid attention broadcast cache")
     p.add_argument("--compile", action="store_true", help="torch.compile the transformer blocks")
+    p.add_argument("--offload", action="store_true",
+                   help="keep the models on the CPU and move each to the GPU only for its stage (less VRAM)")
     p.add_argument("--previews", type=int, default=8, help="preview renders along the trajectory (0: none)")
     p.add_argument("--preview-size", type=int, default=256, help="long side of the previews in pixels")
     p.add_argument("--max-gaussians", type=int, help="keep at most this many (the most opaque)")
@@ -65,7 +67,6 @@ def run(args) -> int:
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     _clean_outputs(out)
-    (out / "cancel").unlink(missing_ok=True)
     events = EventLog(out / "events.jsonl")
     watch = CancelWatch(out)
     try:
@@ -73,6 +74,7 @@ def run(args) -> int:
     except Cancelled:
         _clean_outputs(out)
         events.emit("cancelled")
+        (out / "cancel").unlink(missing_ok=True)  # the request is served; a re-run in DIR starts afresh
         raise
     except InputError as e:
         _clean_outputs(out)
@@ -109,7 +111,7 @@ def _generate(args, out: Path, events: EventLog, watch: CancelWatch) -> dict:
     if pipe.random_weights:
         print(f"warning: --model {args.model} has no trained weights here: using {pipe.source}; "
               "the result is noise, for smoke tests only", file=sys.stderr)
-    pipe.to(device, dtype)
+    pipe.to("cpu" if args.offload else device, dtype)
     load_s = time.perf_counter() - started
 
     bars: dict[str, tqdm] = {}
@@ -125,6 +127,7 @@ def _generate(args, out: Path, events: EventLog, watch: CancelWatch) -> dict:
                           controlnet_fraction=args.controlnet_fraction, cache=args.cache, compile=args.compile,
                           preview_count=args.previews, preview_size=args.preview_size,
                           prune_opacity=args.prune_opacity, max_gaussians=args.max_gaussians,
+                          device=device, offload=args.offload,
                           on_progress=on_progress, should_cancel=watch.requested)
     finally:
         for bar in bars.values():

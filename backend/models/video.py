@@ -6,8 +6,9 @@ branches (shared/design/paper.md, "Dual branch").
   `paper()` is CogVideoX-5B-I2V's public configuration, `tiny()` the same code at test size.
 - `CameraControlledTransformer` wraps an unmodified `CogVideoXTransformer3DModel` (`base`) and adds
   * a ControlNet branch: a trainable copy of the first K base blocks, fed with the base's
-    patch-embedded (noisy + image) video tokens plus camera tokens; block k's output goes through a
-    zero-initialised Linear and is added to the video tokens output by base block k;
+    patch-embedded (noisy + image) video tokens plus camera tokens (from a zero-initialised camera
+    patch embedding, ControlNet's "zero convolution" on the condition); block k's output goes through
+    a zero-initialised Linear and is added to the video tokens output by base block k;
   * a LoRA branch: peft LoRA on the base blocks' attention projections, plus camera tokens added to
     the base's video tokens through a zero-initialised Linear.
   At initialisation every camera path adds exact zeros, so the model equals the base bit for bit.
@@ -36,6 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 import torch
+import torch.utils.checkpoint
 from diffusers import AutoencoderKLCogVideoX, CogVideoXDPMScheduler, CogVideoXTransformer3DModel
 from peft import LoraConfig
 from torch import Tensor, nn
@@ -129,7 +131,7 @@ class VideoModelConfig:
             scheduler=_cogvideox_scheduler(),
             num_frames=9, height=64, width=96,
             controlnet_layers=2, lora_rank=4, lora_alpha=4.0,
-            controlnet_fraction=1.0, guidance_scale=2.0, num_inference_steps=4,
+            controlnet_fraction=1.0, guidance_scale=1.0, num_inference_steps=4,
         )
 
     # --- JSON ------------------------------------------------------------------------------------

@@ -7,15 +7,17 @@ distribution, scaled by the VAE's scaling factor, no noise augmentation: that is
 trick), placed as latent frame 0 of an otherwise zero "image latent" video and concatenated on
 channels to the noisy latents; rotary embeddings come from the pipeline's grid logic; the
 `CogVideoXDPMScheduler` steps with its two-step `old_pred_original_sample` form; classifier-free
-guidance runs [uncond, cond] as one batch, and only when guidance_scale > 1.
+guidance runs [uncond, cond] as one batch, and only when guidance_scale > 1 (and text embeddings
+are given: with none, both halves would be equal).
 
 Speed levers (all off by default except SDPA, which diffusers' CogVideoX attention always uses):
 - `controlnet_fraction` < 1 runs the ControlNet branch only in the first steps (AC3D: 0.4);
 - `cache="pab"`: diffusers' Pyramid Attention Broadcast on the base transformer (re-uses attention
-  outputs between steps in the middle of the schedule). First Block Cache and FasterCache are not
-  offered: First Block Cache skips whole blocks by comparing block-0 residuals, which the ControlNet
-  residuals added after each block would make wrong, and FasterCache's CFG hook splits the batch
-  inside the base, under our camera hooks;
+  outputs between steps in the middle of the schedule; it works on attention modules, below the
+  camera hooks). First Block Cache and FasterCache (both in diffusers 0.42.1 for CogVideoX) are not
+  offered: on a skipped step First Block Cache returns a cached tail residual that already holds the
+  ControlNet residuals, which our per-block hooks would then add a second time, and FasterCache's
+  CFG hook changes the batch inside the base, under the camera tokens we add for the full batch;
 - `compile_blocks(model)`, once after loading: torch.compile of each transformer block's forward
   (regional compilation; the per-call camera hooks stay outside the compiled code, so adding and
   removing them causes no recompilation).
@@ -25,7 +27,7 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
-from diffusers import AutoencoderKLCogVideoX, CogVideoXDPMScheduler
+from diffusers import AutoencoderKLCogVideoX, CogVideoXDPMScheduler, CogVideoXTransformer3DModel
 from diffusers.hooks import PyramidAttentionBroadcastConfig
 from diffusers.models.embeddings import get_3d_rotary_pos_embed
 from diffusers.pipelines.cogvideo.pipeline_cogvideox_image2video import get_resize_crop_region_for_grid
@@ -38,11 +40,11 @@ from backend.models.video import CameraControlledTransformer
 CACHES = (None, "pab")
 
 
-def rotary_embeddings(transformer: CameraControlledTransformer, latent_height: int, latent_width: int,
-                      latent_frames: int, device: torch.device) -> tuple[Tensor, Tensor] | None:
+def rotary_embeddings(transformer: CameraControlledTransformer | CogVideoXTransformer3DModel, latent_height: int,
+                      latent_width: int, latent_frames: int, device: torch.device) -> tuple[Tensor, Tensor] | None:
     """The pipeline's `_prepare_rotary_positional_embeddings` (CogVideoX 1.0 branch) for a latent grid;
-    None for a transformer without rotary embeddings."""
-    cfg = transformer.base.config
+    None for a transformer without rotary embeddings. Takes ours or a stock diffusers transformer."""
+    cfg = getattr(transformer, "base", transformer).config
     if not cfg.use_rotary_positional_embeddings:
         return None
     p = cfg.patch_size
@@ -97,15 +99,15 @@ def sample_video_latents(
     image_latents: Tensor,
     plucker: Tensor,
     *,
-    steps: int,
-    guidance_scale: float = 1.0,
+    steps: int | None = None,
+    guidance_scale: float | None = None,
     num_frames: int | None = None,
     prompt_embeds: Tensor | None = None,
     negative_prompt_embeds: Tensor | None = None,
     generator: torch.Generator | None = None,
     on_step: Callable[[int, int], None] | None = None,
     should_cancel: Callable[[], bool] | None = None,
-    controlnet_fraction: float = 1.0,
+    controlnet_fraction: float | None = None,
     cache: str | None = None,
 ) -> Tensor:
     """Denoises a camera-controlled video from one image; returns latents [B, T, C, h, w] (scaled like
@@ -113,14 +115,21 @@ def sample_video_latents(
 
     image_latents: [B, 1, C, h, w] from `encode_image`. plucker: per video frame [B, F, 6, h, w] at the
     latent grid, or grouped [B, T, 24, h, w] (see `CameraControlledTransformer.group_plucker`).
-    num_frames: video frames (default: the model config's); T = 1 + (F - 1) / 4.
+    steps, guidance_scale, num_frames, controlnet_fraction: default to the model config's
+    (num_inference_steps, guidance_scale, num_frames, controlnet_fraction); T = 1 + (F - 1) / 4.
     prompt_embeds / negative_prompt_embeds: [B, L, D] text embeddings; zeros of the config's text
-    shape when None. CFG needs guidance_scale > 1.
+    shape when None. Classifier-free guidance ([uncond, cond] in one batch) runs when
+    guidance_scale > 1 and at least one of them is given: without any, both halves would be the
+    same zeros and CFG would double the work for an identical result.
+    cache: None or "pab" (Pyramid Attention Broadcast, see the module docstring).
     generator: seeds the initial noise and the scheduler's noise (same seed -> same latents).
     on_step(step, total) runs after each step (1-based); should_cancel() runs before each step and
     a True answer raises backend.errors.Cancelled.
     """
     cfg = transformer.config
+    steps = cfg.num_inference_steps if steps is None else steps
+    guidance_scale = cfg.guidance_scale if guidance_scale is None else guidance_scale
+    controlnet_fraction = cfg.controlnet_fraction if controlnet_fraction is None else controlnet_fraction
     if image_latents.ndim != 5 or image_latents.shape[1] != 1 or image_latents.shape[2] != cfg.latent_channels:
         raise InputError(f"image_latents must be [B, 1, {cfg.latent_channels}, h, w], got "
                          f"{tuple(image_latents.shape)}", "encode the image with encode_image()")
@@ -143,7 +152,7 @@ def sample_video_latents(
             f"{cfg.width}x{cfg.height} and resample the trajectory to {cfg.num_frames} frames")
 
     device, dtype = image_latents.device, transformer.base.dtype
-    do_cfg = guidance_scale > 1.0
+    do_cfg = guidance_scale > 1.0 and (prompt_embeds is not None or negative_prompt_embeds is not None)
     text = _text_embeds(cfg, prompt_embeds, batch, device, dtype)
     text = torch.cat([_text_embeds(cfg, negative_prompt_embeds, batch, device, dtype), text]) if do_cfg else text
     cams = transformer.group_plucker(plucker.to(device=device, dtype=dtype), latent_frames, height, width)

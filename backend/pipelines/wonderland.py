@@ -1,17 +1,11 @@
 """The Wonderland pipeline: image + camera trajectory -> video latents -> 3D Gaussians in the caller's world.
 
-A model directory (what `--model DIR` points at):
-
-    wonderland.json              ModelConfig (backend/models/config.py)
-    transformer/ vae/ scheduler/ the base CogVideoX model in diffusers' layout (`from_pretrained`), or a
-                                 "base_model" path in wonderland.json to a CogVideoX-5B-I2V folder on disk
-    camera_branches.safetensors  our ControlNet + LoRA camera branches
-    lalrm.safetensors            the LaLRM (its config also sits in the file's header)
-
-Loading is local only and never unpickles: diffusers is asked for safetensors files only.
+Its components come from a model folder (backend/models/model_dir.py), a shipped model, or a named
+config with seeded random weights (`tiny`, for tests and smoke runs).
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,9 +13,8 @@ from typing import Callable
 
 import numpy as np
 import torch
-from diffusers import AutoencoderKLCogVideoX, CogVideoXDPMScheduler, CogVideoXTransformer3DModel
+from diffusers import AutoencoderKLCogVideoX, CogVideoXDPMScheduler
 
-from backend.atomic import atomic_write_text
 from backend.cameras import CameraBatch, center_crop_box, fit_cameras, normalize, resample
 from backend.errors import InputError
 from backend.gaussians import Gaussians
@@ -29,14 +22,11 @@ from backend.images import crop_resize
 from backend.models.config import NAMED_CONFIGS, ModelConfig
 from backend.models.lalrm import LaLRM
 from backend.models.video import CameraControlledTransformer, build_scheduler, build_vae
-from backend.models.weights import load_state_dict, save_state_dict
+from backend.models.model_dir import CONFIG_FILE, read_model, write_model
 from backend.pipelines.camera_i2v import compile_blocks, encode_image, sample_video_latents
 from backend.plucker import plucker_embedding
 from backend.render import render
 
-CONFIG_FILE = "wonderland.json"
-CAMERA_FILE = "camera_branches.safetensors"
-LALRM_FILE = "lalrm.safetensors"
 SHIPPED_DIR = Path(__file__).resolve().parents[1] / "weights"  # models the project ships, by name
 DEFAULT_MODEL = "default"
 ASPECT_TOLERANCE = 0.01
@@ -61,58 +51,19 @@ class WonderlandPipeline:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             vae = build_vae(config.video)
-            transformer = CameraControlledTransformer(config.video)
+            # float32 throughout, as a saved and reloaded model is (diffusers makes a float64 buffer)
+            transformer = CameraControlledTransformer(config.video).float()
             lalrm = LaLRM(config.lalrm)
         return cls(config, vae.eval(), transformer.eval(), build_scheduler(config.video), lalrm.eval(),
                    source=f"random weights (seed {seed})", random_weights=True)
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, dtype: torch.dtype = torch.float32) -> "WonderlandPipeline":
-        directory = Path(directory)
-        config_path = directory / CONFIG_FILE
-        if not config_path.is_file():
-            raise InputError(f"{directory} is not a Wonderland model folder: {CONFIG_FILE} is missing",
-                             "point --model at a folder made by training (train-* --export) or name a "
-                             f"shipped model ({', '.join(shipped_models()) or 'none installed'})")
-        import json
-        try:
-            raw = json.loads(config_path.read_text())
-        except ValueError as e:
-            raise InputError(f"{config_path} is not valid JSON: {e}", "restore the file from the model") from e
-        config = ModelConfig.from_dict(raw, source=str(config_path))
-        base_dir = Path(raw.get("base_model") or directory)
-        if not base_dir.is_absolute():
-            base_dir = directory / base_dir
-        load = dict(use_safetensors=True, local_files_only=True, torch_dtype=dtype)
-        try:
-            base = CogVideoXTransformer3DModel.from_pretrained(base_dir, subfolder="transformer", **load)
-            vae = AutoencoderKLCogVideoX.from_pretrained(base_dir, subfolder="vae", **load)
-            scheduler = CogVideoXDPMScheduler.from_pretrained(base_dir, subfolder="scheduler",
-                                                              local_files_only=True)
-        except (OSError, EnvironmentError) as e:
-            raise InputError(f"cannot load the base video model from {base_dir}: {e}",
-                             "the folder needs transformer/, vae/ and scheduler/ in diffusers' layout with "
-                             ".safetensors weights (e.g. a local copy of CogVideoX-5b-I2V)") from e
-        transformer = CameraControlledTransformer(config.video, base=base)
-        transformer.load_camera_state_dict(load_state_dict(directory / CAMERA_FILE))
-        lalrm = LaLRM.from_pretrained(directory / LALRM_FILE, dtype=dtype)
-        return cls(config, vae.eval(), transformer.to(dtype).eval(), scheduler, lalrm, source=str(directory))
+        config, vae, transformer, scheduler, lalrm = read_model(directory, dtype)
+        return cls(config, vae, transformer, scheduler, lalrm, source=str(directory))
 
     def save_pretrained(self, directory: str | Path) -> None:
-        """Writes the layout of the module docstring; the base in diffusers' format without LoRA."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        base = self.transformer.base
-        plain = {k.replace(".base_layer.", "."): v for k, v in base.state_dict().items() if ".lora_" not in k}
-        (directory / "transformer").mkdir(exist_ok=True)
-        base.save_config(directory / "transformer")
-        save_state_dict(plain, directory / "transformer" / "diffusion_pytorch_model.safetensors")
-        self.vae.save_pretrained(directory / "vae", safe_serialization=True)
-        self.scheduler.save_pretrained(directory / "scheduler")
-        save_state_dict(self.transformer.camera_state_dict(), directory / CAMERA_FILE)
-        self.lalrm.save_pretrained(directory / LALRM_FILE)
-        import json
-        atomic_write_text(directory / CONFIG_FILE, json.dumps(self.config.to_dict(), indent=1))
+        write_model(directory, self.config, self.vae, self.transformer, self.scheduler, self.lalrm)
 
     def to(self, device: torch.device, dtype: torch.dtype | None = None) -> "WonderlandPipeline":
         for module in (self.vae, self.transformer, self.lalrm):
@@ -143,6 +94,9 @@ def load_pipeline(model: str, dtype: torch.dtype = torch.float32, seed: int = 0)
                          "train one (train-video / train-lrm), or make a model folder whose wonderland.json "
                          "has \"base_model\" pointing at a local CogVideoX-5b-I2V and add camera_branches "
                          "and lalrm safetensors")
+    if model == DEFAULT_MODEL:
+        raise InputError("no trained default model is installed with this backend",
+                         "pass --model with a model folder, or --model tiny for a smoke run with random weights")
     known = ", ".join(shipped_models() + list(NAMED_CONFIGS))
     raise InputError(f"--model {model!r} is neither a folder nor a known model",
                      f"give a model folder, or one of: {known}")
@@ -185,12 +139,14 @@ def generate(pipe: WonderlandPipeline, image: np.ndarray, cameras: CameraBatch, 
              seed: int = 0, guidance_scale: float | None = None, controlnet_fraction: float | None = None,
              cache: str | None = None, compile: bool = False, preview_count: int = 8, preview_size: int = 256,
              prune_opacity: float | None = None, max_gaussians: int | None = None,
+             device: torch.device | None = None, offload: bool = False,
              on_progress: ProgressFn | None = None, should_cancel: Callable[[], bool] | None = None
              ) -> GenerateResult:
     """Image [H, W, 3] floats in 0..1 and the caller's trajectory -> Gaussians in the caller's world.
 
     Same seed, same device -> same result. `should_cancel` is polled before every denoising step and
-    between stages; a True answer raises backend.errors.Cancelled.
+    between stages; a True answer raises backend.errors.Cancelled. With `offload`, the components wait
+    on the CPU and each visits `device` only for its own stage (peak GPU memory = the largest one).
     """
     from backend.errors import Cancelled
 
@@ -204,7 +160,19 @@ def generate(pipe: WonderlandPipeline, image: np.ndarray, cameras: CameraBatch, 
 
     cfg, video_cfg = pipe.config, pipe.config.video
     steps = steps or video_cfg.num_inference_steps
-    device, dtype = pipe.device, pipe.lalrm.dtype
+    device, dtype = device or pipe.device, pipe.lalrm.dtype
+
+    @contextlib.contextmanager
+    def placed(module: torch.nn.Module):
+        if offload:
+            module.to(device)
+        try:
+            yield module
+        finally:
+            if offload:
+                module.to("cpu")
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
 
@@ -214,7 +182,8 @@ def generate(pipe: WonderlandPipeline, image: np.ndarray, cameras: CameraBatch, 
     progress("encode", 0, 1)
     with torch.no_grad():
         image_t = torch.from_numpy(pixels).permute(2, 0, 1)[None].to(device=device, dtype=dtype) * 2.0 - 1.0
-        image_latents = encode_image(pipe.vae, image_t, generator=generator)
+        with placed(pipe.vae):
+            image_latents = encode_image(pipe.vae, image_t, generator=generator)
     progress("encode", 1, 1)
     timings["encode"] = time.perf_counter() - t0
     check()
@@ -223,22 +192,21 @@ def generate(pipe: WonderlandPipeline, image: np.ndarray, cameras: CameraBatch, 
     if compile:
         compile_blocks(pipe.transformer)
     plucker = plucker_embedding(cams_norm.to(device), video_cfg.latent_height, video_cfg.latent_width)
-    latents = sample_video_latents(
-        pipe.transformer, pipe.scheduler, image_latents, plucker[None].to(dtype), steps=steps,
-        guidance_scale=video_cfg.guidance_scale if guidance_scale is None else guidance_scale,
-        generator=generator, on_step=lambda i, n: progress("denoise", i, n), should_cancel=should_cancel,
-        controlnet_fraction=video_cfg.controlnet_fraction if controlnet_fraction is None else controlnet_fraction,
-        cache=cache)
+    with placed(pipe.transformer):
+        latents = sample_video_latents(
+            pipe.transformer, pipe.scheduler, image_latents, plucker[None].to(dtype), steps=steps,
+            guidance_scale=guidance_scale, generator=generator, on_step=lambda i, n: progress("denoise", i, n),
+            should_cancel=should_cancel, controlnet_fraction=controlnet_fraction, cache=cache)
     timings["denoise"] = time.perf_counter() - t1
     check()
 
     t2 = time.perf_counter()
     progress("reconstruct", 0, 1)
-    with torch.no_grad():
+    with torch.no_grad(), placed(pipe.lalrm):
         local = pipe.lalrm.predict_gaussians(
             latents[0], cams_norm, prune_opacity=cfg.prune_opacity if prune_opacity is None else prune_opacity,
             max_count=cfg.max_gaussians if max_gaussians is None else max_gaussians)
-        gaussians = normalization.gaussians_to_world(local).detach().to("cpu", torch.float32)
+        gaussians = normalization.gaussians_to_world(local).detach().to(dtype=torch.float32)
     progress("reconstruct", 1, 1)
     timings["reconstruct"] = time.perf_counter() - t2
     check()
@@ -248,7 +216,7 @@ def generate(pipe: WonderlandPipeline, image: np.ndarray, cameras: CameraBatch, 
     timings["render"] = time.perf_counter() - t3
     info.update({"steps": steps, "seed": seed, "normalization_scale": normalization.scale,
                  "count": len(gaussians), "timings_s": {k: round(v, 3) for k, v in timings.items()}})
-    return GenerateResult(gaussians, previews, info)
+    return GenerateResult(gaussians.to("cpu"), previews, info)
 
 
 def render_previews(gaussians: Gaussians, cameras: CameraBatch, count: int, size: int,
@@ -263,7 +231,7 @@ def render_previews(gaussians: Gaussians, cameras: CameraBatch, count: int, size
     for i in range(count):
         check()
         with torch.no_grad():
-            rgb = render(gaussians, views[i], width, height).rgb[0]
-        out.append(rgb.clamp(0, 1).numpy())
+            rgb = render(gaussians, views[i].to(gaussians.device), width, height).rgb[0]
+        out.append(rgb.clamp(0, 1).cpu().numpy())
         progress("render", i + 1, count)
     return out

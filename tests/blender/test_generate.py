@@ -18,7 +18,6 @@ from wonderland_blender import ops_generate, previews
 from wonderland_blender.plyio import read_ply
 from wonderland_blender.preferences import ENV_BACKEND_PYTHON, get_preferences
 
-ROOT = Path(__file__).resolve().parents[2]
 FAST_PREVIEWS = "--previews 2 --preview-size 32"  # the tiny model's CPU preview renders dominate its run time
 DATA_KINDS = ("objects", "collections", "meshes", "pointclouds", "images", "materials", "cameras")
 
@@ -79,6 +78,7 @@ def job_folders(tmp_path) -> list[Path]:
 
 
 def test_generate_end_to_end_imports_gaussians_and_previews(job_scene, tmp_path, capsys):
+    bpy.ops.ed.undo_push(message="before generate")
     before = snapshot()
     assert bpy.ops.wonderland.generate(extra_args=FAST_PREVIEWS) == {'FINISHED'}
 
@@ -109,7 +109,13 @@ def test_generate_end_to_end_imports_gaussians_and_previews(job_scene, tmp_path,
         "objects": [obj.name], "collections": ["Wonderland"], "pointclouds": [obj.data.name],
         "images": [preview.name], "materials": ["Wonderland Gaussians"]}
     out = capsys.readouterr().out
-    assert "Wonderland: denoise 1/2" in out and "(100%)" in out  # background mode prints progress lines
+    assert "Wonderland: denoise 1/2 (42%)" in out and "Wonderland: write 4/4 (100%)" in out  # progress lines
+
+    # one undo step holds the whole import: one undo removes it all, one redo brings it all back
+    bpy.ops.ed.undo()
+    assert snapshot() == before
+    bpy.ops.ed.redo()
+    assert snapshot() == after
 
 
 def test_cancel_after_the_first_denoise_step_leaves_the_blend_and_no_process(job_scene, tmp_path):
@@ -140,6 +146,7 @@ def test_cancel_after_the_first_denoise_step_leaves_the_blend_and_no_process(job
 @pytest.mark.parametrize("breakage, message", [
     ("no image", "no input image: pick an image"),
     ("missing image file", "does not exist: pick the image again"),
+    ("image datablock whose file is gone", "image 'gone.png' has no pixels .*may be missing.*: reload it"),
     ("empty object as camera", "'Empty' is a empty object, not a camera"),
     ("orthographic camera", "only perspective cameras"),
     ("empty frame range", "the frame range 5–2 is empty"),
@@ -153,6 +160,11 @@ def test_bad_input_is_refused_with_a_clear_message_before_anything_starts(job_sc
         s.image_path = ""
     elif breakage == "missing image file":
         s.image_path = str(tmp_path / "gone.png")
+    elif breakage == "image datablock whose file is gone":
+        gone = tmp_path / "gone.png"
+        Image.new("RGB", (4, 4)).save(gone)
+        s.image = bpy.data.images.load(str(gone))
+        gone.unlink()
     elif breakage == "empty object as camera":
         empty = bpy.data.objects.new("Empty", None)
         job_scene.collection.objects.link(empty)
@@ -212,3 +224,86 @@ def test_an_image_datablock_is_written_with_its_raw_pixels_not_the_view_transfor
 
 def test_open_preview_needs_a_window(generate_ops):
     assert not bpy.ops.wonderland.open_preview.poll()
+
+
+# --- Install backend ----------------------------------------------------------------------------------
+
+@pytest.fixture
+def install_op(addon):
+    from wonderland_blender import ops_install
+    registered = not hasattr(bpy.types, "WONDERLAND_OT_install_backend")
+    if registered:
+        ops_install.register()
+    yield ops_install
+    if registered:
+        ops_install.unregister()
+
+
+@pytest.mark.skipif(bpy.app.online_access, reason="needs Blender's online access off (the bpy module's default)")
+def test_install_backend_refuses_when_online_access_is_off(install_op):
+    with pytest.raises(RuntimeError, match="online access is off.*Allow Online Access"):
+        bpy.ops.wonderland.install_backend()
+    assert install_op.install_status() == (False, "")
+
+
+def test_pip_output_becomes_a_short_status(install_op):
+    lines = {
+        "Collecting diffusers==0.42.1": "Collecting diffusers==0.42.1",
+        "  Downloading torch-2.5.1-cp311-cp311-manylinux1_x86_64.whl (906.4 MB)": "Downloading torch (906.4 MB)",
+        "  Downloading tqdm-4.70.1-py3-none-any.whl.metadata (57 kB)": "Downloading tqdm (57 kB)",
+        "Building wheels for collected packages: wonderland-backend": "Building wonderland-backend",
+        "  Building wheel for wonderland-backend (pyproject.toml): started": "Building wonderland-backend",
+        "Installing collected packages: tqdm, numpy, torch": "Installing 3 packages",
+        "Successfully installed numpy-1.26.4 torch-2.5.1 tqdm-4.70.1": "Installed",
+        "  Using cached numpy-1.26.4.tar.gz": None,
+    }
+    assert {line: install_op.pip_status(line) for line in lines} == lines
+
+
+def test_install_steps_run_in_order_and_a_failure_is_explained(install_op, tmp_path):
+    ok = [sys.executable, "-c", "print('Collecting plyfile==1.1.3'); print('Successfully installed plyfile-1.1.3')"]
+    bad = [sys.executable, "-c", "import sys; print('Collecting torch'); "
+                                 "print(\"ERROR: Could not find a version that satisfies the requirement torch\"); "
+                                 "print('ERROR: No matching distribution found for torch'); sys.exit(1)"]
+    run = install_op.InstallRun([("first", ok), ("second", bad), ("never", ok)], tmp_path / "install.log")
+    statuses = []
+    deadline = time.monotonic() + 30
+    while not run.poll() and time.monotonic() < deadline:
+        statuses.append(run.status)
+        time.sleep(0.02)
+    assert run.finished and run.error.startswith("second failed (exit code 1): ERROR: Could not find a version")
+    assert "Likely cause: pip found no package for this Python or platform" in run.error
+    log = (tmp_path / "install.log").read_text()
+    assert "Successfully installed plyfile-1.1.3" in log and "never" not in log and log.count("$ ") == 2
+
+    good = install_op.InstallRun([("only", ok)], tmp_path / "install.log")
+    while not good.poll():
+        time.sleep(0.02)
+    assert (good.error, good.status) == (None, "Done")
+
+
+def test_the_base_python_for_the_venv_is_3_11_or_newer(install_op):
+    import subprocess
+    exe = install_op.find_base_python()
+    out = subprocess.run([exe, "-c", "import sys; print(sys.version_info[0], sys.version_info[1])"],
+                         capture_output=True, text=True, check=True).stdout.split()
+    assert tuple(map(int, out)) >= (3, 11)
+    venv = Path("/nonexistent/venv")
+    steps = install_op.install_steps(exe, venv, install_op.BACKEND_SRC)
+    assert [label for label, _ in steps] == ["Making the virtual environment", "pip install of the backend",
+                                             "Checking the backend"]
+    assert steps[0][1] == [exe, "-m", "venv", str(venv)]
+    assert steps[1][1][-1] == str(install_op.BACKEND_SRC)
+
+
+def test_an_unedited_image_file_datablock_is_copied_byte_for_byte(job_scene, tmp_path):
+    source = tmp_path / "photo.jpg"
+    Image.fromarray(np.arange(48, dtype=np.uint8).reshape(4, 4, 3)).save(source, quality=90)
+    job_scene.wonderland.image = bpy.data.images.load(str(source))
+    folder = tmp_path / "job"
+    folder.mkdir()
+    written = ops_generate.write_input_image(job_scene.wonderland, folder)
+    assert written == folder / "image.jpg" and written.read_bytes() == source.read_bytes()
+    job_scene.wonderland.image.pixels[0] = 1.0   # painted in Blender: now its pixels are what counts
+    written = ops_generate.write_input_image(job_scene.wonderland, folder)
+    assert written == folder / "image.png" and np.asarray(Image.open(written))[-1, 0, 0] == 255

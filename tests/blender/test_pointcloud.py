@@ -168,3 +168,23 @@ def test_export_without_gaussians_says_what_to_do(io_ops, tmp_path):
 def test_menu_entries_are_registered(io_ops):
     assert ops_io._menu_import in bpy.types.TOPBAR_MT_file_import._dyn_ui_initialize()
     assert ops_io._menu_export in bpy.types.TOPBAR_MT_file_export._dyn_ui_initialize()
+
+
+def test_import_into_an_existing_hidden_collection_and_export_all(io_ops, gsplat_ply, tmp_path):
+    path, src = gsplat_ply
+    parent = bpy.data.collections.new("Props")
+    bpy.context.scene.collection.children.link(parent)
+    parent.children.link(bpy.data.collections.new(COLLECTION_NAME))
+    layer = bpy.context.view_layer.layer_collection.children["Props"].children[COLLECTION_NAME]
+    layer.exclude = True
+    a, b = import_file(path), import_file(path)
+    assert a.type == b.type == 'POINTCLOUD' and a.name != b.name
+    assert set(bpy.data.collections[COLLECTION_NAME].objects) == {a, b}
+    assert COLLECTION_NAME not in bpy.context.scene.collection.children  # not linked a second time
+    assert not layer.exclude
+    b.location.x = 10.0
+    bpy.context.view_layer.update()
+    bpy.ops.wonderland.export_gaussians(filepath=str(tmp_path / "all.ply"), use_selection=False)
+    out = read_ply(tmp_path / "all.ply").splats
+    assert len(out) == 2 * N
+    np.testing.assert_array_equal(np.sort(out.means[:, 0]), np.sort(np.r_[src.means[:, 0], src.means[:, 0] + 10.0]))

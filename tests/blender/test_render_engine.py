@@ -16,7 +16,7 @@ from wonderland_blender.trajectory import camera_trajectory, write_cameras_json
 
 ROOT = Path(__file__).resolve().parents[2]
 W, H = 80, 60
-OFFSET = np.array([0.0, 0.0, 0.3], np.float32)  # the object's location, applied by the engine
+SCALE = 1.3  # the Gaussian object's uniform scale
 
 REFERENCE = """
 import sys, numpy as np, torch
@@ -41,19 +41,21 @@ def engine_registered():
 
 @pytest.fixture
 def splat_scene(tmp_path):
-    """Gaussians (SH degree 1) imported and moved by OFFSET, a shifted camera at 80×60 looking at them.
-    Returns the PLY of the Gaussians in world space and the scene's cameras.json."""
+    """Gaussians (SH degree 2) imported, then moved, turned and scaled by their object; a shifted camera at
+    80×60 looking at them. Returns the untransformed PLY and a cameras.json that sees it as the scene
+    camera sees the transformed object (camera moved by the object's inverse transform), so the backend
+    renders the file's own values: an independent check of how the engine transforms positions,
+    rotations, scales and SH colours, and of the camera."""
     rng = np.random.default_rng(3)
     n = 400
     means = rng.uniform([-1.2, -0.5, -0.8], [1.2, 0.5, 0.8], (n, 3)).astype(np.float32)
-    src = Splats(means, rng.normal(0, 1, (n, 3)).astype(np.float32), rng.normal(0, 0.3, (n, 3, 3)).astype(np.float32),
+    src = Splats(means, rng.normal(0, 1, (n, 3)).astype(np.float32), rng.normal(0, 0.3, (n, 8, 3)).astype(np.float32),
                  rng.normal(1, 1, n).astype(np.float32), np.log(rng.uniform(0.03, 0.12, (n, 3))).astype(np.float32),
                  rng.normal(size=(n, 4)).astype(np.float32))
     write_ply(tmp_path / "local.ply", src)
     assert bpy.ops.wonderland.import_gaussians(filepath=str(tmp_path / "local.ply")) == {'FINISHED'}
-    bpy.context.active_object.location = OFFSET
-    world = Splats(src.means + OFFSET, src.f_dc, src.f_rest, src.opacity_logits, src.log_scales, src.quats)
-    write_ply(tmp_path / "world.ply", world)
+    obj = bpy.context.active_object
+    obj.location, obj.rotation_euler, obj.scale = (0.2, 0.3, 0.1), (0.2, -0.3, 0.5), (SCALE, SCALE, SCALE)
 
     scene = bpy.context.scene
     scene.render.engine = render_engine.ENGINE_ID
@@ -64,9 +66,13 @@ def splat_scene(tmp_path):
     cam.data.lens, cam.data.shift_x, cam.data.shift_y = 40.0, 0.05, -0.04
     scene.collection.objects.link(cam)
     scene.camera = cam
-    write_cameras_json(camera_trajectory(scene, cam, scene.frame_current, scene.frame_current),
-                       str(tmp_path / "cameras.json"))
-    return tmp_path / "world.ply", tmp_path / "cameras.json"
+    bpy.context.view_layer.update()
+    cameras = camera_trajectory(scene, cam, scene.frame_current, scene.frame_current)
+    c2w = np.linalg.inv(np.array(obj.matrix_world)) @ np.array(cameras["frames"][0]["c2w"])
+    c2w[:3, :3] *= SCALE  # the object's inverse shrinks the camera axes by 1/SCALE
+    cameras["frames"][0]["c2w"] = c2w.tolist()
+    write_cameras_json(cameras, str(tmp_path / "cameras.json"))
+    return tmp_path / "local.ply", tmp_path / "cameras.json"
 
 
 def reference_render(ply: Path, cameras: Path, out: Path) -> dict:
@@ -88,7 +94,7 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
     return float(10 * np.log10(1.0 / max(np.mean((a - b) ** 2), 1e-20)))
 
 
-def test_f12_matches_the_backend_renderer(splat_scene, tmp_path):
+def test_f12_matches_the_backend_renderer_with_depth(splat_scene, tmp_path):
     ply, cameras = splat_scene
     scene = bpy.context.scene
     scene.view_layers[0].use_pass_z = True
@@ -107,15 +113,10 @@ def test_f12_matches_the_backend_renderer(splat_scene, tmp_path):
     assert psnr(display, ref["rgb"]) >= 40.0
     assert np.abs(ours[..., 3] - ref["alpha"]).max() < 1e-4
     assert np.abs(display - ref["rgb"]).max() < 5e-3
-
-
-def test_depth_and_alpha_arrays_match(splat_scene, tmp_path):
-    ply, cameras = splat_scene
-    depsgraph = bpy.context.evaluated_depsgraph_get()
-    rgba, depth = render_engine.render_arrays(depsgraph, W, H)
-    ref = reference_render(ply, cameras, tmp_path / "ref.npz")
+    # The Depth pass holds the expected camera z (the object's scale makes it SCALE × the reference's).
+    _, depth = render_engine.render_arrays(bpy.context.evaluated_depsgraph_get(), W, H)
     seen = ref["alpha"] > 0
-    np.testing.assert_allclose(depth[seen], ref["depth"][seen], rtol=1e-4)
+    np.testing.assert_allclose(depth[seen], SCALE * ref["depth"][seen], rtol=1e-4)
     assert np.all(depth[~seen] == render_engine.EMPTY_DEPTH)
     assert 4.0 < np.median(depth[ref["alpha"] > 0.5]) < 6.5  # the cloud sits about 5 units away
 
@@ -135,7 +136,45 @@ def test_worker_survives_frames_restarts_and_skips_cancelled_answers(splat_scene
     np.testing.assert_array_equal(restarted, first)
 
 
-def test_empty_scene_and_missing_camera(tmp_path):
+def test_worker_answers_bad_requests_and_keeps_going(tmp_path):
+    worker = render_engine._get_worker()
+    missing = worker.request({"ply": str(tmp_path / "absent.ply"), "cameras": str(tmp_path / "c.json"),
+                              "width": 4, "height": 4, "out": str(tmp_path)}, lambda: False)
+    assert missing["ok"] is False and "does not exist" in missing["error"]
+    incomplete = worker.request({"ply": "x.ply"}, lambda: False)
+    assert incomplete == {"id": incomplete["id"], "ok": False, "error": "request lacks 'cameras'"}
+    assert render_engine._worker is worker and worker.alive()
+
+
+def test_render_animation_reuses_the_worker(splat_scene, tmp_path):
+    scene = bpy.context.scene
+    cam = scene.camera
+    scene.frame_start, scene.frame_end = 1, 2
+    for frame, x in ((1, 0.4), (2, 0.9)):
+        cam.location.x = x
+        cam.keyframe_insert("location", frame=frame)
+    render_engine.render_arrays(bpy.context.evaluated_depsgraph_get(), W, H)  # make sure a worker runs
+    worker = render_engine._worker
+    scene.render.image_settings.file_format = 'OPEN_EXR'
+    scene.render.filepath = str(tmp_path / "frame_")
+    bpy.ops.render.render(animation=True)
+    frames = []
+    for f in (1, 2):
+        image = bpy.data.images.load(str(tmp_path / f"frame_{f:04d}.exr"))
+        pixels = np.empty(W * H * 4, np.float32)
+        image.pixels.foreach_get(pixels)
+        frames.append(pixels)
+    assert render_engine._worker is worker  # one worker across the engines Blender made per frame
+    assert frames[0][3::4].mean() > 0.2 and np.abs(frames[0] - frames[1]).mean() > 1e-3  # the camera moved
+
+
+def test_engine_shows_its_settings_panels():
+    assert render_engine.ENGINE_ID in bpy.types.DATA_PT_lens.COMPAT_ENGINES
+    assert render_engine.ENGINE_ID in bpy.types.RENDER_PT_format.COMPAT_ENGINES
+    assert render_engine.ENGINE_ID not in bpy.types.DATA_PT_EEVEE_light.COMPAT_ENGINES
+
+
+def test_empty_scene_and_bad_cameras(tmp_path):
     scene = bpy.context.scene
     scene.render.engine = render_engine.ENGINE_ID
     rgba, depth = render_engine.render_arrays(bpy.context.evaluated_depsgraph_get(), 8, 6)
@@ -146,3 +185,9 @@ def test_empty_scene_and_missing_camera(tmp_path):
     bpy.ops.wonderland.import_gaussians(filepath=str(tmp_path / "one.ply"))
     with pytest.raises(render_engine.RenderError, match="no camera"):
         render_engine.render_arrays(bpy.context.evaluated_depsgraph_get(), 8, 6)
+    cam = bpy.data.objects.new("Ortho", bpy.data.cameras.new("Ortho"))
+    cam.data.type = 'ORTHO'
+    scene.collection.objects.link(cam)
+    scene.camera = cam
+    with pytest.raises(RuntimeError, match="camera 'Ortho' is ortho.*set its Type to Perspective"):
+        bpy.ops.render.render()  # F12 fails with the engine's message

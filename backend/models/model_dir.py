@@ -1,0 +1,112 @@
+"""The model directory that `generate --model DIR` loads, written part by part by the trainers.
+
+    wonderland.json              {"format", "version", "name", "video": {...}, "lalrm": {...},
+                                  "base_model": optional path to a CogVideoX-5B-I2V folder in diffusers' layout}
+    vae/ transformer/ scheduler/ the base video model in diffusers' layout (absent when base_model is set)
+    camera_branches.safetensors  our ControlNet + LoRA camera branches
+    lalrm.safetensors            the LaLRM (its config also sits in the file's header)
+
+`train-vae`, `train-video` and `train-lrm` each export their part into the same folder
+(`write_vae`, `write_video`, `write_lalrm`); wonderland.json collects the parts' configs, and loading
+says which part is missing and which command makes it. Loading is local only and never unpickles:
+diffusers is asked for safetensors files only.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKLCogVideoX, CogVideoXDPMScheduler, CogVideoXTransformer3DModel
+
+from backend.atomic import atomic_write_text
+from backend.errors import InputError
+from backend.models.config import CONFIG_FORMAT, CONFIG_VERSION, ModelConfig
+from backend.models.lalrm import LaLRM
+from backend.models.video import CameraControlledTransformer
+from backend.models.weights import load_state_dict, save_state_dict
+
+CONFIG_FILE = "wonderland.json"
+CAMERA_FILE = "camera_branches.safetensors"
+LALRM_FILE = "lalrm.safetensors"
+MAKERS = {"vae": "train-vae", "video": "train-video", "lalrm": "train-lrm"}
+
+
+def read_manifest(directory: Path) -> dict:
+    path = directory / CONFIG_FILE
+    if not path.is_file():
+        return {"format": CONFIG_FORMAT, "version": CONFIG_VERSION, "name": directory.name}
+    try:
+        return json.loads(path.read_text())
+    except ValueError as e:
+        raise InputError(f"{path} is not valid JSON: {e}", "restore the file, or export the model again") from e
+
+
+def _write_manifest(directory: Path, **parts) -> None:
+    manifest = read_manifest(directory)
+    manifest.update(parts)
+    atomic_write_text(directory / CONFIG_FILE, json.dumps(manifest, indent=1))
+
+
+def write_vae(directory: str | Path, vae: AutoencoderKLCogVideoX) -> None:
+    directory = Path(directory)
+    vae.save_pretrained(directory / "vae", safe_serialization=True)
+    _write_manifest(directory)
+
+
+def write_video(directory: str | Path, transformer: CameraControlledTransformer,
+                scheduler: CogVideoXDPMScheduler) -> None:
+    """The base in diffusers' layout without the LoRA (whose weights go to our camera file)."""
+    directory = Path(directory)
+    base = transformer.base
+    plain = {k.replace(".base_layer.", "."): v for k, v in base.state_dict().items() if ".lora_" not in k}
+    (directory / "transformer").mkdir(parents=True, exist_ok=True)
+    base.save_config(directory / "transformer")
+    save_state_dict(plain, directory / "transformer" / "diffusion_pytorch_model.safetensors")
+    scheduler.save_pretrained(directory / "scheduler")
+    save_state_dict(transformer.camera_state_dict(), directory / CAMERA_FILE)
+    _write_manifest(directory, video=transformer.config.to_dict())
+
+
+def write_lalrm(directory: str | Path, lalrm: LaLRM) -> None:
+    directory = Path(directory)
+    lalrm.save_pretrained(directory / LALRM_FILE)
+    _write_manifest(directory, lalrm=lalrm.config.to_dict())
+
+
+def write_model(directory: str | Path, config: ModelConfig, vae, transformer, scheduler, lalrm) -> None:
+    write_vae(directory, vae)
+    write_video(directory, transformer, scheduler)
+    write_lalrm(directory, lalrm)
+    _write_manifest(Path(directory), **{k: v for k, v in config.to_dict().items() if k not in ("video", "lalrm")})
+
+
+def read_model(directory: str | Path, dtype: torch.dtype = torch.float32):
+    """(config, vae, transformer, scheduler, lalrm) of a model folder, in eval mode."""
+    directory = Path(directory)
+    if not (directory / CONFIG_FILE).is_file():
+        raise InputError(f"{directory} is not a Wonderland model folder: {CONFIG_FILE} is missing",
+                         "point --model at a folder that the trainers exported into (--export DIR)")
+    manifest = read_manifest(directory)
+    base_dir = Path(manifest.get("base_model") or directory)
+    base_dir = base_dir if base_dir.is_absolute() else directory / base_dir
+    missing = [part for part, present in (("video", "video" in manifest), ("lalrm", "lalrm" in manifest),
+                                          ("vae", (base_dir / "vae").is_dir())) if not present]
+    if missing:
+        raise InputError(f"model folder {directory} lacks its {' and '.join(missing)} part",
+                         " and ".join(f"`python -m backend {MAKERS[p]} … --export {directory}`" for p in missing))
+    config = ModelConfig.from_dict({k: v for k, v in manifest.items() if k != "base_model"},
+                                   source=str(directory / CONFIG_FILE))
+    load = dict(use_safetensors=True, local_files_only=True, torch_dtype=dtype)
+    try:
+        base = CogVideoXTransformer3DModel.from_pretrained(base_dir, subfolder="transformer", **load)
+        vae = AutoencoderKLCogVideoX.from_pretrained(base_dir, subfolder="vae", **load)
+        scheduler = CogVideoXDPMScheduler.from_pretrained(base_dir, subfolder="scheduler", local_files_only=True)
+    except (OSError, ValueError) as e:
+        raise InputError(f"cannot load the base video model from {base_dir}: {e}",
+                         "the folder needs transformer/, vae/ and scheduler/ in diffusers' layout with "
+                         ".safetensors weights (e.g. a local copy of CogVideoX-5b-I2V)") from e
+    transformer = CameraControlledTransformer(config.video, base=base)
+    transformer.load_camera_state_dict(load_state_dict(directory / CAMERA_FILE))
+    lalrm = LaLRM.from_pretrained(directory / LALRM_FILE, dtype=dtype)
+    return config, vae.eval(), transformer.to(dtype).eval(), scheduler, lalrm

@@ -1,0 +1,1 @@
+"""Training: the shared engine (accelerate), losses, metrics and the LaLRM trainer."""

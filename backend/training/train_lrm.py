@@ -1,0 +1,349 @@
+"""LaLRM training (paper.md, "Reconstruction stage"): video latents + cameras -> Gaussians -> renders vs frames.
+
+One step, per clip of the batch:
+1. Latents of the clip's input video: from the latent cache (fixed clips), or the frozen VAE encodes
+   the frames on the fly (random clips and crops) under no_grad. Latents are scaled like the sampler's.
+2. The input cameras are normalized with backend.cameras.normalize (camera 0 = identity, largest camera
+   distance = 1), the rule inference uses; every other frame of the clip goes through the same map.
+3. The LaLRM predicts one Gaussian per output pixel per input frame (normalized frame).
+4. `views` supervision frames are drawn from the whole clip and rendered (backend.render.render) at the
+   stage's render size; the targets are the ground-truth frames at that size.
+
+Input vs supervision frames: with `input_stride` s and `extra_frames` e, clips are read with
+(F − 1)·s + 1 + e frames; frames 0, s, …, (F − 1)·s are the input video and supervision is drawn from
+all of them, so with s > 1 or e > 0 it includes views between and beyond the input cameras. With a
+latent cache (whose clips are exactly the F input frames) s = 1 and e = 0.
+
+Progressive resolution: `TrainConfig.stages` lists {"steps", "height", "width"[, "render_height",
+"render_width"]}. The LaLRM's weights do not depend on the pixel size (no positional embeddings: the
+Plücker tokens say where each token is), so each stage uses the same model with the config's
+height/width set to the stage's. The paper's 240×360 first stage becomes 256×384 here: 240×360 gives a
+30×45 latent grid that the latent patch 2 does not divide (LaLRMConfig.paper_low_res). The paper recipe:
+stages [[200000, 256, 384], [100000, 480, 720]], lr 4e-4 → 1e-5 (cosine), AdamW (0.9, 0.95), wd 1e-4, bf16.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from backend.cameras import CameraBatch, normalize
+from backend.errors import InputError
+from backend.heads import gaussians_from_raw
+from backend.models.lalrm import LaLRM, LaLRMConfig
+from backend.plucker import pixel_rays, plucker_embedding
+from backend.render import render
+from backend.training.engine import Trainer, TrainConfig
+from backend.training.losses import LossWeights, ReconstructionLoss
+from backend.training.metrics import image_metrics
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LRMData:
+    """How clips become model inputs and supervision (module docstring)."""
+    views: int = 4                     # supervision views per clip and step
+    input_stride: int = 1
+    extra_frames: int = 0
+    render_height: int | None = None   # default: the stage's (or model's) pixel size
+    render_width: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.views < 1 or self.input_stride < 1 or self.extra_frames < 0:
+            raise InputError(f"views {self.views}, input stride {self.input_stride}, extra frames "
+                             f"{self.extra_frames}", "use views >= 1, input stride >= 1, extra frames >= 0")
+
+    def clip_frames(self, num_frames: int) -> int:
+        return (num_frames - 1) * self.input_stride + 1 + self.extra_frames
+
+    def input_index(self, num_frames: int) -> list[int]:
+        return list(range(0, (num_frames - 1) * self.input_stride + 1, self.input_stride))
+
+
+def stage_config(base: LaLRMConfig, stage: dict) -> LaLRMConfig:
+    """The model config at a stage's pixel size (same weights shapes)."""
+    if "height" not in stage and "width" not in stage:
+        return base
+    return dataclasses.replace(base, height=int(stage.get("height", base.height)),
+                               width=int(stage.get("width", base.width)))
+
+
+def render_size(config: LaLRMConfig, stage: dict, data: LRMData) -> tuple[int, int]:
+    """(height, width) supervision renders use in a stage."""
+    return (int(stage.get("render_height", data.render_height or config.height)),
+            int(stage.get("render_width", data.render_width or config.width)))
+
+
+def clip_cameras(K: Tensor, c2w: Tensor, width: int, height: int, input_index: list[int]
+                 ) -> tuple[CameraBatch, CameraBatch]:
+    """(input cameras, all clip cameras), both in the input cameras' normalized frame (inference's rule)."""
+    inputs, norm = normalize(CameraBatch(K[input_index], c2w[input_index], width, height))
+    rel = torch.linalg.inv(norm.c2w0) @ c2w.detach().cpu().double()
+    rel[:, :3, 3] /= norm.scale
+    return inputs, CameraBatch(K, rel.to(device=c2w.device, dtype=c2w.dtype), width, height)
+
+
+def predict_clip_gaussians(model: nn.Module, config: LaLRMConfig, latents: Tensor, input_cams: list[CameraBatch]):
+    """Raw predictions for a batch and the Gaussians of each clip (float32, normalized frame)."""
+    plucker = torch.stack([plucker_embedding(c, config.height, config.width) for c in input_cams])
+    raw = model(latents, plucker).float()                            # [B, F, h, w, 12]
+    out = []
+    for b, cams in enumerate(input_cams):
+        origins, dirs = pixel_rays(cams, raw.shape[2], raw.shape[3])
+        out.append(gaussians_from_raw(raw[b], origins, dirs, config.near, config.far, config.max_scale))
+    return out
+
+
+def resize_frames(frames: Tensor, height: int, width: int) -> Tensor:
+    if tuple(frames.shape[-2:]) == (height, width):
+        return frames
+    return F.interpolate(frames, size=(height, width), mode="bilinear", antialias=True, align_corners=False)
+
+
+class LaLRMObjective:
+    """The engine's step function for LaLRM (module docstring); also renders for validation."""
+
+    def __init__(self, lalrm: LaLRM, loss: ReconstructionLoss, data: LRMData, vae=None):
+        self.lalrm = lalrm                     # the unwrapped module: its config follows the stage
+        self.base = lalrm.config
+        self.loss = loss
+        self.data = data
+        self.vae = vae
+
+    def _inputs(self, batch: dict, stage: dict):
+        config = stage_config(self.base, stage)
+        self.lalrm.config = config
+        F_in = config.num_frames
+        index = self.data.input_index(F_in)
+        if "latents" in batch:
+            latents = batch["latents"]
+        else:
+            if self.vae is None:
+                raise InputError("clips without latents need a VAE", "pass --vae DIR or --latent-cache PATH")
+            from backend.data.latent_cache import encode_video
+            with torch.no_grad():
+                latents = encode_video(self.vae, batch["frames"][:, index]).float()
+        if tuple(latents.shape[1:]) != config.latent_shape:
+            raise InputError(f"latents of shape {tuple(latents.shape[1:])} do not fit the LaLRM at "
+                             f"{config.height}×{config.width} (expects {config.latent_shape})",
+                             "build the latent cache at the model's frame count and pixel size")
+        height, width = batch["frames"].shape[-2:]
+        cams = [clip_cameras(batch["K"][b], batch["c2w"][b], int(width), int(height), index)
+                for b in range(latents.shape[0])]
+        return config, latents, cams
+
+    def __call__(self, model: nn.Module, batch: dict, stage: dict) -> dict[str, Tensor]:
+        config, latents, cams = self._inputs(batch, stage)
+        rh, rw = render_size(config, stage, self.data)
+        gaussians = predict_clip_gaussians(model, config, latents, [c[0] for c in cams])
+        total: dict[str, Tensor] = {}
+        for b, g in enumerate(gaussians):
+            available = batch["frames"].shape[1]
+            views = torch.randperm(available)[:self.data.views].sort().values
+            target = resize_frames(batch["frames"][b, views].float(), rh, rw)
+            rgb = render(g, cams[b][1][views.tolist()], width=rw, height=rh).rgb.permute(0, 3, 1, 2)
+            for name, value in self.loss(rgb, target, g).items():
+                total[name] = total.get(name, 0) + value / len(gaussians)
+        return total
+
+    @torch.no_grad()
+    def render_clip(self, item_batch: dict, stage: dict) -> tuple[Tensor, Tensor]:
+        """(renders, targets) [V, 3, H, W] of one clip's held-out frames (all frames when none are)."""
+        config, latents, cams = self._inputs(item_batch, stage)
+        rh, rw = render_size(config, stage, self.data)
+        g = predict_clip_gaussians(self.lalrm, config, latents, [cams[0][0]])[0]
+        held_out = sorted(set(range(item_batch["frames"].shape[1])) - set(self.data.input_index(config.num_frames)))
+        views = held_out or list(range(item_batch["frames"].shape[1]))
+        rgb = render(g, cams[0][1][views], width=rw, height=rh).rgb.permute(0, 3, 1, 2)
+        return rgb.clamp(0, 1), resize_frames(item_batch["frames"][0, views].float(), rh, rw)
+
+
+def make_validator(objective: LaLRMObjective, dataset, max_clips: int, collate_fn, stage: dict):
+    """validate_fn for the engine: PSNR/SSIM over up to max_clips held-out clips (at `stage`'s size, the
+    size the model is exported at), split over ranks."""
+    from accelerate.utils import send_to_device
+
+    def validate(trainer: Trainer) -> dict[str, float]:
+        acc = trainer.accelerator
+        was_training = objective.lalrm.training
+        objective.lalrm.eval()
+        sums = torch.zeros(3, device=acc.device)
+        count = min(max_clips, len(dataset))
+        for i in range(acc.process_index, count, acc.num_processes):
+            batch = send_to_device(collate_fn([dataset[i]]), acc.device)
+            with acc.autocast():
+                rendered, target = objective.render_clip(batch, stage)
+            m = image_metrics(rendered, target)
+            sums += torch.tensor([m["psnr"], m["ssim"], 1.0], device=acc.device)
+            if i == 0:
+                trainer.log_images("val/render_vs_target", torch.cat([rendered[:2], target[:2]], dim=-1))
+        sums = acc.reduce(sums, reduction="sum")
+        objective.lalrm.train(was_training)
+        n = max(float(sums[2]), 1.0)
+        return {"psnr": float(sums[0]) / n, "ssim": float(sums[1]) / n}
+
+    return validate
+
+
+def final_config(base: LaLRMConfig, config: TrainConfig) -> LaLRMConfig:
+    """The exported model's config: the last stage's pixel size (the resolution it ends training at)."""
+    return stage_config(base, config.stages[-1]) if config.stages else base
+
+
+def export_lalrm(trainer: Trainer, base: LaLRMConfig, directory: str | Path, vae=None) -> LaLRM:
+    """write_lalrm(directory) with the trained (EMA when on) weights, and write_vae when the folder has no
+    VAE yet, so `generate --model directory` finds everything once the video part is there. All ranks call it."""
+    from backend.models.model_dir import write_lalrm, write_vae
+    state = trainer.full_state_dict(ema=True)
+    lalrm = LaLRM(final_config(base, trainer.config))
+    lalrm.load_state_dict(state)
+    if trainer.is_main:
+        directory = Path(directory)
+        write_lalrm(directory, lalrm)
+        if vae is not None and not (directory / "vae").is_dir():
+            write_vae(directory, vae.float())
+    trainer.accelerator.wait_for_everyone()
+    return lalrm
+
+
+# The command's pieces ------------------------------------------------------------------------------------
+NAMED_LALRM = {"tiny": lambda: _tiny_lalrm(), "paper": LaLRMConfig.paper, "paper_low_res": LaLRMConfig.paper_low_res}
+
+
+def _tiny_lalrm() -> LaLRMConfig:
+    from backend.models.config import ModelConfig
+    return ModelConfig.tiny().lalrm  # the tiny LaLRM that reads the tiny video model's 4-channel latents
+
+
+def lalrm_config(name: str) -> LaLRMConfig:
+    """A named LaLRM config (tiny, paper, paper_low_res) or a JSON file of LaLRMConfig fields."""
+    if name in NAMED_LALRM:
+        return NAMED_LALRM[name]()
+    from backend.models.weights import load_config
+    if not Path(name).is_file():
+        raise InputError(f"--model-config {name!r} is neither a named config nor a JSON file",
+                         f"use one of {', '.join(NAMED_LALRM)} or a JSON file of LaLRMConfig fields")
+    return load_config(name, LaLRMConfig)
+
+
+def load_vae(path: str | Path):
+    """The CogVideoX VAE of a model folder (its vae/) or of a diffusers VAE folder, frozen, eval mode."""
+    from diffusers import AutoencoderKLCogVideoX
+    path = Path(path)
+    folder = path / "vae" if (path / "vae" / "config.json").is_file() else path
+    if not (folder / "config.json").is_file():
+        raise InputError(f"{path} holds no VAE (no config.json in it or in its vae/ folder)",
+                         "point --vae at a model folder with vae/ or at a diffusers AutoencoderKLCogVideoX folder")
+    try:
+        vae = AutoencoderKLCogVideoX.from_pretrained(folder, use_safetensors=True, local_files_only=True)
+    except (OSError, ValueError) as e:
+        raise InputError(f"cannot load the VAE from {folder}: {e}",
+                         "the folder needs config.json and .safetensors weights in diffusers' layout") from e
+    return vae.float().eval().requires_grad_(False)
+
+
+@dataclass
+class LRMRun:
+    """Everything `python -m backend train-lrm` decides (the command fills it from its options)."""
+    train: TrainConfig
+    model: LaLRMConfig
+    data: LRMData
+    weights: LossWeights
+    data_roots: list[str] = dataclasses.field(default_factory=list)
+    vae: str | None = None
+    latent_cache: str | None = None
+    vgg19: str | None = None
+    resume: bool = False
+    export: str | None = None
+    val_fraction: float = 0.05
+    val_clips: int = 8
+    stride: tuple[int, int] = (1, 4)
+    crop_scale: tuple[float, float] = (0.8, 1.0)
+    min_scenes: int = 1
+
+
+def _scenes(run: LRMRun):
+    from backend.data import load_scenes, require_scenes, split_scenes
+    scenes, problems = load_scenes(run.data_roots)
+    for problem in problems:
+        log.warning("skipped: %s", problem)
+    require_scenes(scenes, problems, run.min_scenes, "LaLRM training")
+    train, val = split_scenes(scenes, run.val_fraction, run.train.seed)
+    return train, val
+
+
+def train_lrm(run: LRMRun) -> dict:
+    """Train (or resume) a LaLRM run; returns {"steps", "loss", "val": {...}} of the end of training."""
+    from backend.data import ClipDataset, collate
+    from backend.training.losses import load_vgg19
+    cfg, model_cfg, data = run.train, run.model, run.data
+    vgg = load_vgg19(run.vgg19) if run.weights.perceptual > 0 else None   # refuse early, before any data
+    loss = ReconstructionLoss(run.weights, vgg)
+    vae = load_vae(run.vae) if run.vae else None
+    if vae is not None and int(vae.config.latent_channels) != model_cfg.latent_channels:
+        raise InputError(f"the VAE makes {vae.config.latent_channels}-channel latents, the LaLRM config reads "
+                         f"{model_cfg.latent_channels}", "use the VAE the model's video part was trained with")
+    if not run.data_roots and not run.latent_cache:
+        raise InputError("no training data", "pass --data ROOT... (and --vae DIR), or --latent-cache PATH")
+    if not run.latent_cache and vae is None:
+        raise InputError("training from frames needs the VAE that makes the video model's latents",
+                         "pass --vae DIR (a model folder with vae/ or a diffusers VAE folder), or --latent-cache")
+    train_scenes, val_scenes = _scenes(run) if run.data_roots else ([], [])
+    final = final_config(model_cfg, cfg)
+    clip_frames = data.clip_frames(model_cfg.num_frames)
+
+    trainer = Trainer(cfg, lambda: LaLRM(model_cfg, gradient_checkpointing=cfg.gradient_checkpointing),
+                      run_info={"command": "train-lrm", "lalrm": model_cfg.to_dict(),
+                                "data": [str(r) for r in run.data_roots], "latent_cache": run.latent_cache,
+                                "vae": run.vae, "loss": dataclasses.asdict(run.weights),
+                                "lrm_data": dataclasses.asdict(data)})
+    if run.latent_cache:
+        from backend.data.latent_cache import LatentCacheDataset, build_latent_cache
+        if data.input_stride != 1 or data.extra_frames or (cfg.stages and len({(s.get("height"), s.get("width"))
+                                                                             for s in cfg.stages}) > 1):
+            raise InputError("a latent cache holds fixed clips of the input frames at one size",
+                             "use --input-stride 1 --extra-frames 0 and one stage size with --latent-cache")
+        cache = Path(run.latent_cache)
+        if not (cache / "cache.json").is_file() and train_scenes and vae is not None:
+            size = stage_config(model_cfg, cfg.stages[0] if cfg.stages else {})
+            if trainer.is_main:
+                build_latent_cache(vae, ClipDataset(train_scenes, model_cfg.num_frames, size.height, size.width,
+                                                    stride=run.stride, seed=cfg.seed, fixed=True),
+                                   cache, seed=cfg.seed)
+            trainer.accelerator.wait_for_everyone()
+        cached = LatentCacheDataset(cache, vae=vae, num_frames=model_cfg.num_frames)
+
+        def train_data(index, stage):
+            return cached
+    else:
+        def train_data(index, stage):
+            size = stage_config(model_cfg, stage)
+            return ClipDataset(train_scenes, clip_frames, size.height, size.width, stride=run.stride,
+                               crop_scale=run.crop_scale, seed=cfg.seed)
+
+    if run.resume and trainer.resume():
+        log.info("resumed from step %d", trainer.step)
+    loss.to(trainer.device)
+    if vae is not None:
+        vae.to(trainer.device, torch.bfloat16 if cfg.mixed_precision == "bf16" else torch.float32)
+    objective = LaLRMObjective(trainer.unwrapped_model, loss, data, vae)
+    validate = None
+    if val_scenes:
+        val_set = ClipDataset(val_scenes, clip_frames, final.height, final.width, stride=(run.stride[0],) * 2,
+                              seed=cfg.seed, fixed=True)
+        validate = make_validator(objective, val_set, run.val_clips, collate,
+                                  cfg.stages[-1] if cfg.stages else {})
+    history = trainer.fit(train_data, objective, collate_fn=collate, validate_fn=validate)
+    if run.export:
+        export_lalrm(trainer, model_cfg, run.export, vae)
+    trainer.end()
+    losses = [r["loss"] for r in history if "loss" in r]
+    val = {k[4:]: v for r in history for k, v in r.items() if k.startswith("val/")}
+    return {"steps": trainer.step, "loss": losses[-1] if losses else None, "val": val}

@@ -1,0 +1,154 @@
+"""The synthetic scene generator (tools/synthetic_scenes.py) in the real bpy: folder format, cameras that
+match what was rendered, determinism per seed, disjoint splits, resumable runs. Tiny renders only."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import bpy
+import numpy as np
+import pytest
+from bpy_extras.object_utils import world_to_camera_view
+from mathutils import Vector
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tools"))
+import synthetic_scenes as gen  # noqa: E402
+
+from wonderland_blender.trajectory import camera_trajectory  # noqa: E402
+
+pytestmark = pytest.mark.blender
+TINY = dict(width=48, height=32, frames=5, samples=2, threads=2)
+
+
+def png_bytes(folder: Path) -> list[bytes]:
+    return [p.read_bytes() for p in sorted((folder / "frames").glob("*.png"))]
+
+
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory):
+    """Seed 3 rendered twice into separate folders, and seed 4 once."""
+    a, b = tmp_path_factory.mktemp("a"), tmp_path_factory.mktemp("b")
+    assert gen.render_scene(a, 3, "train", **TINY)
+    assert gen.render_scene(b, 3, "train", **TINY)
+    assert gen.render_scene(b, 4, "train", **TINY)
+    return a / "scene_0000003", b / "scene_0000003", b / "scene_0000004"
+
+
+def test_scene_folder_format(rendered):
+    scene = rendered[0]
+    assert sorted(p.name for p in scene.iterdir()) == ["cameras.json", "frames", "scene.json"]
+    assert sorted(p.name for p in (scene / "frames").iterdir()) == [f"{i:04d}.png" for i in range(5)]
+    for path in (scene / "frames").iterdir():
+        with Image.open(path) as img:
+            assert (img.format, img.mode, img.size) == ("PNG", "RGB", (48, 32))
+            pixels = np.asarray(img, dtype=np.float64)
+        assert 20 < pixels.mean() < 235, f"{path.name} is too dark or blown out: mean {pixels.mean():.1f}"
+        assert pixels.std() > 5, f"{path.name} is flat"
+    info = json.loads((scene / "scene.json").read_text())
+    assert (info["seed"], info["split"], info["seed_rule"]) == (3, "train", gen.SEED_RULE)
+    assert info["camera"]["move"] in ("walk", "orbit", "pan", "crane", "truck", "dolly_in", "dolly_out")
+
+    cameras = json.loads((scene / "cameras.json").read_text())
+    assert [f["frame"] for f in cameras["frames"]] == list(range(5))
+    room = info["room"]
+    for f in cameras["frames"]:  # every camera inside the room, clear of the walls, floor and ceiling
+        x, y, z = np.array(f["c2w"])[:3, 3]
+        assert abs(x) < room["width"] / 2 - 0.3 and abs(y) < room["depth"] / 2 - 0.3
+        assert 0.3 < z < room["height"] - 0.3
+
+    # the backend's own reader accepts it (a child process: torch is not loaded into Blender's process)
+    code = ("import sys; from backend.cameras import load_cameras; b = load_cameras(sys.argv[1]); "
+            "print(len(b), b.width, b.height, b.frames)")
+    out = subprocess.run([sys.executable, "-c", code, str(scene / "cameras.json")], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split()[:3] == ["5", "48", "32"]
+
+
+def test_same_seed_same_bytes_other_seed_differs(rendered):
+    a, again, other = rendered
+    assert png_bytes(a) == png_bytes(again)
+    assert (a / "cameras.json").read_bytes() == (again / "cameras.json").read_bytes()
+    assert (a / "scene.json").read_bytes() == (again / "scene.json").read_bytes()
+    first = np.asarray(Image.open(a / "frames" / "0000.png"), dtype=np.int16)
+    differ = np.asarray(Image.open(other / "frames" / "0000.png"), dtype=np.int16)
+    assert np.abs(first - differ).mean() > 10
+    assert json.loads((a / "cameras.json").read_text()) != json.loads((other / "cameras.json").read_text())
+
+
+def test_projection_matches_the_render(tmp_path):
+    """A red lamp added between the first camera and what it looks at shows up, in every frame where a ray
+    from the camera reaches it, at the pixel cameras.json projects it to (and Blender agrees)."""
+    built = gen.build_scene(5, width=64, height=48, frames=5, samples=2, threads=2)
+    scene, cam = built.scene, built.camera
+    scene.frame_set(0)
+    start = np.array(cam.matrix_world.translation)
+    centre = start + 0.5 * (np.array(built.recipe["camera"]["target"]) - start)
+    bpy.ops.mesh.primitive_uv_sphere_add(radius=0.12, location=centre.tolist())
+    lamp = bpy.context.object
+    red = bpy.data.materials.new("Red")
+    red.use_nodes = True
+    nodes = red.node_tree.nodes
+    nodes.remove(nodes["Principled BSDF"])
+    emission = nodes.new("ShaderNodeEmission")
+    emission.inputs["Color"].default_value = (1.0, 0.0, 0.0, 1.0)
+    emission.inputs["Strength"].default_value = 2.0
+    red.node_tree.links.new(emission.outputs["Emission"], nodes["Material Output"].inputs["Surface"])
+    lamp.data.materials.append(red)
+
+    gen.write_scene(built, tmp_path, {})
+    cameras = json.loads((tmp_path / "cameras.json").read_text())
+    assert cameras == camera_trajectory(scene, cam, 0, 4)
+    checked = 0
+    for i, f in enumerate(cameras["frames"]):
+        K, c2w = np.array(f["K"]), np.array(f["c2w"])
+        cam_point = np.linalg.inv(c2w) @ np.array([*centre, 1.0])
+        u, v = (K @ cam_point[:3])[:2] / cam_point[2]
+        scene.frame_set(f["frame"])
+        ndc = world_to_camera_view(scene, cam, Vector(centre))
+        assert abs(ndc.x * 64 - u) < 0.01 and abs((1 - ndc.y) * 48 - v) < 0.01
+        origin = Vector(c2w[:3, 3])
+        hit, _, _, _, obj, _ = scene.ray_cast(bpy.context.evaluated_depsgraph_get(), origin,
+                                              (Vector(centre) - origin).normalized())
+        if not (hit and obj == lamp and 2 <= u < 62 and 2 <= v < 46):
+            continue
+        r, g, b = np.asarray(Image.open(tmp_path / "frames" / f"{i:04d}.png"), dtype=np.int16)[int(v), int(u)]
+        assert r > g + 50 and r > b + 50, f"frame {i}: pixel ({u:.1f}, {v:.1f}) is {(r, g, b)}, not the red lamp"
+        checked += 1
+    assert checked >= 3
+
+
+def test_resume_skips_complete_scenes_and_redoes_broken_ones(rendered, tmp_path):
+    scene = rendered[1]
+    out = scene.parent
+    stamps = {p: p.stat().st_mtime_ns for p in (scene / "frames").iterdir()}
+    (out / ".scene_0000003.tmp-999999").mkdir()  # what a killed run leaves behind
+    assert gen.render_scene(out, 3, "train", **TINY) is False
+    assert {p: p.stat().st_mtime_ns for p in (scene / "frames").iterdir()} == stamps
+    assert not (out / ".scene_0000003.tmp-999999").exists()
+
+    broken = tmp_path / "scene_0000003"
+    broken.mkdir()
+    (broken / "cameras.json").write_bytes((scene / "cameras.json").read_bytes())  # frames missing
+    assert gen.render_scene(tmp_path, 3, "train", **TINY) is True
+    assert png_bytes(broken) == png_bytes(scene)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["scene_0000003"]  # no temporary folder left
+
+    with pytest.raises(ValueError, match="5 frames at 48x32, not 5 at 64x32"):
+        gen.render_scene(out, 3, "train", **{**TINY, "width": 64})
+
+
+def test_splits_are_disjoint_and_bad_arguments_say_why(capsys):
+    train, test = gen.scene_seeds("train", 0, 1000), gen.scene_seeds("test", 0, 1000)
+    assert set(train).isdisjoint(test) and min(test) == gen.TEST_SEED_START
+    assert gen.scene_seeds("test", 5, 2) == range(gen.TEST_SEED_START + 5, gen.TEST_SEED_START + 7)
+    with pytest.raises(ValueError, match="reach the test range"):
+        gen.scene_seeds("train", gen.TEST_SEED_START - 1, 2)
+    with pytest.raises(SystemExit):
+        gen.main(["--out", "x", "--count", "1", "--size", "96by64"])
+    assert "size must be WIDTHxHEIGHT" in capsys.readouterr().err

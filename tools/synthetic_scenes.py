@@ -1,0 +1,262 @@
+"""Render procedural room scenes into our scene folder format (backend/data/folder.py), as training and
+held-out test data for the small default model: no public weights or data are needed.
+
+    python tools/synthetic_scenes.py --out DIR --count N [--start-seed S] [--split train|test]
+                                     [--size 96x64] [--frames 49] [--samples 16] [--threads T]
+
+Each scene is DIR/scene_SSSSSSS/ (S = the seed, 7 digits) holding
+    cameras.json     shared/design/cameras.md, written by the add-on's own trajectory export
+    frames/0000.png  one 8-bit sRGB RGB PNG per camera, in the order of cameras.json's frames list
+    scene.json       the seed, split, seed rule and the recipe (room, furniture, lights, camera move)
+
+Seeds and splits (the only source of variety is the seed: the same seed renders the same images):
+    train: seeds [S, S + N), which must lie in [0, TEST_SEED_START)
+    test:  seeds [TEST_SEED_START + S, TEST_SEED_START + S + N), so the splits never share a scene.
+
+Resumable: a scene whose folder is complete is skipped; each scene is rendered into a hidden temporary
+folder beside it and renamed at the end, so an interrupted run never leaves a half scene. Rendering is
+Cycles on the CPU with a fixed sampling seed and OpenImageDenoise, deterministic (pixel- and byte-identical
+PNGs for the same seed: no date or render time in their metadata).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import random
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # the add-on package (wonderland_blender) lives at the repository root
+    sys.path.insert(0, str(ROOT))
+
+import bpy  # noqa: E402  (after the path set-up above)
+
+from synthetic.cameras import key_camera, plan_camera_move  # noqa: E402
+from synthetic.rooms import build_room  # noqa: E402
+from wonderland_blender.trajectory import camera_trajectory, write_cameras_json  # noqa: E402
+
+TEST_SEED_START = 1_000_000
+SPLITS = ("train", "test")
+SEED_RULE = (f"train: seeds [start, start + count) within [0, {TEST_SEED_START}); "
+             f"test: seeds {TEST_SEED_START} + [start, start + count)")
+GENERATOR_VERSION = 1
+FRAMES_DIR = "frames"
+DEFAULT_SIZE = (96, 64)
+DEFAULT_FRAMES = 49       # the paper model's frame count
+DEFAULT_SAMPLES = 8       # denoised (OpenImageDenoise): clean at 96x64
+LENS_MM = (18.0, 32.0)    # on a 36 mm sensor: wide, room-scale views
+STAMPS = ("use_stamp", "use_stamp_camera", "use_stamp_date", "use_stamp_filename", "use_stamp_frame",
+          "use_stamp_frame_range", "use_stamp_hostname", "use_stamp_lens", "use_stamp_marker", "use_stamp_memory",
+          "use_stamp_note", "use_stamp_render_time", "use_stamp_scene", "use_stamp_sequencer_strip", "use_stamp_time")
+
+
+def scene_seeds(split: str, start: int, count: int) -> range:
+    """The seeds of `count` scenes of `split` from `start` (see the module docstring for the rule)."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}: use one of {', '.join(SPLITS)}")
+    if start < 0 or count < 0:
+        raise ValueError(f"--start-seed and --count must be >= 0, got {start} and {count}")
+    if split == "test":
+        return range(TEST_SEED_START + start, TEST_SEED_START + start + count)
+    if start + count > TEST_SEED_START:
+        raise ValueError(f"train seeds {start}..{start + count - 1} reach the test range (from {TEST_SEED_START}): "
+                         "lower --start-seed or --count")
+    return range(start, start + count)
+
+
+def scene_name(seed: int) -> str:
+    return f"scene_{seed:07d}"
+
+
+def frame_file(index: int) -> str:
+    return f"{index:04d}.png"
+
+
+def is_complete(folder: Path, frames: int, width: int, height: int) -> bool:
+    """Whether `folder` holds a finished scene of this size: cameras.json and every frame's PNG.
+
+    A finished scene rendered with other settings is an error (mixing them would corrupt the data set)."""
+    try:
+        cameras = json.loads((folder / "cameras.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return False
+    got = (len(cameras.get("frames", [])), cameras.get("width"), cameras.get("height"))
+    if got != (frames, width, height):
+        raise ValueError(f"{folder} holds a scene of {got[0]} frames at {got[1]}x{got[2]}, not {frames} at "
+                         f"{width}x{height}: use another --out folder or the same settings")
+    return all((folder / FRAMES_DIR / frame_file(i)).is_file() for i in range(frames))
+
+
+@dataclass
+class BuiltScene:
+    scene: bpy.types.Scene
+    camera: bpy.types.Object
+    frames: int
+    recipe: dict
+
+
+def setup_render(scene, width: int, height: int, samples: int, seed: int, threads: int) -> None:
+    """Cycles on the CPU, deterministic (fixed seed, no adaptive sampling, CPU denoiser), 8-bit RGB PNG."""
+    scene.render.engine = 'CYCLES'
+    cycles = scene.cycles
+    cycles.device = 'CPU'
+    cycles.samples = samples
+    cycles.use_adaptive_sampling = False
+    cycles.use_denoising, cycles.denoiser = True, 'OPENIMAGEDENOISE'   # deterministic on the CPU (tested)
+    cycles.denoising_input_passes, cycles.denoising_prefilter = 'RGB_ALBEDO_NORMAL', 'ACCURATE'
+    cycles.seed, cycles.use_animated_seed = seed, False
+    cycles.max_bounces, cycles.diffuse_bounces, cycles.glossy_bounces = 3, 2, 1
+    cycles.transmission_bounces = cycles.volume_bounces = 0
+    cycles.transparent_max_bounces = 2
+    cycles.sample_clamp_indirect = 5.0     # no fireflies at low sample counts
+    render = scene.render
+    render.resolution_x, render.resolution_y, render.resolution_percentage = width, height, 100
+    render.pixel_aspect_x = render.pixel_aspect_y = 1.0
+    render.film_transparent = False
+    render.use_persistent_data = True
+    render.threads_mode, render.threads = 'FIXED', threads
+    render.image_settings.file_format = 'PNG'
+    render.image_settings.color_mode = 'RGB'
+    render.image_settings.color_depth = '8'
+    render.image_settings.compression = 15
+    for stamp in STAMPS:  # no date or render time in the PNG metadata: same seed, same bytes
+        setattr(render, stamp, False)
+    scene.view_settings.view_transform = 'AgX'
+    scene.view_settings.look = 'None'
+    scene.view_settings.exposure = 0.0
+
+
+def build_scene(seed: int, *, width: int, height: int, frames: int, samples: int, threads: int) -> BuiltScene:
+    """A fresh Blender (factory settings, empty) holding the room, lights and animated camera of `seed`."""
+    bpy.ops.wm.read_factory_settings(use_empty=True)
+    rng = random.Random(seed)
+    scene = bpy.context.scene
+    room = build_room(rng)
+    cam_data = bpy.data.cameras.new("Camera")
+    cam_data.lens = rng.uniform(*LENS_MM)
+    cam_data.clip_start, cam_data.clip_end = 0.05, 100.0
+    camera = bpy.data.objects.new("Camera", cam_data)
+    scene.collection.objects.link(camera)
+    scene.camera = camera
+    bpy.context.view_layer.update()
+    poses, move = plan_camera_move(rng, scene, room, frames)
+    key_camera(scene, camera, poses, frame_start=0)
+    scene.frame_start, scene.frame_end = 0, frames - 1
+    setup_render(scene, width, height, samples, seed, threads)
+    recipe = {"room": room.recipe, "camera": {**move, "lens_mm": round(cam_data.lens, 4)}}
+    return BuiltScene(scene, camera, frames, recipe)
+
+
+@contextlib.contextmanager
+def quiet_stdout():
+    """Silence Blender's per-frame 'Saved:' lines (written by C code to fd 1) so progress stays readable."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    with open(os.devnull, "w") as devnull:
+        os.dup2(devnull.fileno(), 1)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def write_scene(built: BuiltScene, folder: Path, extra: dict) -> None:
+    """Render every frame into folder/frames and write cameras.json and scene.json there."""
+    scene = built.scene
+    cameras = camera_trajectory(scene, built.camera, 0, built.frames - 1)
+    (folder / FRAMES_DIR).mkdir(parents=True, exist_ok=True)
+    scene.render.filepath = str(folder / FRAMES_DIR / "####")
+    scene.render.use_file_extension = True
+    with quiet_stdout():
+        bpy.ops.render.render(animation=True)
+    missing = [frame_file(i) for i in range(built.frames) if not (folder / FRAMES_DIR / frame_file(i)).is_file()]
+    if missing:
+        raise RuntimeError(f"Blender did not write frames {', '.join(missing[:5])} into {folder / FRAMES_DIR}")
+    write_cameras_json(cameras, str(folder / "cameras.json"))
+    info = {**extra, "generator_version": GENERATOR_VERSION, "blender": bpy.app.version_string, **built.recipe}
+    (folder / "scene.json").write_text(json.dumps(info, indent=1) + "\n", encoding="utf-8")
+
+
+def render_scene(out: Path, seed: int, split: str, *, width: int = DEFAULT_SIZE[0], height: int = DEFAULT_SIZE[1],
+                 frames: int = DEFAULT_FRAMES, samples: int = DEFAULT_SAMPLES, threads: int = 0) -> bool:
+    """Render the scene of `seed` into out/scene_SSSSSSS atomically; False when it was already complete."""
+    final = Path(out) / scene_name(seed)
+    for stale in Path(out).glob(f".{final.name}.tmp-*"):  # left by an interrupted run
+        shutil.rmtree(stale, ignore_errors=True)
+    if is_complete(final, frames, width, height):
+        return False
+    tmp = Path(out) / f".{final.name}.tmp-{os.getpid()}"
+    try:
+        built = build_scene(seed, width=width, height=height, frames=frames, samples=samples,
+                            threads=threads or len(os.sched_getaffinity(0)))
+        write_scene(built, tmp, {"seed": seed, "split": split, "seed_rule": SEED_RULE, "width": width,
+                                 "height": height, "frames": frames, "samples": samples})
+        if final.exists():  # an incomplete scene from elsewhere: replaced whole
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return True
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size must be WIDTHxHEIGHT in pixels, like 96x64, got {text!r}") from None
+    if w < 1 or h < 1:
+        raise argparse.ArgumentTypeError(f"size must be positive, got {text!r}")
+    return w, h
+
+
+def positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, required=True, help="folder that receives one sub-folder per scene")
+    parser.add_argument("--count", type=positive, required=True, help="number of scenes")
+    parser.add_argument("--start-seed", type=int, default=0, help="first seed (an offset in the test range)")
+    parser.add_argument("--split", choices=SPLITS, default="train")
+    parser.add_argument("--size", type=parse_size, default=DEFAULT_SIZE, help="render size WxH (default 96x64)")
+    parser.add_argument("--frames", type=positive, default=DEFAULT_FRAMES)
+    parser.add_argument("--samples", type=positive, default=DEFAULT_SAMPLES, help="Cycles samples per pixel")
+    parser.add_argument("--threads", type=int, default=0, help="render threads (default: all usable cores)")
+    args = parser.parse_args(argv)
+    try:
+        seeds = scene_seeds(args.split, args.start_seed, args.count)
+    except ValueError as e:
+        parser.error(str(e))
+    args.out.mkdir(parents=True, exist_ok=True)
+    width, height = args.size
+    t_all, rendered = time.perf_counter(), 0
+    for i, seed in enumerate(seeds, 1):
+        t = time.perf_counter()
+        try:
+            done = render_scene(args.out, seed, args.split, width=width, height=height, frames=args.frames,
+                                samples=args.samples, threads=args.threads)
+        except Exception as e:  # noqa: BLE001  (report which scene failed, then stop)
+            print(f"scene {i}/{len(seeds)} seed {seed}: FAILED: {e}", file=sys.stderr, flush=True)
+            return 1
+        rendered += done
+        status = f"{time.perf_counter() - t:.1f} s" if done else "already complete, skipped"
+        print(f"scene {i}/{len(seeds)} seed {seed}: {status}", flush=True)
+    total = time.perf_counter() - t_all
+    print(f"{rendered} scenes rendered, {len(seeds) - rendered} skipped, {total:.1f} s"
+          + (f" ({total / rendered:.1f} s per rendered scene)" if rendered else ""), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
