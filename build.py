@@ -41,14 +41,14 @@ def venv_python() -> Path:
     return VENV / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
 
 
-def find_python311() -> str:
-    """A Python 3.11 interpreter: bpy==5.0.1 exists only for 3.11."""
+def find_python311() -> list[str]:
+    """A command that starts Python 3.11: bpy==5.0.1 exists only for 3.11."""
     if sys.version_info[:2] == PYTHON_VERSION:
-        return sys.executable
-    for name in ("python3.11", "py -3.11"):
-        exe = shutil.which(name.split()[0])
-        if exe:
-            return exe
+        return [sys.executable]
+    if shutil.which("python3.11"):
+        return [shutil.which("python3.11")]
+    if os.name == "nt" and shutil.which("py"):
+        return [shutil.which("py"), "-3.11"]
     fail("Python 3.11 is needed (bpy==5.0.1 is built for 3.11 only). Install it and re-run "
          "'python3.11 build.py setup'.")
 
@@ -83,7 +83,7 @@ def setup(cuda: str | None = None, quiet_if_done: bool = False) -> None:
         return
     if not venv_python().exists():
         say(f"creating {VENV} with Python 3.11")
-        run([find_python311(), "-m", "venv", str(VENV)])
+        run([*find_python311(), "-m", "venv", str(VENV)])
     py = str(venv_python())
     pip = [py, "-m", "pip", "install", "--disable-pip-version-check"]
     torch_cmd = pip + [TORCH]
@@ -108,14 +108,10 @@ def test(pytest_args: list[str]) -> int:
     return code
 
 
-def run_tool(name: str, missing: str) -> int:
+def run_tool(name: str) -> int:
     """Set up if needed, then run tools/<name> with the venv's Python."""
     setup(quiet_if_done=True)
-    script = ROOT / "tools" / name
-    if not script.exists():
-        say(missing)
-        return 0
-    return subprocess.run([str(venv_python()), str(script)], cwd=ROOT).returncode
+    return subprocess.run([str(venv_python()), str(ROOT / "tools" / name)], cwd=ROOT).returncode
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -137,8 +133,8 @@ def main(argv: list[str] | None = None) -> int:
         setup(args.cuda)
         return 0
     if args.task == "demo":
-        return run_tool("demo.py", "the demo arrives with the embedded-default model; nothing to run yet")
-    return run_tool("build_zip.py", "the extension zip arrives with the Blender add-on; nothing to build yet")
+        return run_tool("demo.py")
+    return run_tool("build_zip.py")
 
 
 if __name__ == "__main__":

@@ -297,6 +297,14 @@ class Normalization:
                            batch.width, batch.height, list(batch.frames))
 
 
+    def cameras_to_normalized(self, batch: CameraBatch) -> CameraBatch:
+        """Any cameras (e.g. supervision views beyond a clip's inputs) in this normalized frame."""
+        c2w = _rigid_inverse(self.c2w0) @ batch.c2w.cpu().double()
+        c2w[:, :3, 3] /= self.scale
+        return CameraBatch(batch.K.clone(), c2w.to(device=batch.device, dtype=batch.c2w.dtype),
+                           batch.width, batch.height, list(batch.frames))
+
+
 def normalize(batch: CameraBatch, radius: float = SCALE_RADIUS) -> tuple[CameraBatch, Normalization]:
     """Poses relative to camera 0, scaled so the trajectory has a fixed size.
 
@@ -310,10 +318,8 @@ def normalize(batch: CameraBatch, radius: float = SCALE_RADIUS) -> tuple[CameraB
         raise ValueError(f"normalize needs radius > 0, got {radius}")
     c2w = batch.c2w.cpu().double()
     rel = _rigid_inverse(c2w[0]) @ c2w
-    rel[0] = torch.eye(4, dtype=torch.float64)
     distance = torch.linalg.norm(rel[:, :3, 3], dim=-1).max().item()
-    scale = distance / radius if distance >= MIN_TRANSLATION else 1.0
-    rel[:, :3, 3] /= scale
-    normalized = CameraBatch(batch.K.clone(), rel.to(device=batch.device, dtype=batch.c2w.dtype),
-                             batch.width, batch.height, list(batch.frames))
-    return normalized, Normalization(c2w0=c2w[0].clone(), scale=scale)
+    normalization = Normalization(c2w0=c2w[0].clone(), scale=distance / radius if distance >= MIN_TRANSLATION else 1.0)
+    normalized = normalization.cameras_to_normalized(batch)
+    normalized.c2w[0] = torch.eye(4, dtype=normalized.c2w.dtype)  # exactly, not up to rounding
+    return normalized, normalization

@@ -37,8 +37,8 @@ class OneClip(torch.utils.data.Dataset):
         return 1
 
     def __getitem__(self, i):
-        return {"latents": self.latents, "frames": self.frames, "K": torch.tensor([[[32.0, 0, 16], [0, 32, 16], [0, 0, 1]]]),
-                "c2w": torch.eye(4)[None], "index": i}
+        K = torch.tensor([[[32.0, 0, 16], [0, 32, 16], [0, 0, 1]]])
+        return {"latents": self.latents, "frames": self.frames, "K": K, "c2w": torch.eye(4)[None], "index": i}
 
 
 def test_trainer_overfits_one_clip(tmp_path):
@@ -60,7 +60,8 @@ def test_clip_cameras_normalize_inputs_like_inference_and_carry_other_frames_alo
     c2w[:, :3, 3] = torch.tensor([[1.0, 2, 3], [3.0, 2, 3], [5.0, 2, 3]])  # camera 0 at (1,2,3), then +2, +4 in x
     K = torch.tensor([[50.0, 0, 16], [0, 50, 16], [0, 0, 1]]).repeat(3, 1, 1)
     inputs, all_cams = clip_cameras(K, c2w, 32, 32, [0, 1])
-    assert torch.allclose(inputs.c2w[0], torch.eye(4)) and torch.allclose(inputs.c2w[1, :3, 3], torch.tensor([1.0, 0, 0]))
+    assert torch.allclose(inputs.c2w[0], torch.eye(4))
+    assert torch.allclose(inputs.c2w[1, :3, 3], torch.tensor([1.0, 0, 0]))
     assert torch.allclose(all_cams.c2w[2, :3, 3], torch.tensor([2.0, 0, 0]))  # beyond the inputs: same map
 
 
@@ -97,7 +98,8 @@ def write_scene(folder, frames=9, size=(96, 64), seed=0):
     entries = []
     for i in range(frames):
         crop = base[:, i:i + w // 8]
-        Image.fromarray((np.kron(crop, np.ones((8, 8, 1))) * 255).astype(np.uint8)).save(folder / "frames" / f"{i:04d}.png")
+        pixels = (np.kron(crop, np.ones((8, 8, 1))) * 255).astype(np.uint8)
+        Image.fromarray(pixels).save(folder / "frames" / f"{i:04d}.png")
         c2w = np.eye(4)
         c2w[0, 3] = 0.1 * i
         entries.append({"frame": i, "K": [[80, 0, w / 2], [0, 80, h / 2], [0, 0, 1]], "c2w": c2w.tolist()})
@@ -115,7 +117,7 @@ def test_train_lrm_needs_valid_scenes(tmp_path):
     (tmp_path / "data" / "broken").mkdir(parents=True)
     (tmp_path / "data" / "broken" / "cameras.json").write_text("{not json")
     with pytest.raises(InputError, match="scene"):
-        train_lrm_cli("--data", tmp_path / "data", "--out", tmp_path / "run", "--vae", tmp_path,
+        train_lrm_cli("--data", tmp_path / "data", "--out", tmp_path / "run", "--latent-cache", tmp_path / "cache",
                       "--perceptual-weight", "0")
     with pytest.raises(InputError, match="--perceptual-weight 0"):  # refused before any data is read
         train_lrm_cli("--data", tmp_path / "data", "--out", tmp_path / "run")
@@ -146,6 +148,7 @@ def test_train_lrm_command_exports_a_model_folder_that_generate_loads(tmp_path, 
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics if "loss" in m] == [1, 2]
     assert any("val/psnr" in m and math.isfinite(m["val/psnr"]) for m in metrics)
+    assert list((run / "logs").rglob("events.out.tfevents*"))  # TensorBoard scalars and sample images
     checkpoint = list_checkpoints(run)[-1]
     assert all(p.suffix in (".safetensors", ".json") for p in checkpoint.iterdir())
 

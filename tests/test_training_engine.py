@@ -171,9 +171,9 @@ def test_two_gloo_processes_average_the_gradient_like_one_process_with_the_whole
     script.write_text(TWO_RANKS)
     accelerate = os.path.join(os.path.dirname(sys.executable), "accelerate")
     env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
-    for out, launcher in (("two", [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-                                   "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29561"]),
-                          ("one", [sys.executable])):
+    two = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29561"]
+    for out, launcher in (("two", two), ("one", [sys.executable])):
         batch = "1" if out == "two" else "2"
         result = subprocess.run([*launcher, str(script), str(tmp_path / out), batch], cwd=ROOT, env=env,
                                 capture_output=True, text=True, timeout=240)

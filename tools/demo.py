@@ -98,8 +98,10 @@ def set_up_scene(scene, image: Path, spec: DemoInput, model: str, steps: int) ->
     render.resolution_x, render.resolution_y, render.resolution_percentage = width, height, 100
     scene.frame_start, scene.frame_end = FRAMES
     scene.frame_set(FRAMES[0])
-    if bpy.ops.wonderland.add_trajectory(preset=spec.preset, **spec.params) != {'FINISHED'}:
-        raise DemoError(f"wonderland.add_trajectory(preset={spec.preset!r}) failed (see the message above)")
+    try:  # an operator that reports an error raises RuntimeError with the report in it
+        bpy.ops.wonderland.add_trajectory(preset=spec.preset, **spec.params)
+    except RuntimeError as e:
+        raise DemoError(f"wonderland.add_trajectory(preset={spec.preset!r}) failed: {e}") from None
     settings = scene.wonderland
     settings.image_path, settings.model, settings.steps, settings.seed = str(image), model, steps, SEED
 
@@ -122,7 +124,6 @@ def save_blend(scene, stage: Path, final: Path, previews: list[Path]) -> None:
     for image in bpy.data.images:
         if image.get(PREVIEW_COUNT_KEY) and previews:
             image.filepath = str(previews[0])
-            image.use_fake_user = True  # nothing uses it yet, and a .blend drops datablocks without users
     scene.wonderland.last_result_path = str(final / "scene.ply")
     path = str(stage / "scene.blend")
     bpy.ops.wm.save_as_mainfile(filepath=path)
@@ -199,9 +200,12 @@ def run_input(name: str, spec: DemoInput, model: str, steps: int, previews: int,
     bpy.context.preferences.addons[ADDON].preferences.output_dir = str(jobs_root)
     print(f"\n=== {name}: {spec.file}, {spec.preset} camera move over frames {FRAMES[0]}-{FRAMES[1]}, "
           f"model {model}, {steps} steps ===", flush=True)
-    if bpy.ops.wonderland.generate(extra_args=f"--previews {previews} --preview-size {CELL_W}") != {'FINISHED'}:
-        raise DemoError(f"generate failed for {name}: {scene.wonderland.last_error or scene.wonderland.status} "
-                        f"(job folder kept under {jobs_root})")
+    try:
+        outcome = bpy.ops.wonderland.generate(extra_args=f"--previews {previews} --preview-size {CELL_W}")
+    except RuntimeError as e:
+        raise DemoError(f"{name}: {e}".replace("Error: ", "", 1)) from None
+    if outcome != {'FINISHED'}:  # cancelled (Ctrl+C): a warning, not an error
+        raise DemoError(f"{name}: {scene.wonderland.status}")
     settings = scene.wonderland
     job = Path(settings.last_result_path).parent
     obj = point_cloud()

@@ -14,9 +14,13 @@ Seeds and splits (the only source of variety is the seed: the same seed renders 
     test:  seeds [TEST_SEED_START + S, TEST_SEED_START + S + N), so the splits never share a scene.
 
 Resumable: a scene whose folder is complete is skipped; each scene is rendered into a hidden temporary
-folder beside it and renamed at the end, so an interrupted run never leaves a half scene. Rendering is
-Cycles on the CPU with a fixed sampling seed and OpenImageDenoise, deterministic (pixel- and byte-identical
-PNGs for the same seed: no date or render time in their metadata).
+folder beside it and renamed at the end, so an interrupted run never leaves a half scene.
+
+Reproducible: Cycles on the CPU with a fixed sampling seed and no adaptive sampling renders the same pixels
+for the same seed, and the PNGs carry no date or render time, so with --no-denoise the files are
+byte-identical. The default denoiser (OpenImageDenoise, which makes 8 samples look clean) is not bitwise
+reproducible: a rare pixel may differ by one 8-bit level between runs; cameras.json and scene.json are
+always identical.
 """
 from __future__ import annotations
 
@@ -101,14 +105,15 @@ class BuiltScene:
     recipe: dict
 
 
-def setup_render(scene, width: int, height: int, samples: int, seed: int, threads: int) -> None:
-    """Cycles on the CPU, deterministic (fixed seed, no adaptive sampling, CPU denoiser), 8-bit RGB PNG."""
+def setup_render(scene, width: int, height: int, samples: int, seed: int, threads: int, denoise: bool) -> None:
+    """Cycles on the CPU with a fixed seed and no adaptive sampling (bitwise reproducible), optionally
+    denoised (OpenImageDenoise: reproducible to ±1 level on rare pixels), written as 8-bit RGB PNG."""
     scene.render.engine = 'CYCLES'
     cycles = scene.cycles
     cycles.device = 'CPU'
     cycles.samples = samples
     cycles.use_adaptive_sampling = False
-    cycles.use_denoising, cycles.denoiser = True, 'OPENIMAGEDENOISE'   # deterministic on the CPU (tested)
+    cycles.use_denoising, cycles.denoiser = denoise, 'OPENIMAGEDENOISE'
     cycles.denoising_input_passes, cycles.denoising_prefilter = 'RGB_ALBEDO_NORMAL', 'ACCURATE'
     cycles.seed, cycles.use_animated_seed = seed, False
     cycles.max_bounces, cycles.diffuse_bounces, cycles.glossy_bounces = 3, 2, 1
@@ -128,11 +133,12 @@ def setup_render(scene, width: int, height: int, samples: int, seed: int, thread
     for stamp in STAMPS:  # no date or render time in the PNG metadata: same seed, same bytes
         setattr(render, stamp, False)
     scene.view_settings.view_transform = 'AgX'
-    scene.view_settings.look = 'None'
+    scene.view_settings.look = 'AgX - Punchy'  # AgX alone looks washed out on these pastel rooms
     scene.view_settings.exposure = 0.0
 
 
-def build_scene(seed: int, *, width: int, height: int, frames: int, samples: int, threads: int) -> BuiltScene:
+def build_scene(seed: int, *, width: int, height: int, frames: int, samples: int, threads: int,
+                denoise: bool = True) -> BuiltScene:
     """A fresh Blender (factory settings, empty) holding the room, lights and animated camera of `seed`."""
     bpy.ops.wm.read_factory_settings(use_empty=True)
     rng = random.Random(seed)
@@ -148,7 +154,7 @@ def build_scene(seed: int, *, width: int, height: int, frames: int, samples: int
     poses, move = plan_camera_move(rng, scene, room, frames)
     key_camera(scene, camera, poses, frame_start=0)
     scene.frame_start, scene.frame_end = 0, frames - 1
-    setup_render(scene, width, height, samples, seed, threads)
+    setup_render(scene, width, height, samples, seed, threads, denoise)
     recipe = {"room": room.recipe, "camera": {**move, "lens_mm": round(cam_data.lens, 4)}}
     return BuiltScene(scene, camera, frames, recipe)
 
@@ -185,7 +191,8 @@ def write_scene(built: BuiltScene, folder: Path, extra: dict) -> None:
 
 
 def render_scene(out: Path, seed: int, split: str, *, width: int = DEFAULT_SIZE[0], height: int = DEFAULT_SIZE[1],
-                 frames: int = DEFAULT_FRAMES, samples: int = DEFAULT_SAMPLES, threads: int = 0) -> bool:
+                 frames: int = DEFAULT_FRAMES, samples: int = DEFAULT_SAMPLES, threads: int = 0,
+                 denoise: bool = True) -> bool:
     """Render the scene of `seed` into out/scene_SSSSSSS atomically; False when it was already complete."""
     final = Path(out) / scene_name(seed)
     for stale in Path(out).glob(f".{final.name}.tmp-*"):  # left by an interrupted run
@@ -195,9 +202,9 @@ def render_scene(out: Path, seed: int, split: str, *, width: int = DEFAULT_SIZE[
     tmp = Path(out) / f".{final.name}.tmp-{os.getpid()}"
     try:
         built = build_scene(seed, width=width, height=height, frames=frames, samples=samples,
-                            threads=threads or len(os.sched_getaffinity(0)))
+                            threads=threads or len(os.sched_getaffinity(0)), denoise=denoise)
         write_scene(built, tmp, {"seed": seed, "split": split, "seed_rule": SEED_RULE, "width": width,
-                                 "height": height, "frames": frames, "samples": samples})
+                                 "height": height, "frames": frames, "samples": samples, "denoise": denoise})
         if final.exists():  # an incomplete scene from elsewhere: replaced whole
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -233,6 +240,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frames", type=positive, default=DEFAULT_FRAMES)
     parser.add_argument("--samples", type=positive, default=DEFAULT_SAMPLES, help="Cycles samples per pixel")
     parser.add_argument("--threads", type=int, default=0, help="render threads (default: all usable cores)")
+    parser.add_argument("--no-denoise", dest="denoise", action="store_false",
+                        help="bitwise-reproducible frames (the denoiser may move rare pixels by one level); "
+                             "raise --samples to about 64 then")
     args = parser.parse_args(argv)
     try:
         seeds = scene_seeds(args.split, args.start_seed, args.count)
@@ -245,9 +255,9 @@ def main(argv: list[str] | None = None) -> int:
         t = time.perf_counter()
         try:
             done = render_scene(args.out, seed, args.split, width=width, height=height, frames=args.frames,
-                                samples=args.samples, threads=args.threads)
+                                samples=args.samples, threads=args.threads, denoise=args.denoise)
         except Exception as e:  # noqa: BLE001  (report which scene failed, then stop)
-            print(f"scene {i}/{len(seeds)} seed {seed}: FAILED: {e}", file=sys.stderr, flush=True)
+            print(f"scene {i}/{len(seeds)} seed {seed}: FAILED: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
             return 1
         rendered += done
         status = f"{time.perf_counter() - t:.1f} s" if done else "already complete, skipped"

@@ -27,6 +27,7 @@ def load_previews(paths: list[str | os.PathLike], name: str) -> bpy.types.Image 
     if len(paths) > 1:
         image.source = 'SEQUENCE'
     image[PREVIEW_COUNT_KEY] = len(paths)
+    image.use_fake_user = True  # nothing else uses it yet: without this, saving the .blend would drop it
     return image
 
 

@@ -328,11 +328,13 @@ class LaLRM(nn.Module):
         cams = cams.to(device)
         plucker = plucker_embedding(cams, c.height, c.width)[None]
         raw = self(latents.to(device), plucker)[0].float()
-        frames, height, width = raw.shape[:3]
-        origins, dirs = pixel_rays(cams, height, width)
-        gaussians = gaussians_from_raw(raw, origins.to(raw.dtype), dirs.to(raw.dtype),
-                                       c.near, c.far, c.max_scale)
-        return select_gaussians(gaussians, prune_opacity, max_count)
+        return select_gaussians(self.raw_to_gaussians(raw, cams), prune_opacity, max_count)
+
+    def raw_to_gaussians(self, raw: Tensor, cameras: CameraBatch) -> Gaussians:
+        """One video's raw output [F, H_out, W_out, 12] -> Gaussians on the rays of its output pixels."""
+        c = self.config
+        origins, dirs = pixel_rays(cameras, raw.shape[1], raw.shape[2])
+        return gaussians_from_raw(raw, origins.to(raw.dtype), dirs.to(raw.dtype), c.near, c.far, c.max_scale)
 
 
 def select_gaussians(gaussians: Gaussians, min_opacity: float | None = None,

@@ -172,21 +172,21 @@ class _Canvas:
         log_keep = torch.log1p(-alpha)
         # float64: the running sum spans the whole chunk, the differences below need the precision.
         cum = torch.cumsum(log_keep, 0, dtype=torch.float64)
-        # Runs of equal pixels; inside a run, T before a pair = T of the pixel * prod of earlier (1-a).
+        # Runs of equal pixels; inside a run, T before a pair = T of the pixel * prod of earlier (1-a):
+        # log T after a pair = cum + (log T of the pixel - cum before the run's first pair).
         new_run = torch.ones(len(pix), dtype=torch.bool, device=pix.device)
         new_run[1:] = pix[1:] != pix[:-1]
         run_start = torch.nonzero(new_run).squeeze(1)
-        run_len = torch.diff(run_start, append=run_start.new_tensor([len(pix)]))
-        run_pix = pix.index_select(0, run_start).long()
-        run_offset = (self.log_t.index_select(0, run_pix) - cum.index_select(0, run_start)
-                      + log_keep.index_select(0, run_start))
-        log_t_after = cum + torch.repeat_interleave(run_offset, run_len)
+        pix = pix.long()  # index_add and index_select are several times faster with int64 indices
+        run_pix = pix.index_select(0, run_start)
+        offset = self.log_t.index_put((run_pix,), self.log_t.index_select(0, run_pix)
+                                      - cum.index_select(0, run_start) + log_keep.index_select(0, run_start))
+        log_t_after = cum + offset.index_select(0, pix)
         include = log_t_after > LOG_T_MIN  # false from the first pair that would end the pixel on
         weight = alpha * torch.exp(log_t_after.to(alpha.dtype) - log_keep) * include
-        pix = pix.long()  # index_add is several times faster with int64 indices
         self.accum = self.accum.index_add(1, pix, weight * features.index_select(1, gid))
         self.log_t = self.log_t.index_add(0, pix, (log_keep * include).double())
-        run_end = run_start + run_len - 1
+        run_end = torch.cat([run_start[1:] - 1, run_start.new_tensor([len(pix) - 1])])
         self.done[run_pix[~include.index_select(0, run_end)]] = True
 
 

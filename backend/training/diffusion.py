@@ -7,7 +7,7 @@ Conditioning (mirrors backend/pipelines/camera_i2v.py):
 - image condition: frame 0 through `encode_image` with CogVideoX's I2V training noise augmentation,
   sigma = exp(N(mean, std)) per sample (`VideoModelConfig.image_noise_log_sigma`), placed as latent
   frame 0 of an otherwise zero image-latent video and concatenated on channels to the noisy latents.
-  From the latent cache (no pixels), latent frame 0 of the cached video serves as the clean condition;
+  A latent cache built without frames gives no pixels: its latent frame 0 is the (clean) condition;
 - cameras: each clip normalized with `backend.cameras.normalize` (camera 0 = identity, fixed scale,
   the rule inference uses), Plücker maps at the latent grid, one per video frame;
 - text: prompt embeddings [L, D] shared by the batch, zeros of the config's text shape by default
@@ -35,6 +35,7 @@ from diffusers import AutoencoderKLCogVideoX, CogVideoXDPMScheduler
 from torch import Tensor
 
 from backend.cameras import CameraBatch, normalize
+from backend.data.latent_cache import encode_video
 from backend.errors import InputError
 from backend.models.video import CameraControlledTransformer, VideoModelConfig
 from backend.pipelines.camera_i2v import encode_image, rotary_embeddings
@@ -61,15 +62,6 @@ def sample_image_noise_sigma(config: VideoModelConfig, batch: int, generator: to
     return log_sigma.exp()
 
 
-@torch.no_grad()
-def encode_video(vae: AutoencoderKLCogVideoX, frames: Tensor, generator: torch.Generator | None = None) -> Tensor:
-    """Frames [B, F, 3, H, W] in [0, 1] -> scaled latents [B, T, C, H/8, W/8] (as CogVideoX's training)."""
-    x = (frames * 2.0 - 1.0).to(device=vae.device, dtype=vae.dtype).permute(0, 2, 1, 3, 4)
-    latents = vae.encode(x).latent_dist.sample(generator).permute(0, 2, 1, 3, 4)
-    scale = vae.config.scaling_factor
-    return latents / scale if vae.config.invert_scale_latents else latents * scale
-
-
 def clip_plucker(K: Tensor, c2w: Tensor, width: int, height: int, latent_height: int, latent_width: int) -> Tensor:
     """Cameras of a batch of clips ([B, F, 3, 3] K in pixels of width x height, [B, F, 4, 4] c2w) ->
     [B, F, 6, h, w] Plücker maps of each clip's normalized trajectory at the latent grid."""
@@ -83,32 +75,37 @@ def clip_plucker(K: Tensor, c2w: Tensor, width: int, height: int, latent_height:
 def prepare_batch(batch: dict, config: VideoModelConfig, vae: AutoencoderKLCogVideoX | None, text: Tensor,
                   generator: torch.Generator | None = None, device: torch.device | str = "cpu",
                   image_noise: bool = True) -> DiffusionBatch:
-    """A collated batch of clips ({"frames" [B, F, 3, H, W] in [0, 1]} or the latent cache's {"latents"
-    [B, T, C, h, w]}, with "K" and "c2w") -> DiffusionBatch. text: [L, D] or [B, L, D] embeddings.
-    `image_noise=False` encodes the clean first frame (validation)."""
+    """A collated batch of clips -> DiffusionBatch. The batch holds "K" [B, F, 3, 3] (pixels at the
+    model's size), "c2w" [B, F, 4, 4] and "frames" [B, F, 3, H, W] in [0, 1] (ClipDataset) and/or
+    "latents" [B, T, C, h, w] (LatentCacheDataset). Cached latents are used as they are; frames are
+    VAE-encoded otherwise. The image condition is frame 0 encoded with the noise augmentation
+    (`image_noise=False`: clean, for validation) when frames and a VAE are there, else the cached
+    latent frame 0. text: [L, D] or [B, L, D] prompt embeddings."""
     K, c2w = batch["K"].to(device), batch["c2w"].to(device)
     T, C, h, w = config.latent_shape
-    if "frames" in batch:
-        if vae is None:
-            raise InputError("clips of frames need a VAE to encode them", "load the model's VAE")
-        frames = batch["frames"].to(device)
+    frames = batch.get("frames")
+    if frames is not None:
+        frames = frames.to(device)
         if tuple(frames.shape[1:]) != (config.num_frames, 3, config.height, config.width):
             raise InputError(f"clips of shape {tuple(frames.shape[1:])}, the model reads "
                              f"{(config.num_frames, 3, config.height, config.width)}",
-                             "make the ClipDataset with the model config's num_frames, height and width")
-        latents = encode_video(vae, frames, generator)
-        sigma = sample_image_noise_sigma(config, frames.shape[0], generator, device) if image_noise else None
-        with torch.no_grad():
-            image_latents = encode_image(vae, frames[:, 0] * 2.0 - 1.0, generator, noise_sigma=sigma)
-    elif "latents" in batch:
+                             "make the clips with the model config's num_frames, height and width")
+    if "latents" in batch:
         latents = batch["latents"].to(device)
         if tuple(latents.shape[1:]) != (T, C, h, w):
             raise InputError(f"cached latents of shape {tuple(latents.shape[1:])}, the model reads {(T, C, h, w)}",
                              "rebuild the latent cache with this model config's VAE and video size")
-        image_latents = latents[:, :1]
+    elif frames is None or vae is None:
+        raise InputError("a training batch needs 'latents', or 'frames' and a VAE to encode them",
+                         "use ClipDataset items with the model's VAE, or LatentCacheDataset items")
     else:
-        raise InputError("a training batch needs 'frames' or 'latents'",
-                         "use backend.data ClipDataset or LatentCacheDataset items")
+        latents = encode_video(vae, frames, generator)
+    if frames is not None and vae is not None:
+        sigma = sample_image_noise_sigma(config, frames.shape[0], generator, device) if image_noise else None
+        with torch.no_grad():
+            image_latents = encode_image(vae, frames[:, 0] * 2.0 - 1.0, generator, noise_sigma=sigma)
+    else:
+        image_latents = latents[:, :1]
     plucker = clip_plucker(K, c2w, config.width, config.height, h, w).to(device)
     B = latents.shape[0]
     text = text.to(device=device, dtype=torch.float32)
@@ -144,10 +141,13 @@ def diffusion_target(scheduler: CogVideoXDPMScheduler, x0: Tensor, noise: Tensor
 
 def diffusion_loss(transformer: CameraControlledTransformer, scheduler: CogVideoXDPMScheduler, batch: DiffusionBatch,
                    timesteps: Tensor | None = None, noise: Tensor | None = None,
-                   generator: torch.Generator | None = None, reduce: bool = True) -> Tensor:
+                   generator: torch.Generator | None = None, reduce: bool = True,
+                   module: CameraControlledTransformer | None = None) -> Tensor:
     """MSE between the transformer's prediction and the diffusion target (see the module docstring).
     timesteps [B] and noise (like latents) are drawn from `generator` when not given. `reduce=False`
-    returns the per-sample loss [B]."""
+    returns the per-sample loss [B]. `transformer` may be a distributed wrapper (it is called), with
+    `module` the CameraControlledTransformer inside (read for its dtype and rotary embeddings)."""
+    module = transformer if module is None else module
     x0 = batch.latents
     B, T, C, h, w = x0.shape
     device = x0.device
@@ -158,9 +158,9 @@ def diffusion_loss(transformer: CameraControlledTransformer, scheduler: CogVideo
         noise = torch.randn(x0.shape, generator=generator, device=device)
     noisy = scheduler.add_noise(x0, noise, timesteps)
     image_cond = torch.cat([batch.image_latents, x0.new_zeros(B, T - 1, C, h, w)], dim=1)
-    dtype = transformer.base.dtype
+    dtype = module.base.dtype
     model_input = torch.cat([noisy, image_cond], dim=2).to(dtype)
-    rotary = rotary_embeddings(transformer, h, w, T, device)
+    rotary = rotary_embeddings(module, h, w, T, device)
     pred = transformer(model_input, batch.text.to(dtype), timesteps, batch.plucker.to(dtype),
                        image_rotary_emb=rotary).float()
     target = diffusion_target(scheduler, x0, noise, timesteps).float()

@@ -24,7 +24,6 @@ stages [[200000, 256, 384], [100000, 480, 720]], lr 4e-4 → 1e-5 (cosine), Adam
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,9 +34,8 @@ from torch import Tensor, nn
 
 from backend.cameras import CameraBatch, normalize
 from backend.errors import InputError
-from backend.heads import gaussians_from_raw
 from backend.models.lalrm import LaLRM, LaLRMConfig
-from backend.plucker import pixel_rays, plucker_embedding
+from backend.plucker import plucker_embedding
 from backend.render import render
 from backend.training.engine import Trainer, TrainConfig
 from backend.training.losses import LossWeights, ReconstructionLoss
@@ -85,20 +83,16 @@ def clip_cameras(K: Tensor, c2w: Tensor, width: int, height: int, input_index: l
                  ) -> tuple[CameraBatch, CameraBatch]:
     """(input cameras, all clip cameras), both in the input cameras' normalized frame (inference's rule)."""
     inputs, norm = normalize(CameraBatch(K[input_index], c2w[input_index], width, height))
-    rel = torch.linalg.inv(norm.c2w0) @ c2w.detach().cpu().double()
-    rel[:, :3, 3] /= norm.scale
-    return inputs, CameraBatch(K, rel.to(device=c2w.device, dtype=c2w.dtype), width, height)
+    return inputs, norm.cameras_to_normalized(CameraBatch(K, c2w.detach(), width, height))
 
 
-def predict_clip_gaussians(model: nn.Module, config: LaLRMConfig, latents: Tensor, input_cams: list[CameraBatch]):
-    """Raw predictions for a batch and the Gaussians of each clip (float32, normalized frame)."""
+def predict_clip_gaussians(forward, lalrm: LaLRM, config: LaLRMConfig, latents: Tensor,
+                           input_cams: list[CameraBatch]) -> list:
+    """The Gaussians of each clip of a batch (float32, normalized frame). `forward(latents, plucker)` is
+    the (possibly DDP-wrapped or autocast) model call; `lalrm` the plain module that places Gaussians."""
     plucker = torch.stack([plucker_embedding(c, config.height, config.width) for c in input_cams])
-    raw = model(latents, plucker).float()                            # [B, F, h, w, 12]
-    out = []
-    for b, cams in enumerate(input_cams):
-        origins, dirs = pixel_rays(cams, raw.shape[2], raw.shape[3])
-        out.append(gaussians_from_raw(raw[b], origins, dirs, config.near, config.far, config.max_scale))
-    return out
+    raw = forward(latents, plucker).float()                           # [B, F, h, w, 12]
+    return [lalrm.raw_to_gaussians(raw[b], cams) for b, cams in enumerate(input_cams)]
 
 
 def resize_frames(frames: Tensor, height: int, width: int) -> Tensor:
@@ -142,7 +136,7 @@ class LaLRMObjective:
     def __call__(self, model: nn.Module, batch: dict, stage: dict) -> dict[str, Tensor]:
         config, latents, cams = self._inputs(batch, stage)
         rh, rw = render_size(config, stage, self.data)
-        gaussians = predict_clip_gaussians(model, config, latents, [c[0] for c in cams])
+        gaussians = predict_clip_gaussians(model, self.lalrm, config, latents, [c[0] for c in cams])
         total: dict[str, Tensor] = {}
         for b, g in enumerate(gaussians):
             available = batch["frames"].shape[1]
@@ -154,11 +148,12 @@ class LaLRMObjective:
         return total
 
     @torch.no_grad()
-    def render_clip(self, item_batch: dict, stage: dict) -> tuple[Tensor, Tensor]:
-        """(renders, targets) [V, 3, H, W] of one clip's held-out frames (all frames when none are)."""
+    def render_clip(self, item_batch: dict, stage: dict, model=None) -> tuple[Tensor, Tensor]:
+        """(renders, targets) [V, 3, H, W] of one clip's held-out frames (all frames when none are).
+        `model(latents, plucker)` defaults to the LaLRM itself (e.g. pass one that runs under autocast)."""
         config, latents, cams = self._inputs(item_batch, stage)
         rh, rw = render_size(config, stage, self.data)
-        g = predict_clip_gaussians(self.lalrm, config, latents, [cams[0][0]])[0]
+        g = predict_clip_gaussians(model or self.lalrm, self.lalrm, config, latents, [cams[0][0]])[0]
         held_out = sorted(set(range(item_batch["frames"].shape[1])) - set(self.data.input_index(config.num_frames)))
         views = held_out or list(range(item_batch["frames"].shape[1]))
         rgb = render(g, cams[0][1][views], width=rw, height=rh).rgb.permute(0, 3, 1, 2)
@@ -172,14 +167,18 @@ def make_validator(objective: LaLRMObjective, dataset, max_clips: int, collate_f
 
     def validate(trainer: Trainer) -> dict[str, float]:
         acc = trainer.accelerator
+
+        def forward(latents: Tensor, plucker: Tensor) -> Tensor:
+            with acc.autocast():  # the model only: renders and metrics stay float32, as in training
+                return objective.lalrm(latents, plucker)
+
         was_training = objective.lalrm.training
         objective.lalrm.eval()
         sums = torch.zeros(3, device=acc.device)
         count = min(max_clips, len(dataset))
         for i in range(acc.process_index, count, acc.num_processes):
             batch = send_to_device(collate_fn([dataset[i]]), acc.device)
-            with acc.autocast():
-                rendered, target = objective.render_clip(batch, stage)
+            rendered, target = objective.render_clip(batch, stage, model=forward)
             m = image_metrics(rendered, target)
             sums += torch.tensor([m["psnr"], m["ssim"], 1.0], device=acc.device)
             if i == 0:

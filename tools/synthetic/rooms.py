@@ -55,7 +55,7 @@ class Room:
 # Materials
 # ---------------------------------------------------------------------------------------------
 
-def random_color(rng: random.Random, sat=(0.1, 0.8), val=(0.25, 0.9)) -> tuple[float, float, float]:
+def random_color(rng: random.Random, sat=(0.2, 0.9), val=(0.2, 0.85)) -> tuple[float, float, float]:
     return colorsys.hsv_to_rgb(rng.random(), rng.uniform(*sat), rng.uniform(*val))
 
 
@@ -66,8 +66,7 @@ def make_material(rng: random.Random, name: str) -> tuple[bpy.types.Material, di
     c1, c2 = random_color(rng), random_color(rng)
     scale = rng.uniform(1.0, 6.0)
     roughness = rng.uniform(0.3, 0.9)
-    mat = bpy.data.materials.new(name)
-    mat.use_nodes = True
+    mat = bpy.data.materials.new(name)  # Blender 5 gives new materials a node tree with a Principled BSDF
     nodes, links = mat.node_tree.nodes, mat.node_tree.links
     bsdf = nodes["Principled BSDF"]
     bsdf.inputs["Roughness"].default_value = roughness
@@ -302,7 +301,6 @@ def build_world(rng: random.Random) -> dict:
     """A uniform background (seen through the open side or roof) that also fills shadows a little."""
     color, strength = random_color(rng, sat=(0.0, 0.5), val=(0.4, 1.0)), rng.uniform(0.3, 1.0)
     world = bpy.data.worlds.new("World")
-    world.use_nodes = True
     background = world.node_tree.nodes["Background"]
     background.inputs["Color"].default_value = (*color, 1.0)
     background.inputs["Strength"].default_value = strength
