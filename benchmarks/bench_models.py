@@ -131,7 +131,9 @@ def main() -> None:
             rows.append((f"1 step, ours, ControlNet {'on' if use else 'off'}", s, f"{stock_step / s:.2f}x"))
         levers = [("all steps with ControlNet", dict(controlnet_fraction=1.0)),
                   ("ControlNet first 40% (AC3D)", dict(controlnet_fraction=0.4)),
-                  ("ControlNet 40% + pyramid attention broadcast", dict(controlnet_fraction=0.4, cache="pab"))]
+                  ("ControlNet 40% + CFG first 50%", dict(controlnet_fraction=0.4, guidance_fraction=0.5)),
+                  ("ControlNet 40% + CFG 50% + pyramid attention broadcast",
+                   dict(controlnet_fraction=0.4, guidance_fraction=0.5, cache="pab"))]
         for name, lever in levers:
             def run_ours():  # the image encode is inside, as it is in the stock pipeline's call
                 generator = torch.Generator(device).manual_seed(0)

@@ -135,7 +135,7 @@ def test_controlnet_fraction_skips_the_branch_in_later_steps(tiny, reference):
     assert controlnet_steps(50, 0.4) == 20
     assert (reference - runs[0.5]).abs().mean() > 1e-4
     assert (runs[0.5] - runs[0.0]).abs().mean() > 1e-4
-    with pytest.raises(InputError, match="controlnet_fraction"):
+    with pytest.raises(InputError, match="outside"):
         sample(model, image_latents, plucker, controlnet_fraction=1.5)
 
 
@@ -165,6 +165,23 @@ def test_cfg_is_batched_only_above_guidance_one(tiny):
     assert torch.equal(unguided, sample(model, image_latents, plucker, guidance_scale=1.0))
     with pytest.raises(InputError, match="prompt embeddings"):
         sample(model, image_latents, plucker, prompt_embeds=prompt[:, :-1])
+
+
+def test_guidance_fraction_runs_cfg_only_in_the_first_steps(tiny):
+    model, _, _, image_latents, plucker = tiny
+    g = torch.Generator().manual_seed(11)
+    prompt, negative = torch.randn(1, *TINY.text_shape, generator=g), torch.randn(1, *TINY.text_shape, generator=g)
+    runs = {}
+    for fraction in (1.0, 0.5):
+        calls, handle = count_calls(model.base.patch_embed)
+        try:
+            runs[fraction] = sample(model, image_latents, plucker, guidance_scale=4.0, prompt_embeds=prompt,
+                                    negative_prompt_embeds=negative, guidance_fraction=fraction)
+        finally:
+            handle.remove()
+        assert calls == [2] * round(fraction * STEPS) + [1] * (STEPS - round(fraction * STEPS)), fraction
+    # the last steps without the unconditional pass change the result, but not by much
+    assert 0 < (runs[1.0] - runs[0.5]).abs().mean() < runs[1.0].abs().mean()
 
 
 def test_pyramid_attention_broadcast_cache_changes_the_work_and_is_removed(tiny, reference):

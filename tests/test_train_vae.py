@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from backend.errors import InputError
 from backend.training.engine import Trainer, TrainConfig
 from backend.training.train_vae import ReconstructingVAE, reconstruct, vae_loss
-from test_train_video import metrics, run_command, small_config, write_scene
+from test_train_video import metrics, run_command, single_thread, small_config, write_scene  # noqa: F401 (fixture)
 
 
 def smooth_clip(frames: int, height: int, width: int) -> torch.Tensor:
@@ -21,7 +21,6 @@ def smooth_clip(frames: int, height: int, width: int) -> torch.Tensor:
 
 
 def test_vae_overfits_one_clip(tmp_path):
-    torch.set_num_threads(1)
     from diffusers import AutoencoderKLCogVideoX
     config = small_config()
     clip = smooth_clip(9, 16, 24)
@@ -51,7 +50,6 @@ def scenes(tmp_path):
 
 def test_train_vae_resumes_exactly_and_validates(tmp_path, scenes):
     from backend.commands import train_vae
-    torch.set_num_threads(1)
     (tmp_path / "small.json").write_text(json.dumps(small_config().to_dict()))
     args = ["--data", scenes, "--model-config", tmp_path / "small.json", "--frames", 9, "--size", 16, 24,
             "--steps", 4, "--lr", 1e-3, "--log-every", 1, "--checkpoint-every", 2, "--validate-every", 0,

@@ -14,11 +14,19 @@ from PIL import Image
 from backend.data import collate
 from backend.errors import InputError
 from backend.models.video import CameraControlledTransformer, VideoModelConfig, build_scheduler, build_vae
-from backend.training.diffusion import (clip_plucker, diffusion_loss, diffusion_target, drop_conditions,
-                                        prepare_batch)
+from backend.training.diffusion import diffusion_loss, diffusion_target, drop_conditions, prepare_batch
 from backend.training.engine import Trainer, TrainConfig
 
 FRAMES, HEIGHT, WIDTH = 9, 32, 48
+
+
+@pytest.fixture(autouse=True)
+def single_thread():
+    """One intra-op thread: these small models run faster so on 2 shared cores; restored afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def small_config() -> VideoModelConfig:
@@ -141,7 +149,6 @@ def test_wrong_clip_size_is_a_clear_error():
 def test_diffusion_overfits_one_clip_and_learns_the_cameras(tmp_path):
     """The tiny model from scratch on the engine, one clip at a FIXED timestep and noise: the loss falls
     10x, and afterwards the camera branches are non-zero: other cameras, other predictions."""
-    torch.set_num_threads(1)
     config = small_config()
     scheduler = build_scheduler(config)
     data = [latent_item(config)]
@@ -188,7 +195,6 @@ def test_train_video_resumes_exactly(tmp_path, scenes):
     (random timesteps, noise, image-noise sigma and dropout all come back with the checkpoint)."""
     from backend.commands import train_video
     from backend.models.model_dir import write_vae
-    torch.set_num_threads(1)
     config = small_config()
     (tmp_path / "small.json").write_text(json.dumps(config.to_dict()))
     torch.manual_seed(0)
@@ -218,7 +224,6 @@ def test_exported_model_loads_and_generates(tmp_path, scenes):
     from backend.models.model_dir import write_lalrm
     from backend.models.weights import load_state_dict
     from backend.pipelines.wonderland import generate, load_pipeline
-    torch.set_num_threads(1)
     config = small_config()
     (tmp_path / "small.json").write_text(json.dumps(config.to_dict()))
     model_dir = tmp_path / "model"
@@ -245,3 +250,49 @@ def test_exported_model_loads_and_generates(tmp_path, scenes):
     image = np.random.default_rng(0).random((HEIGHT, WIDTH, 3)).astype(np.float32)
     result = generate(pipe, image, cams, steps=2, preview_count=0)
     assert len(result.gaussians) > 0 and torch.isfinite(result.gaussians.means).all()
+
+
+def test_train_video_builds_and_reads_a_latent_cache(tmp_path, scenes):
+    """--latent-cache with --data and a VAE: the cache is built once, then training reads it."""
+    from backend.commands import train_video
+    from backend.data.latent_cache import LatentCacheDataset
+    from backend.models.model_dir import write_vae
+    config = small_config()
+    (tmp_path / "small.json").write_text(json.dumps(config.to_dict()))
+    torch.manual_seed(0)
+    write_vae(tmp_path / "model", build_vae(config))
+    args = ["--data", scenes, "--model-config", tmp_path / "small.json", "--train-base", "--vae", tmp_path / "model",
+            "--latent-cache", tmp_path / "cache", "--steps", 2, "--log-every", 1, "--val-fraction", 0.5]
+    assert run_command(train_video, ["--out", tmp_path / "run", *args]) == 0
+    cache = LatentCacheDataset(tmp_path / "cache")
+    assert len(cache) == 1 and tuple(cache[0]["latents"].shape) == config.latent_shape
+    losses = metrics(tmp_path / "run")
+    assert sorted(losses) == [1, 2] and all(math.isfinite(r["loss"]) for r in losses.values())
+
+
+def test_frozen_base_trains_only_the_camera_branches(tmp_path, scenes):
+    """Paper mode (--base without --train-base): the exported base equals the given one, the ControlNet
+    starts as a copy of its blocks, and the camera branches move away from their zero start."""
+    from backend.commands import train_video
+    from backend.models.model_dir import write_vae, write_video
+    from backend.models.weights import load_state_dict
+    config = small_config()
+    (tmp_path / "small.json").write_text(json.dumps(config.to_dict()))
+    torch.manual_seed(0)
+    base_dir, out_dir = tmp_path / "base", tmp_path / "trained"
+    write_video(base_dir, CameraControlledTransformer(config).float(), build_scheduler(config))
+    write_vae(base_dir, build_vae(config))
+    assert run_command(train_video, ["--data", scenes, "--model-config", tmp_path / "small.json", "--base", base_dir,
+                                     "--out", tmp_path / "run", "--steps", 3, "--lr", 1e-3, "--val-fraction", 0,
+                                     "--export", out_dir]) == 0
+    file = "transformer/diffusion_pytorch_model.safetensors"
+    before, after = load_state_dict(base_dir / file), load_state_dict(out_dir / file)
+    assert before.keys() == after.keys()
+    for name in before:
+        torch.testing.assert_close(after[name], before[name], msg=name)
+    camera = load_state_dict(out_dir / "camera_branches.safetensors")
+    assert camera["controlnet_out.0.weight"].abs().max() > 0 and camera["lora_camera_proj.weight"].abs().max() > 0
+    assert (out_dir / "vae" / "config.json").is_file()
+    # The ControlNet copy started from the base's block 0 and moved only by the training steps.
+    drift = (camera["controlnet_blocks.0.attn1.to_q.weight"] - before["transformer_blocks.0.attn1.to_q.weight"]).abs()
+    assert 0 < drift.max() < 0.05

@@ -2,7 +2,7 @@
 held-out test data for the small default model: no public weights or data are needed.
 
     python tools/synthetic_scenes.py --out DIR --count N [--start-seed S] [--split train|test]
-                                     [--size 96x64] [--frames 49] [--samples 16] [--threads T]
+                                     [--size 96x64] [--frames 49] [--samples 8] [--threads T] [--no-denoise]
 
 Each scene is DIR/scene_SSSSSSS/ (S = the seed, 7 digits) holding
     cameras.json     shared/design/cameras.md, written by the add-on's own trajectory export

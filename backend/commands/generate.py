@@ -32,6 +32,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--guidance", type=float, help="classifier-free guidance scale (<= 1 turns it off)")
     p.add_argument("--controlnet-fraction", type=float,
                    help="run the camera ControlNet only for this first share of the steps (e.g. 0.4)")
+    p.add_argument("--guidance-fraction", type=float, default=1.0,
+                   help="guide (CFG) only this first share of the steps, e.g. 0.5; the rest run one pass")
     p.add_argument("--cache", choices=["pab"], help="diffusers' pyramid attention broadcast cache")
     p.add_argument("--compile", action="store_true", help="torch.compile the transformer blocks")
     p.add_argument("--offload", action="store_true",
@@ -55,12 +57,13 @@ def _clean_outputs(out: Path) -> None:
 
 
 def _versions() -> dict:
-    import diffusers
+    from importlib.metadata import version
+
     import torch
 
     import backend
-    return {"backend": backend.__version__, "torch": torch.__version__, "diffusers": diffusers.__version__,
-            "python": platform.python_version()}
+    return {"backend": backend.__version__, "torch": torch.__version__, "diffusers": version("diffusers"),
+            "gsplat": version("gsplat"), "peft": version("peft"), "python": platform.python_version()}
 
 
 def run(args) -> int:
@@ -124,7 +127,8 @@ def _generate(args, out: Path, events: EventLog, watch: CancelWatch) -> dict:
 
     try:
         result = generate(pipe, image, cameras, steps=args.steps, seed=args.seed, guidance_scale=args.guidance,
-                          controlnet_fraction=args.controlnet_fraction, cache=args.cache, compile=args.compile,
+                          controlnet_fraction=args.controlnet_fraction, guidance_fraction=args.guidance_fraction,
+                          cache=args.cache, compile=args.compile,
                           preview_count=args.previews, preview_size=args.preview_size,
                           prune_opacity=args.prune_opacity, max_gaussians=args.max_gaussians,
                           device=device, offload=args.offload,

@@ -60,7 +60,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="the pretrained base: a local CogVideoX-5b-I2V folder (diffusers' layout) or a model folder")
     p.add_argument("--train-base", action="store_true",
                    help="train the whole model (small configs from scratch); default: only the camera branches")
-    p.add_argument("--vae", metavar="DIR", help="a model folder with vae/ or a diffusers VAE folder (default: --base's)")
+    p.add_argument("--vae", metavar="DIR",
+                   help="a model folder with vae/ or a diffusers VAE folder (default: --base's)")
     p.add_argument("--latent-cache", metavar="PATH",
                    help="latent cache folder: read it, or build it from --data with the VAE when it does not exist")
     p.add_argument("--prompt-embeds", metavar="FILE.safetensors",

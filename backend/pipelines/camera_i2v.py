@@ -78,10 +78,10 @@ def decode_latents(vae: AutoencoderKLCogVideoX, latents: Tensor) -> Tensor:
 
 
 def controlnet_steps(steps: int, fraction: float) -> int:
-    """How many of the first denoising steps run the ControlNet branch."""
+    """How many of the first denoising steps run a branch kept for `fraction` of them (ControlNet, CFG)."""
     if not 0.0 <= fraction <= 1.0:
-        raise InputError(f"controlnet_fraction = {fraction} is outside [0, 1]",
-                         "use 1.0 (every step), or e.g. 0.4 to keep the ControlNet for the first 40%")
+        raise InputError(f"a step fraction of {fraction} is outside [0, 1]",
+                         "use 1.0 (every step), or e.g. 0.4 to keep the branch for the first 40% of the steps")
     return round(fraction * steps)
 
 
@@ -108,6 +108,7 @@ def sample_video_latents(
     on_step: Callable[[int, int], None] | None = None,
     should_cancel: Callable[[], bool] | None = None,
     controlnet_fraction: float | None = None,
+    guidance_fraction: float = 1.0,
     cache: str | None = None,
 ) -> Tensor:
     """Denoises a camera-controlled video from one image; returns latents [B, T, C, h, w] (scaled like
@@ -121,6 +122,8 @@ def sample_video_latents(
     shape when None. Classifier-free guidance ([uncond, cond] in one batch) runs when
     guidance_scale > 1 and at least one of them is given: without any, both halves would be the
     same zeros and CFG would double the work for an identical result.
+    guidance_fraction: CFG only in this first share of the steps, the conditional pass alone after it
+    (guidance matters while the layout forms; late steps refine detail, where one pass is half the cost).
     cache: None or "pab" (Pyramid Attention Broadcast, see the module docstring).
     generator: seeds the initial noise and the scheduler's noise (same seed -> same latents).
     on_step(step, total) runs after each step (1-based); should_cancel() runs before each step and
@@ -170,6 +173,7 @@ def sample_video_latents(
     image_cond = torch.cat([image_cond] * 2) if do_cfg else image_cond
     rotary = rotary_embeddings(transformer, height, width, latent_frames, device)
     with_controlnet = controlnet_steps(steps, controlnet_fraction)
+    with_guidance = controlnet_steps(steps, guidance_fraction) if do_cfg else 0
 
     current = {"t": None}
     if cache == "pab":
@@ -182,12 +186,14 @@ def sample_video_latents(
             if should_cancel is not None and should_cancel():
                 raise Cancelled(f"cancelled before denoising step {i + 1} of {steps}")
             current["t"] = int(t)
-            model_input = torch.cat([latents] * 2) if do_cfg else latents
-            model_input = torch.cat([scheduler.scale_model_input(model_input, t), image_cond], dim=2)
+            guided = i < with_guidance
+            part = slice(None) if guided else slice(-batch, None)  # the conditional half alone
+            model_input = torch.cat([latents] * 2) if guided else latents
+            model_input = torch.cat([scheduler.scale_model_input(model_input, t), image_cond[part]], dim=2)
             with transformer.base.cache_context("cond_uncond"):
-                pred = transformer(model_input, text, t.expand(model_input.shape[0]), cams,
+                pred = transformer(model_input, text[part], t.expand(model_input.shape[0]), cams[part],
                                    image_rotary_emb=rotary, use_controlnet=i < with_controlnet).float()
-            if do_cfg:
+            if guided:
                 uncond, cond = pred.chunk(2)
                 pred = uncond + guidance_scale * (cond - uncond)
             latents, old_pred_original_sample = scheduler.step(

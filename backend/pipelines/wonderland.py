@@ -137,6 +137,7 @@ def model_inputs(pipe: WonderlandPipeline, image: np.ndarray, cameras: CameraBat
 
 def generate(pipe: WonderlandPipeline, image: np.ndarray, cameras: CameraBatch, *, steps: int | None = None,
              seed: int = 0, guidance_scale: float | None = None, controlnet_fraction: float | None = None,
+             guidance_fraction: float = 1.0,
              cache: str | None = None, compile: bool = False, preview_count: int = 8, preview_size: int = 256,
              prune_opacity: float | None = None, max_gaussians: int | None = None,
              device: torch.device | None = None, offload: bool = False,
@@ -196,7 +197,8 @@ def generate(pipe: WonderlandPipeline, image: np.ndarray, cameras: CameraBatch, 
         latents = sample_video_latents(
             pipe.transformer, pipe.scheduler, image_latents, plucker[None].to(dtype), steps=steps,
             guidance_scale=guidance_scale, generator=generator, on_step=lambda i, n: progress("denoise", i, n),
-            should_cancel=should_cancel, controlnet_fraction=controlnet_fraction, cache=cache)
+            should_cancel=should_cancel, controlnet_fraction=controlnet_fraction,
+            guidance_fraction=guidance_fraction, cache=cache)
     timings["denoise"] = time.perf_counter() - t1
     check()
 

@@ -18,7 +18,8 @@ the target of the scheduler's prediction type: for v-prediction (the paper sched
 v = sqrt(ᾱ_t)·noise − sqrt(1−ᾱ_t)·x0 (`scheduler.get_velocity`). The loss is the plain MSE to v.
 diffusers' CogVideoX fine-tuning scripts instead turn the prediction into x0 and weight its MSE by
 1/(1−ᾱ_t); since x0_pred − x0 = −sqrt(1−ᾱ_t)·(v_pred − v), that is the same loss term for term, written
-here in the form that needs no division (1 − ᾱ_t vanishes at t = 0).
+here in the form without the division (1 − ᾱ_t is about 1e-3 near t = 0, where the weight amplifies
+rounding in low precision).
 
 Condition dropout for guidance. The sampler's unconditional branch keeps the image latents and the
 cameras and swaps only the text embeddings for the negative ones (zeros by default), so `text_dropout`
@@ -124,7 +125,8 @@ def drop_conditions(batch: DiffusionBatch, generator: torch.Generator | None = N
         return mask.reshape(B, *([1] * (like.ndim - 1)))
 
     return DiffusionBatch(batch.latents, batch.image_latents * keep(image_dropout, batch.image_latents),
-                          batch.plucker * keep(camera_dropout, batch.plucker), batch.text * keep(text_dropout, batch.text))
+                          batch.plucker * keep(camera_dropout, batch.plucker),
+                          batch.text * keep(text_dropout, batch.text))
 
 
 def diffusion_target(scheduler: CogVideoXDPMScheduler, x0: Tensor, noise: Tensor, timesteps: Tensor) -> Tensor:
