@@ -4,7 +4,8 @@
 its module: it needs diffusers, which the readers and the clip sampler do not.
 """
 from backend.data.clips import ClipDataset, collate, item_cameras
-from backend.data.scenes import DataProblem, Scene, load_scenes, require_scenes, split_scenes
+from backend.data.scenes import (DataOptions, DataProblem, Scene, load_scenes, require_scenes, split_scenes,
+                                  training_scenes)
 
-__all__ = ["ClipDataset", "DataProblem", "Scene", "collate", "item_cameras", "load_scenes", "require_scenes",
-           "split_scenes"]
+__all__ = ["ClipDataset", "DataOptions", "DataProblem", "Scene", "collate", "item_cameras", "load_scenes",
+           "require_scenes", "split_scenes", "training_scenes"]

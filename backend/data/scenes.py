@@ -11,7 +11,9 @@ images' own size, c2w camera-to-world in OpenCV axes, as cameras.json; shared/de
 
 Bad data is never used silently and never stops the others: each unreadable or malformed scene
 becomes a `DataProblem` (file, line when known, reason) and is skipped whole; the caller logs the
-problems and decides with `require_scenes` whether enough is left to train on.
+problems and decides with `require_scenes` whether enough is left to train on (`training_scenes`
+does both, then splits). `DataOptions` holds the data options every trainer shares and cuts the
+training, latent-cache and validation clips from the scenes.
 
 Walking: a folder holding `cameras.json` or `transforms.json` is one scene and is not searched
 further; `*.txt` files that look like RealEstate10K camera files are scenes; other folders are
@@ -22,8 +24,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +39,8 @@ LAYOUT_HINT = ("supported layouts: SCENE/cameras.json + SCENE/frames/0000.png...
                "RealEstate10K/ACID ID.txt + frames named by timestamp (backend/data/realestate10k.py), "
                "nerfstudio/DL3DV transforms.json + images (backend/data/nerfstudio.py)")
 SHOWN_PROBLEMS = 5
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(eq=False)  # compared by identity: field-wise == would compare camera tensors
@@ -186,3 +191,48 @@ def require_scenes(scenes: list[Scene], problems: list[DataProblem], minimum: in
     else:
         message += "; no scene found in the data folders"
     raise InputError(message, "fix or remove the files named above, or point at more data; " + LAYOUT_HINT)
+
+
+def training_scenes(roots: list[str], val_fraction: float, seed: int, minimum: int, what: str
+                    ) -> tuple[list[Scene], list[Scene]]:
+    """(train, val) scenes of the data roots: skipped scenes are logged, fewer than `minimum` usable ones
+    is an InputError that names `what` needed them, the rest is split with split_scenes."""
+    scenes, problems = load_scenes(roots)
+    for problem in problems:
+        log.warning("skipped: %s", problem)
+    require_scenes(scenes, problems, minimum, what)
+    return split_scenes(scenes, val_fraction, seed)
+
+
+@dataclass
+class DataOptions:
+    """The data options every trainer shares (--data, --val-fraction, --val-clips, --stride): which scenes,
+    which of them are held out, and how clips are cut from them (backend.data.clips)."""
+    roots: list[str] = field(default_factory=list)
+    val_fraction: float = 0.05
+    val_clips: int = 8                              # held-out clips each validation looks at
+    stride: tuple[int, int] = (1, 4)
+    crop_scale: tuple[float, float] = (0.8, 1.0)
+    min_scenes: int = 1
+
+    def split(self, seed: int, what: str) -> tuple[list[Scene], list[Scene]]:
+        """(train, val) scenes of the roots (training_scenes); ([], []) without roots."""
+        if not self.roots:
+            return [], []
+        return training_scenes(self.roots, self.val_fraction, seed, self.min_scenes, what)
+
+    def training_clips(self, scenes: list[Scene], num_frames: int, height: int, width: int, seed: int):
+        """Random clips: a stride in the range, a random crop."""
+        from backend.data.clips import ClipDataset  # clips imports this module
+        return ClipDataset(scenes, num_frames, height, width, stride=self.stride, crop_scale=self.crop_scale,
+                           seed=seed)
+
+    def cache_clips(self, scenes: list[Scene], num_frames: int, height: int, width: int, seed: int):
+        """Fixed clips for the latent cache."""
+        from backend.data.clips import ClipDataset
+        return ClipDataset(scenes, num_frames, height, width, stride=self.stride, seed=seed, fixed=True)
+
+    def validation_clips(self, scenes: list[Scene], num_frames: int, height: int, width: int, seed: int):
+        """Fixed clips at the smallest stride, so validations compare on the same clips."""
+        from backend.data.clips import ClipDataset
+        return ClipDataset(scenes, num_frames, height, width, stride=(self.stride[0],) * 2, seed=seed, fixed=True)

@@ -54,6 +54,28 @@ def write_vae(directory: str | Path, vae: AutoencoderKLCogVideoX) -> None:
     _write_manifest(directory)
 
 
+def load_vae(path: str | Path):
+    """The CogVideoX VAE of a model folder (its vae/) or of a diffusers VAE folder, frozen, eval mode."""
+    path = Path(path)
+    folder = path / "vae" if (path / "vae" / "config.json").is_file() else path
+    if not (folder / "config.json").is_file():
+        raise InputError(f"{path} holds no VAE (no config.json in it or in its vae/ folder)",
+                         "point --vae at a model folder with vae/ or at a diffusers AutoencoderKLCogVideoX folder")
+    try:
+        vae = AutoencoderKLCogVideoX.from_pretrained(folder, use_safetensors=True, local_files_only=True)
+    except (OSError, ValueError) as e:
+        raise InputError(f"cannot load the VAE from {folder}: {e}",
+                         "the folder needs config.json and .safetensors weights in diffusers' layout") from e
+    return vae.float().eval().requires_grad_(False)
+
+
+def write_vae_if_missing(directory: str | Path, vae) -> None:
+    """write_vae(directory, vae) when there is a VAE and the model folder has no vae/ yet (an exported video
+    model or LaLRM then brings the VAE it was trained with)."""
+    if vae is not None and not (Path(directory) / "vae").is_dir():
+        write_vae(Path(directory), vae.float())
+
+
 def write_video(directory: str | Path, transformer: CameraControlledTransformer,
                 scheduler: CogVideoXDPMScheduler) -> None:
     """The base in diffusers' layout without the LoRA (whose weights go to our camera file)."""

@@ -10,7 +10,7 @@ import dataclasses
 import json
 import os
 from pathlib import Path
-from typing import Any, Mapping, TypeVar
+from typing import Any, Callable, Mapping, TypeVar
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -208,3 +208,13 @@ def load_config(path: str | os.PathLike, cls: type[T]) -> T:
         return cls.from_dict(data)
     except InputError as error:
         raise InputError(f"config file {path}: {error.message}", error.hint) from error
+
+
+def named_or_file_config(name: str, named: Mapping[str, Callable[[], T]], cls: type[T]) -> T:
+    """What --model-config takes: a named config (`named[name]()`) or a JSON file of `cls`'s fields."""
+    if name in named:
+        return named[name]()
+    if not Path(name).is_file():
+        raise InputError(f"--model-config {name!r} is neither a named config nor a JSON file",
+                         f"use one of {', '.join(named)} or a JSON file of {cls.__name__} fields")
+    return load_config(name, cls)

@@ -21,6 +21,8 @@ API (a trainer writes a step function and calls fit):
   (a free dict, e.g. {"steps": 200000, "height": 256, "width": 384}) or {} without stages.
 - `validate_fn(trainer) -> {name: float}`: run on every process every `validate_every` steps and at
   the end (it may use trainer.accelerator to gather); the main process logs what it returns.
+  `image_validator` makes one of mean PSNR / SSIM over held-out items (train-lrm, train-vae).
+- `trainer.summary()`: {"steps", "loss", "val"} at the end, what the train commands print.
 
 Steps count optimizer updates; one step = `grad_accum` micro-batches of `batch_size` per process.
 Stages: stage i lasts `stages[i]["steps"]` steps; the last one runs on until `max_steps`.
@@ -485,6 +487,40 @@ class Trainer:
 
     def end(self) -> None:
         self.accelerator.end_training()
+
+    def summary(self) -> dict:
+        """{"steps", "loss": the last logged loss, "val": the last value of each validation metric}: what the
+        train commands print when a run ends."""
+        losses = [r["loss"] for r in self.history if "loss" in r]
+        val = {k[4:]: v for r in self.history for k, v in r.items() if k.startswith("val/")}
+        return {"steps": self.step, "loss": losses[-1] if losses else None, "val": val}
+
+
+def image_validator(module: nn.Module, dataset: Dataset, max_clips: int, collate_fn: Callable,
+                    images: Callable[["Trainer", dict], tuple[Tensor, Tensor]], image_name: str):
+    """validate_fn for the engine: mean PSNR / SSIM over up to max_clips items of `dataset`, split over
+    ranks. `images(trainer, batch)` gives (output, target) [V, 3, H, W] in [0, 1] of one item's batch
+    (on the device); item 0's first two pairs go to TensorBoard as `image_name`. `module` is in eval
+    mode meanwhile."""
+    from backend.training.metrics import image_metrics
+
+    def validate(trainer: Trainer) -> dict[str, float]:
+        acc = trainer.accelerator
+        was_training = module.training
+        module.eval()
+        sums = torch.zeros(3, device=acc.device)
+        for i in range(acc.process_index, min(max_clips, len(dataset)), acc.num_processes):
+            output, target = images(trainer, send_to_device(collate_fn([dataset[i]]), acc.device))
+            m = image_metrics(output, target)
+            sums += torch.tensor([m["psnr"], m["ssim"], 1.0], device=acc.device)
+            if i == 0:
+                trainer.log_images(image_name, torch.cat([output[:2], target[:2]], dim=-1))
+        sums = acc.reduce(sums, reduction="sum")
+        module.train(was_training)
+        n = max(float(sums[2]), 1.0)
+        return {"psnr": float(sums[0]) / n, "ssim": float(sums[1]) / n}
+
+    return validate
 
 
 def list_checkpoints(output_dir: str | os.PathLike) -> list[Path]:

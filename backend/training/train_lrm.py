@@ -33,13 +33,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from backend.cameras import CameraBatch, normalize
+from backend.data.scenes import DataOptions
 from backend.errors import InputError
 from backend.models.lalrm import LaLRM, LaLRMConfig
+from backend.models.model_dir import load_vae, write_vae_if_missing
+from backend.models.weights import named_or_file_config
 from backend.plucker import plucker_embedding
 from backend.render import render
-from backend.training.engine import Trainer, TrainConfig
+from backend.training.engine import Trainer, TrainConfig, image_validator
 from backend.training.losses import LossWeights, ReconstructionLoss
-from backend.training.metrics import image_metrics
 
 log = logging.getLogger(__name__)
 
@@ -163,32 +165,15 @@ class LaLRMObjective:
 def make_validator(objective: LaLRMObjective, dataset, max_clips: int, collate_fn, stage: dict):
     """validate_fn for the engine: PSNR/SSIM over up to max_clips held-out clips (at `stage`'s size, the
     size the model is exported at), split over ranks."""
-    from accelerate.utils import send_to_device
 
-    def validate(trainer: Trainer) -> dict[str, float]:
-        acc = trainer.accelerator
-
+    def images(trainer: Trainer, batch: dict) -> tuple[Tensor, Tensor]:
         def forward(latents: Tensor, plucker: Tensor) -> Tensor:
-            with acc.autocast():  # the model only: renders and metrics stay float32, as in training
+            with trainer.accelerator.autocast():  # the model only: renders and metrics stay float32, as in training
                 return objective.lalrm(latents, plucker)
 
-        was_training = objective.lalrm.training
-        objective.lalrm.eval()
-        sums = torch.zeros(3, device=acc.device)
-        count = min(max_clips, len(dataset))
-        for i in range(acc.process_index, count, acc.num_processes):
-            batch = send_to_device(collate_fn([dataset[i]]), acc.device)
-            rendered, target = objective.render_clip(batch, stage, model=forward)
-            m = image_metrics(rendered, target)
-            sums += torch.tensor([m["psnr"], m["ssim"], 1.0], device=acc.device)
-            if i == 0:
-                trainer.log_images("val/render_vs_target", torch.cat([rendered[:2], target[:2]], dim=-1))
-        sums = acc.reduce(sums, reduction="sum")
-        objective.lalrm.train(was_training)
-        n = max(float(sums[2]), 1.0)
-        return {"psnr": float(sums[0]) / n, "ssim": float(sums[1]) / n}
+        return objective.render_clip(batch, stage, model=forward)
 
-    return validate
+    return image_validator(objective.lalrm, dataset, max_clips, collate_fn, images, "val/render_vs_target")
 
 
 def final_config(base: LaLRMConfig, config: TrainConfig) -> LaLRMConfig:
@@ -199,15 +184,13 @@ def final_config(base: LaLRMConfig, config: TrainConfig) -> LaLRMConfig:
 def export_lalrm(trainer: Trainer, base: LaLRMConfig, directory: str | Path, vae=None) -> LaLRM:
     """write_lalrm(directory) with the trained (EMA when on) weights, and write_vae when the folder has no
     VAE yet, so `generate --model directory` finds everything once the video part is there. All ranks call it."""
-    from backend.models.model_dir import write_lalrm, write_vae
+    from backend.models.model_dir import write_lalrm
     state = trainer.full_state_dict(ema=True)
     lalrm = LaLRM(final_config(base, trainer.config))
     lalrm.load_state_dict(state)
     if trainer.is_main:
-        directory = Path(directory)
         write_lalrm(directory, lalrm)
-        if vae is not None and not (directory / "vae").is_dir():
-            write_vae(directory, vae.float())
+        write_vae_if_missing(directory, vae)
     trainer.accelerator.wait_for_everyone()
     return lalrm
 
@@ -223,29 +206,7 @@ def _tiny_lalrm() -> LaLRMConfig:
 
 def lalrm_config(name: str) -> LaLRMConfig:
     """A named LaLRM config (tiny, paper, paper_low_res) or a JSON file of LaLRMConfig fields."""
-    if name in NAMED_LALRM:
-        return NAMED_LALRM[name]()
-    from backend.models.weights import load_config
-    if not Path(name).is_file():
-        raise InputError(f"--model-config {name!r} is neither a named config nor a JSON file",
-                         f"use one of {', '.join(NAMED_LALRM)} or a JSON file of LaLRMConfig fields")
-    return load_config(name, LaLRMConfig)
-
-
-def load_vae(path: str | Path):
-    """The CogVideoX VAE of a model folder (its vae/) or of a diffusers VAE folder, frozen, eval mode."""
-    from diffusers import AutoencoderKLCogVideoX
-    path = Path(path)
-    folder = path / "vae" if (path / "vae" / "config.json").is_file() else path
-    if not (folder / "config.json").is_file():
-        raise InputError(f"{path} holds no VAE (no config.json in it or in its vae/ folder)",
-                         "point --vae at a model folder with vae/ or at a diffusers AutoencoderKLCogVideoX folder")
-    try:
-        vae = AutoencoderKLCogVideoX.from_pretrained(folder, use_safetensors=True, local_files_only=True)
-    except (OSError, ValueError) as e:
-        raise InputError(f"cannot load the VAE from {folder}: {e}",
-                         "the folder needs config.json and .safetensors weights in diffusers' layout") from e
-    return vae.float().eval().requires_grad_(False)
+    return named_or_file_config(name, NAMED_LALRM, LaLRMConfig)
 
 
 @dataclass
@@ -255,32 +216,17 @@ class LRMRun:
     model: LaLRMConfig
     data: LRMData
     weights: LossWeights
-    data_roots: list[str] = dataclasses.field(default_factory=list)
+    scenes: DataOptions = dataclasses.field(default_factory=DataOptions)
     vae: str | None = None
     latent_cache: str | None = None
     vgg19: str | None = None
     resume: bool = False
     export: str | None = None
-    val_fraction: float = 0.05
-    val_clips: int = 8
-    stride: tuple[int, int] = (1, 4)
-    crop_scale: tuple[float, float] = (0.8, 1.0)
-    min_scenes: int = 1
-
-
-def _scenes(run: LRMRun):
-    from backend.data import load_scenes, require_scenes, split_scenes
-    scenes, problems = load_scenes(run.data_roots)
-    for problem in problems:
-        log.warning("skipped: %s", problem)
-    require_scenes(scenes, problems, run.min_scenes, "LaLRM training")
-    train, val = split_scenes(scenes, run.val_fraction, run.train.seed)
-    return train, val
 
 
 def train_lrm(run: LRMRun) -> dict:
     """Train (or resume) a LaLRM run; returns {"steps", "loss", "val": {...}} of the end of training."""
-    from backend.data import ClipDataset, collate
+    from backend.data import collate
     from backend.training.losses import load_vgg19
     cfg, model_cfg, data = run.train, run.model, run.data
     vgg = load_vgg19(run.vgg19) if run.weights.perceptual > 0 else None   # refuse early, before any data
@@ -289,18 +235,18 @@ def train_lrm(run: LRMRun) -> dict:
     if vae is not None and int(vae.config.latent_channels) != model_cfg.latent_channels:
         raise InputError(f"the VAE makes {vae.config.latent_channels}-channel latents, the LaLRM config reads "
                          f"{model_cfg.latent_channels}", "use the VAE the model's video part was trained with")
-    if not run.data_roots and not run.latent_cache:
+    if not run.scenes.roots and not run.latent_cache:
         raise InputError("no training data", "pass --data ROOT... (and --vae DIR), or --latent-cache PATH")
     if not run.latent_cache and vae is None:
         raise InputError("training from frames needs the VAE that makes the video model's latents",
                          "pass --vae DIR (a model folder with vae/ or a diffusers VAE folder), or --latent-cache")
-    train_scenes, val_scenes = _scenes(run) if run.data_roots else ([], [])
+    train_scenes, val_scenes = run.scenes.split(cfg.seed, "LaLRM training")
     final = final_config(model_cfg, cfg)
     clip_frames = data.clip_frames(model_cfg.num_frames)
 
     trainer = Trainer(cfg, lambda: LaLRM(model_cfg, gradient_checkpointing=cfg.gradient_checkpointing),
                       run_info={"command": "train-lrm", "lalrm": model_cfg.to_dict(),
-                                "data": [str(r) for r in run.data_roots], "latent_cache": run.latent_cache,
+                                "data": [str(r) for r in run.scenes.roots], "latent_cache": run.latent_cache,
                                 "vae": run.vae, "loss": dataclasses.asdict(run.weights),
                                 "lrm_data": dataclasses.asdict(data)})
     if run.latent_cache:
@@ -313,9 +259,8 @@ def train_lrm(run: LRMRun) -> dict:
         if not (cache / "cache.json").is_file() and train_scenes and vae is not None:
             size = stage_config(model_cfg, cfg.stages[0] if cfg.stages else {})
             if trainer.is_main:
-                build_latent_cache(vae, ClipDataset(train_scenes, model_cfg.num_frames, size.height, size.width,
-                                                    stride=run.stride, seed=cfg.seed, fixed=True),
-                                   cache, seed=cfg.seed)
+                build_latent_cache(vae, run.scenes.cache_clips(train_scenes, model_cfg.num_frames, size.height,
+                                                               size.width, cfg.seed), cache, seed=cfg.seed)
             trainer.accelerator.wait_for_everyone()
         cached = LatentCacheDataset(cache, vae=vae, num_frames=model_cfg.num_frames)
 
@@ -324,8 +269,7 @@ def train_lrm(run: LRMRun) -> dict:
     else:
         def train_data(index, stage):
             size = stage_config(model_cfg, stage)
-            return ClipDataset(train_scenes, clip_frames, size.height, size.width, stride=run.stride,
-                               crop_scale=run.crop_scale, seed=cfg.seed)
+            return run.scenes.training_clips(train_scenes, clip_frames, size.height, size.width, cfg.seed)
 
     if run.resume and trainer.resume():
         log.info("resumed from step %d", trainer.step)
@@ -335,14 +279,11 @@ def train_lrm(run: LRMRun) -> dict:
     objective = LaLRMObjective(trainer.unwrapped_model, loss, data, vae)
     validate = None
     if val_scenes:
-        val_set = ClipDataset(val_scenes, clip_frames, final.height, final.width, stride=(run.stride[0],) * 2,
-                              seed=cfg.seed, fixed=True)
-        validate = make_validator(objective, val_set, run.val_clips, collate,
+        val_set = run.scenes.validation_clips(val_scenes, clip_frames, final.height, final.width, cfg.seed)
+        validate = make_validator(objective, val_set, run.scenes.val_clips, collate,
                                   cfg.stages[-1] if cfg.stages else {})
-    history = trainer.fit(train_data, objective, collate_fn=collate, validate_fn=validate)
+    trainer.fit(train_data, objective, collate_fn=collate, validate_fn=validate)
     if run.export:
         export_lalrm(trainer, model_cfg, run.export, vae)
     trainer.end()
-    losses = [r["loss"] for r in history if "loss" in r]
-    val = {k[4:]: v for r in history for k, v in r.items() if k.startswith("val/")}
-    return {"steps": trainer.step, "loss": losses[-1] if losses else None, "val": val}
+    return trainer.summary()

@@ -27,10 +27,10 @@ import torch
 from diffusers import AutoencoderKLCogVideoX
 from torch import Tensor, nn
 
+from backend.data.scenes import DataOptions
 from backend.errors import InputError
 from backend.models.video import VideoModelConfig
-from backend.training.engine import Trainer, TrainConfig
-from backend.training.metrics import image_metrics
+from backend.training.engine import Trainer, TrainConfig, image_validator
 
 log = logging.getLogger(__name__)
 
@@ -89,27 +89,14 @@ def reconstruct(model: ReconstructingVAE, frames: Tensor) -> Tensor:
 
 def make_validator(module: ReconstructingVAE, dataset, max_clips: int, collate_fn):
     """validate_fn for the engine: PSNR / SSIM of reconstructions of up to max_clips held-out clips."""
-    from accelerate.utils import send_to_device
 
-    def validate(trainer: Trainer) -> dict[str, float]:
-        acc = trainer.accelerator
-        was_training = module.training
-        module.eval()
-        sums = torch.zeros(3, device=acc.device)
-        for i in range(acc.process_index, min(max_clips, len(dataset)), acc.num_processes):
-            frames = send_to_device(collate_fn([dataset[i]]), acc.device)["frames"]
-            with acc.autocast():
-                rec = reconstruct(module, frames)
-            m = image_metrics(rec[0], frames[0])
-            sums += torch.tensor([m["psnr"], m["ssim"], 1.0], device=acc.device)
-            if i == 0:
-                trainer.log_images("val/reconstruction_vs_clip", torch.cat([rec[0, :2], frames[0, :2]], dim=-1))
-        sums = acc.reduce(sums, reduction="sum")
-        module.train(was_training)
-        n = max(float(sums[2]), 1.0)
-        return {"psnr": float(sums[0]) / n, "ssim": float(sums[1]) / n}
+    def images(trainer: Trainer, batch: dict) -> tuple[Tensor, Tensor]:
+        frames = batch["frames"]
+        with trainer.accelerator.autocast():
+            rec = reconstruct(module, frames)
+        return rec[0], frames[0]
 
-    return validate
+    return image_validator(module, dataset, max_clips, collate_fn, images, "val/reconstruction_vs_clip")
 
 
 def export_vae(trainer: Trainer, config: VideoModelConfig, directory: str | Path) -> AutoencoderKLCogVideoX:
@@ -130,7 +117,7 @@ class VAERun:
     train: TrainConfig
     model: VideoModelConfig
     model_name: str
-    data_roots: list[str] = dataclasses.field(default_factory=list)
+    scenes: DataOptions = dataclasses.field(default_factory=DataOptions)
     reconstruction: str = "l1"
     kl_weight: float = 1e-6
     frames: int | None = None      # clip size; default: the model config's
@@ -138,17 +125,11 @@ class VAERun:
     width: int | None = None
     resume: bool = False
     export: str | None = None
-    val_fraction: float = 0.05
-    val_clips: int = 8
-    stride: tuple[int, int] = (1, 4)
-    crop_scale: tuple[float, float] = (0.8, 1.0)
-    min_scenes: int = 1
 
 
 def train_vae(run: VAERun) -> dict:
     """Train (or resume) a VAE run; returns {"steps", "loss", "val": {...}} at the end."""
-    from backend.data import ClipDataset, collate
-    from backend.training.train_video import training_scenes
+    from backend.data import collate
     cfg, model_cfg = run.train, run.model
     check_vae_config(model_cfg, run.model_name)
     if run.reconstruction not in RECONSTRUCTION:
@@ -161,10 +142,9 @@ def train_vae(run: VAERun) -> dict:
     if height % model_cfg.vae_spatial_compression or width % model_cfg.vae_spatial_compression:
         raise InputError(f"clips of {width}x{height} pixels",
                          f"use multiples of the VAE's {model_cfg.vae_spatial_compression}x spatial compression")
-    if not run.data_roots:
+    if not run.scenes.roots:
         raise InputError("no training data", "pass --data ROOT... (folders of scenes)")
-    train_scenes, val_scenes = training_scenes(run.data_roots, run.val_fraction, cfg.seed, run.min_scenes,
-                                               "VAE training")
+    train_scenes, val_scenes = run.scenes.split(cfg.seed, "VAE training")
 
     def make_model() -> ReconstructingVAE:
         vae = AutoencoderKLCogVideoX(**model_cfg.vae)
@@ -173,10 +153,9 @@ def train_vae(run: VAERun) -> dict:
         return ReconstructingVAE(vae)
 
     trainer = Trainer(cfg, make_model, run_info={
-        "command": "train-vae", "video": model_cfg.to_dict(), "data": [str(r) for r in run.data_roots],
+        "command": "train-vae", "video": model_cfg.to_dict(), "data": [str(r) for r in run.scenes.roots],
         "reconstruction": run.reconstruction, "kl_weight": run.kl_weight, "clip": [frames, height, width]})
-    train_data = ClipDataset(train_scenes, frames, height, width, stride=run.stride, crop_scale=run.crop_scale,
-                             seed=cfg.seed)
+    train_data = run.scenes.training_clips(train_scenes, frames, height, width, cfg.seed)
     if run.resume and trainer.resume():
         log.info("resumed from step %d", trainer.step)
 
@@ -185,13 +164,10 @@ def train_vae(run: VAERun) -> dict:
 
     validate = None
     if val_scenes:
-        val_set = ClipDataset(val_scenes, frames, height, width, stride=(run.stride[0],) * 2, seed=cfg.seed,
-                              fixed=True)
-        validate = make_validator(trainer.unwrapped_model, val_set, run.val_clips, collate)
-    history = trainer.fit(train_data, step, collate_fn=collate, validate_fn=validate)
+        val_set = run.scenes.validation_clips(val_scenes, frames, height, width, cfg.seed)
+        validate = make_validator(trainer.unwrapped_model, val_set, run.scenes.val_clips, collate)
+    trainer.fit(train_data, step, collate_fn=collate, validate_fn=validate)
     if run.export:
         export_vae(trainer, model_cfg, run.export)
     trainer.end()
-    losses = [r["loss"] for r in history if "loss" in r]
-    val = {k[4:]: v for r in history for k, v in r.items() if k.startswith("val/")}
-    return {"steps": trainer.step, "loss": losses[-1] if losses else None, "val": val}
+    return trainer.summary()

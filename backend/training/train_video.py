@@ -30,8 +30,10 @@ import torch
 from diffusers import AutoencoderKLCogVideoX, CogVideoXDPMScheduler, CogVideoXTransformer3DModel
 from torch import Tensor, nn
 
+from backend.data.scenes import DataOptions
 from backend.errors import InputError
 from backend.models.video import CameraControlledTransformer, VideoModelConfig, build_scheduler
+from backend.models.weights import named_or_file_config
 from backend.training.diffusion import diffusion_loss, drop_conditions, prepare_batch
 from backend.training.engine import Trainer, TrainConfig
 
@@ -43,13 +45,7 @@ VALIDATION_FRACTIONS = (0.1, 0.3, 0.5, 0.7, 0.9)
 
 def video_model_config(name: str) -> VideoModelConfig:
     """A named video model config (tiny, paper) or a JSON file of VideoModelConfig fields."""
-    if name in NAMED_VIDEO:
-        return NAMED_VIDEO[name]()
-    from backend.models.weights import load_config
-    if not Path(name).is_file():
-        raise InputError(f"--model-config {name!r} is neither a named config nor a JSON file",
-                         f"use one of {', '.join(NAMED_VIDEO)} or a JSON file of VideoModelConfig fields")
-    return load_config(name, VideoModelConfig)
+    return named_or_file_config(name, NAMED_VIDEO, VideoModelConfig)
 
 
 def load_prompt_embeds(path: str | Path | None, config: VideoModelConfig) -> Tensor:
@@ -102,7 +98,7 @@ def load_base(directory: str | Path) -> CogVideoXTransformer3DModel:
 
 def find_vae(vae: str | None, base: str | None) -> AutoencoderKLCogVideoX | None:
     """The frozen VAE from --vae (a model folder with vae/ or a diffusers VAE folder), else from --base."""
-    from backend.training.train_lrm import load_vae
+    from backend.models.model_dir import load_vae
     if vae is not None:
         return load_vae(vae)
     if base is not None:
@@ -197,16 +193,15 @@ def export_video(trainer: Trainer, config: VideoModelConfig, scheduler: CogVideo
     """write_video(directory) with the trained (EMA when on) weights, and write_vae when the folder has no
     VAE yet. The weights go into a model built on the meta device (no second random copy is made).
     All processes call it."""
-    from backend.models.model_dir import write_vae, write_video
+    from backend.models.model_dir import write_video
+    from backend.models.model_dir import write_vae_if_missing
     state = trainer.full_state_dict(ema=True)
     if trainer.is_main:
         with torch.device("meta"):
             model = CameraControlledTransformer(config)
         model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True, assign=True)
-        directory = Path(directory)
-        write_video(directory, model, scheduler)
-        if vae is not None and not (directory / "vae").is_dir():
-            write_vae(directory, vae.float())
+        write_video(Path(directory), model, scheduler)
+        write_vae_if_missing(directory, vae)
     trainer.accelerator.wait_for_everyone()
 
 
@@ -215,7 +210,7 @@ class VideoRun:
     """Everything `python -m backend train-video` decides (the command fills it from its options)."""
     train: TrainConfig
     model: VideoModelConfig
-    data_roots: list[str] = dataclasses.field(default_factory=list)
+    scenes: DataOptions = dataclasses.field(default_factory=DataOptions)
     base: str | None = None
     vae: str | None = None
     latent_cache: str | None = None
@@ -224,32 +219,17 @@ class VideoRun:
     dropout: Dropout = dataclasses.field(default_factory=Dropout)
     resume: bool = False
     export: str | None = None
-    val_fraction: float = 0.05
-    val_clips: int = 8
-    stride: tuple[int, int] = (1, 4)
-    crop_scale: tuple[float, float] = (0.8, 1.0)
-    min_scenes: int = 1
-
-
-def training_scenes(roots: list[str], val_fraction: float, seed: int, minimum: int, what: str):
-    """(train, val) scenes of the data roots; skipped scenes are logged."""
-    from backend.data import load_scenes, require_scenes, split_scenes
-    scenes, problems = load_scenes(roots)
-    for problem in problems:
-        log.warning("skipped: %s", problem)
-    require_scenes(scenes, problems, minimum, what)
-    return split_scenes(scenes, val_fraction, seed)
 
 
 def train_video(run: VideoRun) -> dict:
     """Train (or resume) a video model run; returns {"steps", "loss", "val": {...}} at the end."""
-    from backend.data import ClipDataset, collate
+    from backend.data import collate
     cfg, model_cfg = run.train, run.model
     if run.base is None and not run.train_base:
         raise InputError("the camera branches need a trained base: a frozen random base teaches them nothing",
                          "pass --base DIR (a local CogVideoX-5b-I2V, or a model folder), or --train-base to train "
                          "a small config's whole model from scratch")
-    if not run.data_roots and not run.latent_cache:
+    if not run.scenes.roots and not run.latent_cache:
         raise InputError("no training data", "pass --data ROOT... (with a VAE), or --latent-cache PATH")
     text = load_prompt_embeds(run.prompt_embeds, model_cfg)                # refuse early, before any data
     vae = find_vae(run.vae, run.base)
@@ -261,8 +241,7 @@ def train_video(run: VideoRun) -> dict:
         raise InputError("training from frames needs the VAE that makes the model's latents",
                          "pass --vae DIR (a model folder with vae/, e.g. from train-vae --export, or a diffusers "
                          "VAE folder), a --base folder with vae/, or a finished --latent-cache")
-    train_scenes, val_scenes = (training_scenes(run.data_roots, run.val_fraction, cfg.seed, run.min_scenes,
-                                                "video model training") if run.data_roots else ([], []))
+    train_scenes, val_scenes = run.scenes.split(cfg.seed, "video model training")
     scheduler = build_scheduler(model_cfg)
 
     def make_model() -> CameraControlledTransformer:
@@ -270,23 +249,23 @@ def train_video(run: VideoRun) -> dict:
         return build_transformer(model_cfg, base, run.train_base, cfg.gradient_checkpointing)
 
     trainer = Trainer(cfg, make_model, run_info={
-        "command": "train-video", "video": model_cfg.to_dict(), "data": [str(r) for r in run.data_roots],
+        "command": "train-video", "video": model_cfg.to_dict(), "data": [str(r) for r in run.scenes.roots],
         "base": run.base, "vae": run.vae, "latent_cache": run.latent_cache, "prompt_embeds": run.prompt_embeds,
         "train_base": run.train_base, "dropout": dataclasses.asdict(run.dropout)})
     if run.latent_cache:
         from backend.data.latent_cache import LatentCacheDataset, build_latent_cache
         if not cache_ready and train_scenes:
             if trainer.is_main:
-                build_latent_cache(vae, ClipDataset(train_scenes, model_cfg.num_frames, model_cfg.height,
-                                                    model_cfg.width, stride=run.stride, seed=cfg.seed, fixed=True),
-                                   run.latent_cache, seed=cfg.seed)
+                clips = run.scenes.cache_clips(train_scenes, model_cfg.num_frames, model_cfg.height, model_cfg.width,
+                                               cfg.seed)
+                build_latent_cache(vae, clips, run.latent_cache, seed=cfg.seed)
             trainer.accelerator.wait_for_everyone()
         cached = LatentCacheDataset(run.latent_cache, vae=vae if vae is not None else model_cfg.vae,
                                     num_frames=model_cfg.num_frames, height=model_cfg.height, width=model_cfg.width)
         train_data = cached
     else:
-        train_data = ClipDataset(train_scenes, model_cfg.num_frames, model_cfg.height, model_cfg.width,
-                                 stride=run.stride, crop_scale=run.crop_scale, seed=cfg.seed)
+        train_data = run.scenes.training_clips(train_scenes, model_cfg.num_frames, model_cfg.height, model_cfg.width,
+                                               cfg.seed)
 
     if run.resume and trainer.resume():
         log.info("resumed from step %d", trainer.step)
@@ -297,13 +276,11 @@ def train_video(run: VideoRun) -> dict:
     if val_scenes and vae is None:
         log.warning("no validation: held-out clips are frames, and there is no VAE to encode them (pass --vae)")
     elif val_scenes:
-        val_set = ClipDataset(val_scenes, model_cfg.num_frames, model_cfg.height, model_cfg.width,
-                              stride=(run.stride[0],) * 2, seed=cfg.seed, fixed=True)
-        validate = make_validator(objective, val_set, run.val_clips, collate, cfg.seed)
-    history = trainer.fit(train_data, objective, collate_fn=collate, validate_fn=validate)
+        val_set = run.scenes.validation_clips(val_scenes, model_cfg.num_frames, model_cfg.height, model_cfg.width,
+                                              cfg.seed)
+        validate = make_validator(objective, val_set, run.scenes.val_clips, collate, cfg.seed)
+    trainer.fit(train_data, objective, collate_fn=collate, validate_fn=validate)
     if run.export:
         export_video(trainer, model_cfg, scheduler, run.export, vae)
     trainer.end()
-    losses = [r["loss"] for r in history if "loss" in r]
-    val = {k[4:]: v for r in history for k, v in r.items() if k.startswith("val/")}
-    return {"steps": trainer.step, "loss": losses[-1] if losses else None, "val": val}
+    return trainer.summary()
