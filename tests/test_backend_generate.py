@@ -124,6 +124,12 @@ def test_save_and_load_model_folder_is_bit_exact(tmp_path):
     assert torch.equal(a.means, b.means) and torch.equal(a.opacity_logits, b.opacity_logits)
 
 
+def test_model_folder_given_as_a_relative_path(tmp_path, monkeypatch):
+    load_pipeline(MODEL).save_pretrained(tmp_path / "models" / "mine")
+    monkeypatch.chdir(tmp_path)
+    assert load_pipeline("models/mine").source == "models/mine"
+
+
 def test_model_folder_errors_name_the_file(tmp_path):
     pipe = load_pipeline(MODEL)
     pipe.save_pretrained(tmp_path / "model")

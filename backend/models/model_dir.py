@@ -110,8 +110,7 @@ def read_model(directory: str | Path, dtype: torch.dtype = torch.float32):
         raise InputError(f"{directory} is not a Wonderland model folder: {CONFIG_FILE} is missing",
                          "point --model at a folder that the trainers exported into (--export DIR)")
     manifest = read_manifest(directory)
-    base_dir = Path(manifest.get("base_model") or directory)
-    base_dir = base_dir if base_dir.is_absolute() else directory / base_dir
+    base_dir = directory / manifest["base_model"] if manifest.get("base_model") else directory
     missing = [part for part, present in (("video", "video" in manifest), ("lalrm", "lalrm" in manifest),
                                           ("vae", (base_dir / "vae").is_dir())) if not present]
     if missing:

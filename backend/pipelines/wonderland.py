@@ -67,7 +67,9 @@ class WonderlandPipeline:
 
     def to(self, device: torch.device, dtype: torch.dtype | None = None) -> "WonderlandPipeline":
         for module in (self.vae, self.transformer, self.lalrm):
-            module.to(device=device, dtype=dtype)
+            module.to(device=device)
+            if dtype is not None and next(module.parameters()).dtype != dtype:
+                module.to(dtype=dtype)  # only when needed: diffusers warns about every dtype cast
         return self
 
     @property
