@@ -193,3 +193,18 @@ def test_cancel_mid_run_exits_3_and_leaves_nothing(tmp_path, how):
     steps = [e["step"] for e in events if e.get("stage") == "denoise"]
     assert max(steps) < 400  # stopped within the denoising loop, not at its end
     assert not (out / "scene.ply").exists() and not (out / "preview").exists()
+
+
+def test_prompt_embeddings_turn_on_guidance(tmp_path, run_backend):
+    image, cams = write_job(tmp_path)
+    pipe = load_pipeline(MODEL)
+    rgb, cameras = load_rgb(image), load_cameras(cams)
+    embeds = torch.randn(*pipe.config.video.text_shape, generator=torch.Generator().manual_seed(0))
+    plain = generate(pipe, rgb, cameras, preview_count=0).gaussians
+    guided = generate(pipe, rgb, cameras, preview_count=0, prompt_embeds=embeds).gaussians
+    assert not torch.equal(plain.means, guided.means)
+    from backend.models.weights import save_state_dict
+    save_state_dict({"prompt": embeds[:-1]}, tmp_path / "short.safetensors")
+    result = run_backend("generate", "--image", image, "--cameras", cams, "--out", tmp_path / "out", "--model",
+                         MODEL, "--prompt-embeds", tmp_path / "short.safetensors", check=2)
+    assert "prompt embeddings" in result.stderr and "(7, 16)" in result.stderr

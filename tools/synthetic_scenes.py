@@ -3,10 +3,14 @@ held-out test data for the small default model: no public weights or data are ne
 
     python tools/synthetic_scenes.py --out DIR --count N [--start-seed S] [--split train|test]
                                      [--size 96x64] [--frames 49] [--samples 8] [--threads T] [--no-denoise]
+                                     [--no-depth]
 
 Each scene is DIR/scene_SSSSSSS/ (S = the seed, 7 digits) holding
     cameras.json     shared/design/cameras.md, written by the add-on's own trajectory export
     frames/0000.png  one 8-bit sRGB RGB PNG per camera, in the order of cameras.json's frames list
+    depth/0000.npy   float32 [H, W] per frame: camera z-depth (OpenCV z, along the view axis, not the ray
+                     length) in scene units, Cycles' Depth pass (tools/synthetic/depth.py); not with
+                     --no-depth. Readers of the folder format ignore it (scenes without it stay valid)
     scene.json       the seed, split, seed rule and the recipe (room, furniture, lights, camera move)
 
 Seeds and splits (the only source of variety is the seed: the same seed renders the same images):
@@ -40,8 +44,10 @@ if str(ROOT) not in sys.path:  # the add-on package (wonderland_blender) lives a
     sys.path.insert(0, str(ROOT))
 
 import bpy  # noqa: E402  (after the path set-up above)
+import numpy as np  # noqa: E402
 
 from synthetic.cameras import key_camera, plan_camera_move  # noqa: E402
+from synthetic.depth import add_depth_output, exr_file, read_depth  # noqa: E402
 from synthetic.rooms import build_room  # noqa: E402
 from wonderland_blender.trajectory import camera_trajectory, write_cameras_json  # noqa: E402
 
@@ -51,6 +57,7 @@ SEED_RULE = (f"train: seeds [start, start + count) within [0, {TEST_SEED_START})
              f"test: seeds {TEST_SEED_START} + [start, start + count)")
 GENERATOR_VERSION = 1
 FRAMES_DIR = "frames"
+DEPTH_DIR = "depth"
 DEFAULT_SIZE = (96, 64)
 DEFAULT_FRAMES = 49       # the paper model's frame count
 DEFAULT_SAMPLES = 8       # denoised (OpenImageDenoise): clean at 96x64
@@ -82,8 +89,13 @@ def frame_file(index: int) -> str:
     return f"{index:04d}.png"
 
 
-def is_complete(folder: Path, frames: int, width: int, height: int) -> bool:
-    """Whether `folder` holds a finished scene of this size: cameras.json and every frame's PNG.
+def depth_file(index: int) -> str:
+    return f"{index:04d}.npy"
+
+
+def is_complete(folder: Path, frames: int, width: int, height: int, depth: bool = True) -> bool:
+    """Whether `folder` holds a finished scene of this size: cameras.json, every frame's PNG and, when
+    `depth`, every frame's depth map.
 
     A finished scene rendered with other settings is an error (mixing them would corrupt the data set)."""
     try:
@@ -94,7 +106,8 @@ def is_complete(folder: Path, frames: int, width: int, height: int) -> bool:
     if got != (frames, width, height):
         raise ValueError(f"{folder} holds a scene of {got[0]} frames at {got[1]}x{got[2]}, not {frames} at "
                          f"{width}x{height}: use another --out folder or the same settings")
-    return all((folder / FRAMES_DIR / frame_file(i)).is_file() for i in range(frames))
+    return all((folder / FRAMES_DIR / frame_file(i)).is_file() for i in range(frames)) and \
+        (not depth or all((folder / DEPTH_DIR / depth_file(i)).is_file() for i in range(frames)))
 
 
 @dataclass
@@ -173,11 +186,15 @@ def quiet_stdout():
         os.close(saved)
 
 
-def write_scene(built: BuiltScene, folder: Path, extra: dict) -> None:
-    """Render every frame into folder/frames and write cameras.json and scene.json there."""
+def write_scene(built: BuiltScene, folder: Path, extra: dict, depth: bool = True) -> None:
+    """Render every frame into folder/frames (and its depth into folder/depth) and write cameras.json and
+    scene.json there."""
     scene = built.scene
     cameras = camera_trajectory(scene, built.camera, 0, built.frames - 1)
     (folder / FRAMES_DIR).mkdir(parents=True, exist_ok=True)
+    exr_dir = folder / ".depth_exr"
+    if depth:
+        add_depth_output(scene, exr_dir)
     scene.render.filepath = str(folder / FRAMES_DIR / "####")
     scene.render.use_file_extension = True
     with quiet_stdout():
@@ -185,6 +202,11 @@ def write_scene(built: BuiltScene, folder: Path, extra: dict) -> None:
     missing = [frame_file(i) for i in range(built.frames) if not (folder / FRAMES_DIR / frame_file(i)).is_file()]
     if missing:
         raise RuntimeError(f"Blender did not write frames {', '.join(missing[:5])} into {folder / FRAMES_DIR}")
+    if depth:
+        (folder / DEPTH_DIR).mkdir(exist_ok=True)
+        for i in range(built.frames):
+            np.save(folder / DEPTH_DIR / depth_file(i), read_depth(exr_file(exr_dir, scene.frame_start + i)))
+        shutil.rmtree(exr_dir)
     write_cameras_json(cameras, str(folder / "cameras.json"))
     info = {**extra, "generator_version": GENERATOR_VERSION, "blender": bpy.app.version_string, **built.recipe}
     (folder / "scene.json").write_text(json.dumps(info, indent=1) + "\n", encoding="utf-8")
@@ -192,19 +214,21 @@ def write_scene(built: BuiltScene, folder: Path, extra: dict) -> None:
 
 def render_scene(out: Path, seed: int, split: str, *, width: int = DEFAULT_SIZE[0], height: int = DEFAULT_SIZE[1],
                  frames: int = DEFAULT_FRAMES, samples: int = DEFAULT_SAMPLES, threads: int = 0,
-                 denoise: bool = True) -> bool:
-    """Render the scene of `seed` into out/scene_SSSSSSS atomically; False when it was already complete."""
+                 denoise: bool = True, depth: bool = True) -> bool:
+    """Render the scene of `seed` into out/scene_SSSSSSS atomically; False when it was already complete
+    (with `depth`, a scene written without depth maps is rendered again)."""
     final = Path(out) / scene_name(seed)
     for stale in Path(out).glob(f".{final.name}.tmp-*"):  # left by an interrupted run
         shutil.rmtree(stale, ignore_errors=True)
-    if is_complete(final, frames, width, height):
+    if is_complete(final, frames, width, height, depth):
         return False
     tmp = Path(out) / f".{final.name}.tmp-{os.getpid()}"
     try:
         built = build_scene(seed, width=width, height=height, frames=frames, samples=samples,
                             threads=threads or len(os.sched_getaffinity(0)), denoise=denoise)
         write_scene(built, tmp, {"seed": seed, "split": split, "seed_rule": SEED_RULE, "width": width,
-                                 "height": height, "frames": frames, "samples": samples, "denoise": denoise})
+                                 "height": height, "frames": frames, "samples": samples, "denoise": denoise,
+                                 "depth": depth}, depth=depth)
         if final.exists():  # an incomplete scene from elsewhere: replaced whole
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -243,6 +267,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-denoise", dest="denoise", action="store_false",
                         help="bitwise-reproducible frames (the denoiser may move rare pixels by one level); "
                              "raise --samples to about 64 then")
+    parser.add_argument("--no-depth", dest="depth", action="store_false",
+                        help=f"do not write {DEPTH_DIR}/NNNN.npy (per-frame camera z-depth, for evaluation)")
     args = parser.parse_args(argv)
     try:
         seeds = scene_seeds(args.split, args.start_seed, args.count)
@@ -255,7 +281,8 @@ def main(argv: list[str] | None = None) -> int:
         t = time.perf_counter()
         try:
             done = render_scene(args.out, seed, args.split, width=width, height=height, frames=args.frames,
-                                samples=args.samples, threads=args.threads, denoise=args.denoise)
+                                samples=args.samples, threads=args.threads, denoise=args.denoise,
+                                depth=args.depth)
         except Exception as e:  # noqa: BLE001  (report which scene failed, then stop)
             print(f"scene {i}/{len(seeds)} seed {seed}: FAILED: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
             return 1

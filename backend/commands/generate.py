@@ -29,6 +29,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", choices=DEVICES, default="auto")
     p.add_argument("--dtype", choices=list(DTYPES), default="auto")
+    p.add_argument("--prompt-embeds", metavar="FILE.safetensors",
+                   help="precomputed text embeddings [L, D] (e.g. T5 of a prompt); guidance then uses them")
     p.add_argument("--guidance", type=float, help="classifier-free guidance scale (<= 1 turns it off)")
     p.add_argument("--controlnet-fraction", type=float,
                    help="run the camera ControlNet only for this first share of the steps (e.g. 0.4)")
@@ -107,6 +109,7 @@ def _generate(args, out: Path, events: EventLog, watch: CancelWatch) -> dict:
     device = pick_device(args.device)
     dtype = pick_dtype(args.dtype, device)
 
+    from backend.pipelines.camera_i2v import load_prompt_embeds
     from backend.pipelines.wonderland import generate, load_pipeline
     from backend.ply import write_ply
     started = time.perf_counter()
@@ -114,6 +117,7 @@ def _generate(args, out: Path, events: EventLog, watch: CancelWatch) -> dict:
     if pipe.random_weights:
         print(f"warning: --model {args.model} has no trained weights here: using {pipe.source}; "
               "the result is noise, for smoke tests only", file=sys.stderr)
+    prompt_embeds = load_prompt_embeds(args.prompt_embeds, pipe.config.video) if args.prompt_embeds else None
     pipe.to("cpu" if args.offload else device, dtype)
     load_s = time.perf_counter() - started
 
@@ -131,7 +135,7 @@ def _generate(args, out: Path, events: EventLog, watch: CancelWatch) -> dict:
                           cache=args.cache, compile=args.compile,
                           preview_count=args.previews, preview_size=args.preview_size,
                           prune_opacity=args.prune_opacity, max_gaussians=args.max_gaussians,
-                          device=device, offload=args.offload,
+                          prompt_embeds=prompt_embeds, device=device, offload=args.offload,
                           on_progress=on_progress, should_cancel=watch.requested)
     finally:
         for bar in bars.values():

@@ -24,6 +24,7 @@ Speed levers (all off by default except SDPA, which diffusers' CogVideoX attenti
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -35,7 +36,8 @@ from diffusers.utils.torch_utils import randn_tensor
 from torch import Tensor
 
 from backend.errors import Cancelled, InputError
-from backend.models.video import CameraControlledTransformer
+from backend.models.video import CameraControlledTransformer, VideoModelConfig
+from backend.models.weights import load_state_dict
 
 CACHES = (None, "pab")
 
@@ -206,6 +208,25 @@ def sample_video_latents(
         if cache is not None:
             transformer.base.disable_cache()
     return latents
+
+
+def load_prompt_embeds(path: str | Path | None, config: VideoModelConfig) -> Tensor:
+    """[L, D] prompt embeddings shared by every clip: zeros of the config's text shape without a file
+    (what the sampler uses by default), else the single tensor of a .safetensors file ([L, D] or
+    [1, L, D], e.g. the T5 encoding of a generic prompt padded to the model's token count)."""
+    shape = config.text_shape
+    if path is None:
+        return torch.zeros(shape)
+    tensors = load_state_dict(path)
+    if len(tensors) != 1:
+        raise InputError(f"{path} holds {len(tensors)} tensors ({', '.join(sorted(tensors)[:5])})",
+                         "save exactly one tensor of prompt embeddings in it")
+    embeds = next(iter(tensors.values())).float()
+    embeds = embeds[0] if embeds.ndim == 3 and embeds.shape[0] == 1 else embeds
+    if tuple(embeds.shape) != shape:
+        raise InputError(f"prompt embeddings in {path} have shape {tuple(embeds.shape)}, the model reads {shape}",
+                         "encode the prompt with the model's text encoder (T5) padded to its token count")
+    return embeds
 
 
 def _text_embeds(cfg, embeds: Tensor | None, batch: int, device, dtype) -> Tensor:

@@ -139,7 +139,7 @@ def model_inputs(pipe: WonderlandPipeline, image: np.ndarray, cameras: CameraBat
 
 def generate(pipe: WonderlandPipeline, image: np.ndarray, cameras: CameraBatch, *, steps: int | None = None,
              seed: int = 0, guidance_scale: float | None = None, controlnet_fraction: float | None = None,
-             guidance_fraction: float = 1.0,
+             guidance_fraction: float = 1.0, prompt_embeds: torch.Tensor | None = None,
              cache: str | None = None, compile: bool = False, preview_count: int = 8, preview_size: int = 256,
              prune_opacity: float | None = None, max_gaussians: int | None = None,
              device: torch.device | None = None, offload: bool = False,
@@ -147,7 +147,8 @@ def generate(pipe: WonderlandPipeline, image: np.ndarray, cameras: CameraBatch, 
              ) -> GenerateResult:
     """Image [H, W, 3] floats in 0..1 and the caller's trajectory -> Gaussians in the caller's world.
 
-    Same seed, same device -> same result. `should_cancel` is polled before every denoising step and
+    `prompt_embeds` [L, D] (e.g. T5 of a prompt, precomputed) turn on classifier-free guidance against
+    empty-text zeros; without them the model runs unguided. Same seed, same device -> same result. `should_cancel` is polled before every denoising step and
     between stages; a True answer raises backend.errors.Cancelled. With `offload`, the components wait
     on the CPU and each visits `device` only for its own stage (peak GPU memory = the largest one).
     """
@@ -200,7 +201,8 @@ def generate(pipe: WonderlandPipeline, image: np.ndarray, cameras: CameraBatch, 
             pipe.transformer, pipe.scheduler, image_latents, plucker[None].to(dtype), steps=steps,
             guidance_scale=guidance_scale, generator=generator, on_step=lambda i, n: progress("denoise", i, n),
             should_cancel=should_cancel, controlnet_fraction=controlnet_fraction,
-            guidance_fraction=guidance_fraction, cache=cache)
+            guidance_fraction=guidance_fraction, cache=cache,
+            prompt_embeds=None if prompt_embeds is None else prompt_embeds[None].to(device, dtype))
     timings["denoise"] = time.perf_counter() - t1
     check()
 

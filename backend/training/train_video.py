@@ -34,6 +34,7 @@ from backend.data.scenes import DataOptions
 from backend.errors import InputError
 from backend.models.video import CameraControlledTransformer, VideoModelConfig, build_scheduler
 from backend.models.weights import named_or_file_config
+from backend.pipelines.camera_i2v import load_prompt_embeds
 from backend.training.diffusion import diffusion_loss, drop_conditions, prepare_batch
 from backend.training.engine import Trainer, TrainConfig
 
@@ -46,26 +47,6 @@ VALIDATION_FRACTIONS = (0.1, 0.3, 0.5, 0.7, 0.9)
 def video_model_config(name: str) -> VideoModelConfig:
     """A named video model config (tiny, paper) or a JSON file of VideoModelConfig fields."""
     return named_or_file_config(name, NAMED_VIDEO, VideoModelConfig)
-
-
-def load_prompt_embeds(path: str | Path | None, config: VideoModelConfig) -> Tensor:
-    """[L, D] prompt embeddings shared by every clip: zeros of the config's text shape without a file
-    (what the sampler uses by default), else the single tensor of a .safetensors file ([L, D] or
-    [1, L, D], e.g. the T5 encoding of a generic prompt padded to the model's token count)."""
-    shape = config.text_shape
-    if path is None:
-        return torch.zeros(shape)
-    from backend.models.weights import load_state_dict
-    tensors = load_state_dict(path)
-    if len(tensors) != 1:
-        raise InputError(f"{path} holds {len(tensors)} tensors ({', '.join(sorted(tensors)[:5])})",
-                         "save exactly one tensor of prompt embeddings in it")
-    embeds = next(iter(tensors.values())).float()
-    embeds = embeds[0] if embeds.ndim == 3 and embeds.shape[0] == 1 else embeds
-    if tuple(embeds.shape) != shape:
-        raise InputError(f"prompt embeddings in {path} have shape {tuple(embeds.shape)}, the model reads {shape}",
-                         "encode the prompt with the model's text encoder (T5) padded to its token count")
-    return embeds
 
 
 def _find_folder(directory: Path, part: str) -> Path | None:
