@@ -208,3 +208,28 @@ def test_prompt_embeddings_turn_on_guidance(tmp_path, run_backend):
     result = run_backend("generate", "--image", image, "--cameras", cams, "--out", tmp_path / "out", "--model",
                          MODEL, "--prompt-embeds", tmp_path / "short.safetensors", check=2)
     assert "prompt embeddings" in result.stderr and "(7, 16)" in result.stderr
+
+
+def test_prompt_through_a_local_t5_text_encoder(tmp_path):
+    """A tiny T5 saved as transformers writes it (safetensors), with a word-level tokenizer."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast, T5Config, T5EncoderModel
+
+    from backend.pipelines.text import encode_prompt
+
+    tokens, dim = load_pipeline(MODEL).config.video.text_shape
+    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2, "a": 3, "red": 4, "room": 5}
+    raw = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    raw.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=raw, pad_token="<pad>", eos_token="</s>",
+                            unk_token="<unk>").save_pretrained(tmp_path / "t5" / "tokenizer")
+    torch.manual_seed(0)
+    T5EncoderModel(T5Config(vocab_size=len(vocab), d_model=dim, d_kv=8, d_ff=32, num_layers=1, num_heads=2)
+                   ).save_pretrained(tmp_path / "t5" / "text_encoder", safe_serialization=True)
+    a = encode_prompt("a red room", tmp_path / "t5", (tokens, dim))
+    b = encode_prompt("a room", tmp_path / "t5", (tokens, dim))
+    assert a.shape == (tokens, dim) and not torch.allclose(a, b)
+    with pytest.raises(InputError, match="makes 16-wide embeddings"):
+        encode_prompt("a room", tmp_path / "t5", (tokens, 32))
+    with pytest.raises(InputError, match="no text_encoder or tokenizer"):
+        encode_prompt("a room", tmp_path, (tokens, dim))

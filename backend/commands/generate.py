@@ -31,6 +31,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", choices=list(DTYPES), default="auto")
     p.add_argument("--prompt-embeds", metavar="FILE.safetensors",
                    help="precomputed text embeddings [L, D] (e.g. T5 of a prompt); guidance then uses them")
+    p.add_argument("--prompt", help="describe the scene (needs --text-encoder with local T5 weights)")
+    p.add_argument("--text-encoder", metavar="DIR", help="a folder with text_encoder/ and tokenizer/ (T5)")
     p.add_argument("--guidance", type=float, help="classifier-free guidance scale (<= 1 turns it off)")
     p.add_argument("--controlnet-fraction", type=float,
                    help="run the camera ControlNet only for this first share of the steps (e.g. 0.4)")
@@ -44,6 +46,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preview-size", type=int, default=256, help="long side of the previews in pixels")
     p.add_argument("--max-gaussians", type=int, help="keep at most this many (the most opaque)")
     p.add_argument("--prune-opacity", type=float, help="drop Gaussians less opaque than this")
+
+
+def _prompt_embeds(args, video_config):
+    """[L, D] text embeddings from --prompt-embeds or --prompt + --text-encoder; None: unguided, empty text."""
+    if args.prompt and args.prompt_embeds:
+        raise InputError("--prompt and --prompt-embeds both given", "give one of them")
+    if args.prompt_embeds:
+        from backend.pipelines.camera_i2v import load_prompt_embeds
+        return load_prompt_embeds(args.prompt_embeds, video_config)
+    if args.prompt:
+        if not args.text_encoder:
+            raise InputError("--prompt needs a text encoder", "add --text-encoder DIR (a folder with "
+                             "text_encoder/ and tokenizer/), or pass precomputed --prompt-embeds")
+        from backend.pipelines.text import encode_prompt
+        return encode_prompt(args.prompt, args.text_encoder, video_config.text_shape)
+    return None
 
 
 def _check_args(args) -> None:
@@ -109,7 +127,6 @@ def _generate(args, out: Path, events: EventLog, watch: CancelWatch) -> dict:
     device = pick_device(args.device)
     dtype = pick_dtype(args.dtype, device)
 
-    from backend.pipelines.camera_i2v import load_prompt_embeds
     from backend.pipelines.wonderland import generate, load_pipeline
     from backend.ply import write_ply
     started = time.perf_counter()
@@ -117,7 +134,7 @@ def _generate(args, out: Path, events: EventLog, watch: CancelWatch) -> dict:
     if pipe.random_weights:
         print(f"warning: --model {args.model} has no trained weights here: using {pipe.source}; "
               "the result is noise, for smoke tests only", file=sys.stderr)
-    prompt_embeds = load_prompt_embeds(args.prompt_embeds, pipe.config.video) if args.prompt_embeds else None
+    prompt_embeds = _prompt_embeds(args, pipe.config.video)
     pipe.to("cpu" if args.offload else device, dtype)
     load_s = time.perf_counter() - started
 

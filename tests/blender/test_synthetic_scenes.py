@@ -50,8 +50,12 @@ def rendered(tmp_path_factory):
 
 def test_scene_folder_format(rendered):
     scene = rendered[0]
-    assert sorted(p.name for p in scene.iterdir()) == ["cameras.json", "frames", "scene.json"]
+    assert sorted(p.name for p in scene.iterdir()) == ["cameras.json", "depth", "frames", "scene.json"]
     assert sorted(p.name for p in (scene / "frames").iterdir()) == [f"{i:04d}.png" for i in range(5)]
+    assert sorted(p.name for p in (scene / "depth").iterdir()) == [f"{i:04d}.npy" for i in range(5)]
+    depth = np.load(scene / "depth" / "0000.npy")
+    assert depth.dtype == np.float32 and depth.shape == (32, 48)
+    assert np.isfinite(depth).all() and 0.05 < depth.min() and depth.max() < 30  # inside a closed room
     for path in (scene / "frames").iterdir():
         with Image.open(path) as img:
             assert (img.format, img.mode, img.size) == ("PNG", "RGB", (48, 32))
@@ -132,6 +136,48 @@ def test_projection_matches_the_render(tmp_path):
         assert r > g + 50 and r > b + 50, f"frame {i}: pixel ({u:.1f}, {v:.1f}) is {(r, g, b)}, not the red lamp"
         checked += 1
     assert checked >= 3
+
+
+def test_depth_is_camera_z_of_the_surface_seen(tmp_path):
+    """depth/NNNN.npy holds camera z (along the view axis, not the ray length) of what each pixel sees: a
+    sphere placed in front of the first camera, and the room around it found by ray casts."""
+    width, height = 64, 48
+    built = gen.build_scene(5, width=width, height=height, frames=3, samples=2, threads=2)
+    scene, cam = built.scene, built.camera
+    scene.frame_set(0)
+    start = np.array(cam.matrix_world.translation)
+    centre = start + 0.5 * (np.array(built.recipe["camera"]["target"]) - start)
+    radius = 0.25
+    bpy.ops.mesh.primitive_uv_sphere_add(radius=radius, location=centre.tolist(), segments=64, ring_count=32)
+    gen.write_scene(built, tmp_path, {})
+    cameras = json.loads((tmp_path / "cameras.json").read_text())
+    depth = np.load(tmp_path / "depth" / "0000.npy")
+    K, c2w = np.array(cameras["frames"][0]["K"]), np.array(cameras["frames"][0]["c2w"])
+    w2c = np.linalg.inv(c2w)
+
+    c = (w2c @ np.array([*centre, 1.0]))[:3]
+    u, v = (K @ c)[:2] / c[2]
+    ray = np.linalg.inv(K) @ np.array([int(u) + 0.5, int(v) + 0.5, 1.0])   # through that pixel's centre
+    ray /= np.linalg.norm(ray)
+    b = ray @ c
+    hit = ray * (b - np.sqrt(b * b - (c @ c - radius ** 2)))                # near side of the sphere
+    assert depth[int(v), int(u)] == pytest.approx(hit[2], rel=0.01)
+
+    checked, off_axis = 0, 0
+    depsgraph = bpy.context.evaluated_depsgraph_get()
+    for y in range(2, height - 2, 4):
+        for x in range(2, width - 2, 4):
+            d_cam = np.linalg.inv(K) @ np.array([x + 0.5, y + 0.5, 1.0])
+            d_world = c2w[:3, :3] @ d_cam
+            found, location, *_ = scene.ray_cast(depsgraph, Vector(c2w[:3, 3]), Vector(d_world).normalized())
+            patch = depth[y - 1:y + 2, x - 1:x + 2]
+            if not found or patch.max() - patch.min() > 0.02 * patch.mean():  # skip silhouettes
+                continue
+            z = (w2c @ np.array([*location, 1.0]))[2]
+            assert depth[y, x] == pytest.approx(z, rel=0.01), f"pixel ({x}, {y})"
+            off_axis += np.linalg.norm(d_cam) > 1.02   # there the ray length is > 2% longer than z
+            checked += 1
+    assert checked > 40 and off_axis > 10, (checked, off_axis)
 
 
 def test_resume_skips_complete_scenes_and_redoes_broken_ones(rendered, tmp_path):
