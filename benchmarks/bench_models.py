@@ -25,17 +25,7 @@ from backend.models.config import NAMED_CONFIGS
 from backend.models.lalrm import LaLRM
 from backend.models.video import CameraControlledTransformer, build_scheduler, build_vae
 from backend.pipelines.camera_i2v import encode_image, rotary_embeddings, sample_video_latents
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    import platform
-    try:
-        model = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if "model name" in line)
-    except (OSError, StopIteration):
-        model = platform.processor() or "CPU"
-    return f"{model} ({torch.get_num_threads()} threads)"
+from machine import device_name
 
 
 def sync(device: torch.device) -> None:

@@ -35,18 +35,9 @@ from backend.evaluation import (EvalScene, SceneScores, evaluate_scene, load_eva
                                 plane_method, unchanged_baseline)
 from backend.gaussians import Gaussians  # noqa: E402
 from backend.pipelines.wonderland import WonderlandPipeline, generate, load_pipeline, model_inputs  # noqa: E402
+from machine import device_name  # noqa: E402
 
 PLANE, UNCHANGED = "plane baseline", "unchanged baseline"
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        model = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if "model name" in line)
-    except (OSError, StopIteration):
-        model = "CPU"
-    return f"{model} ({torch.get_num_threads()} threads)"
 
 
 def clip_length(scene_frames: int, model_frames: int) -> int:

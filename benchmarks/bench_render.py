@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import platform
 import resource
 import sys
 import time
@@ -34,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from backend.cameras import CameraBatch  # noqa: E402
 from backend.gaussians import Gaussians  # noqa: E402
 from backend.render import render  # noqa: E402
+from machine import cpu_name  # noqa: E402
 
 
 def scene(count: int, size: int, seed: int = 0) -> tuple[Gaussians, CameraBatch]:
@@ -69,16 +69,6 @@ def time_render(gaussians, cameras, backend: str, repeat: int) -> tuple[float, f
             render(gaussians, cameras, backend=backend)
         sync()
     return (time.perf_counter() - start) / repeat, (cpu_seconds() - start_cpu) / repeat
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main() -> None:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import resource
 import sys
 import time
@@ -34,6 +33,7 @@ from backend.models.config import ModelConfig  # noqa: E402
 from backend.models.lalrm import LaLRM, LaLRMConfig  # noqa: E402
 from backend.training.losses import LossWeights, ReconstructionLoss  # noqa: E402
 from backend.training.train_lrm import LaLRMObjective, LRMData  # noqa: E402
+from machine import cpu_name  # noqa: E402
 
 
 def clip(config: LaLRMConfig, device: torch.device, seed: int = 0) -> dict:
@@ -81,16 +81,6 @@ def bench(config: LaLRMConfig, device: torch.device, steps: int, views: int, ren
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # kB on Linux
     return sorted(times[1:])[len(times[1:]) // 2], peak
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main() -> None:

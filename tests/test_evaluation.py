@@ -120,8 +120,9 @@ def test_a_scene_without_depth_says_how_to_get_it(tmp_path):
     assert "synthetic_scenes.py" in e.value.hint
 
 
-def test_bench_quality_end_to_end_with_random_tiny_model(tmp_path, capsys):
+def test_bench_quality_end_to_end_with_random_tiny_model(tmp_path, capsys, monkeypatch):
     make_plane_scene(tmp_path / "data" / "scene_0000001", frames=9)
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))  # as when the script runs: its folder is on the path
     spec = importlib.util.spec_from_file_location("bench_quality", ROOT / "benchmarks" / "bench_quality.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
