@@ -15,7 +15,7 @@ from PIL import Image
 from backend.cameras import CameraBatch, load_cameras
 from backend.errors import InputError
 from backend.images import load_rgb
-from backend.pipelines.wonderland import WonderlandPipeline, generate, load_pipeline
+from backend.pipelines.wonderland import generate, load_pipeline
 from backend.ply import read_ply
 from backend.rotations import quat_to_rotmat
 
