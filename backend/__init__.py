@@ -9,9 +9,9 @@ _os.environ.setdefault("HF_HUB_OFFLINE", "1")
 _os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 _os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 _os.environ.setdefault("DIFFUSERS_NO_ADVISORY_WARNINGS", "1")
-# OpenMP threads that spin while waiting cost nothing on an idle machine but, beside Blender or other
-# jobs, made the CPU rasterizer ~7x slower (27 s instead of 4 s per 1M-Gaussian frame on 2 cores).
-# It only takes effect when set before torch loads, as it is for `python -m backend`.
+# OpenMP threads that spin while waiting gain ~10% on an idle machine, but beside a busy neighbour (Blender)
+# they fight it for the cores: a 1M-Gaussian CPU frame took 7.7 s spinning vs 4.1 s passive on 2 cores
+# with one busy (benchmarks/RESULTS.md). Only takes effect before torch loads, as in `python -m backend`.
 _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 __version__ = "0.1.0"

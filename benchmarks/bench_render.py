@@ -26,7 +26,11 @@ import sys
 import time
 from pathlib import Path
 
-import torch
+# OpenMP reads its wait policy when torch loads; the backend's own default (PASSIVE, backend/__init__.py)
+# comes too late here, so this script measures what its environment says.
+OMP_POLICY = os.environ.get("OMP_WAIT_POLICY", "unset (spin)")
+
+import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -79,7 +83,8 @@ def main() -> None:
     args = parser.parse_args()
 
     print(f"CPU: {cpu_name()}, {os.cpu_count()} cores, torch threads: {torch.get_num_threads()}, "
-          f"torch {torch.__version__}, load average before: {os.getloadavg()[0]:.1f}")
+          f"torch {torch.__version__}, OMP_WAIT_POLICY {OMP_POLICY}, "
+          f"load average before: {os.getloadavg()[0]:.1f}")
     print(f"{'count':>9} {'resolution':>10} {'s/frame':>8} {'CPU s/frame':>11} {'peak RSS GB':>11}")
     for count in args.counts:
         gaussians, cameras = scene(count, args.size)
