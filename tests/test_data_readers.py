@@ -3,6 +3,7 @@ pixel where the test drew it, and bad files are reported with file and line."""
 import json
 from pathlib import Path
 
+import camera_geometry
 import numpy as np
 import pytest
 import torch
@@ -17,22 +18,11 @@ TARGET = np.array([0.0, 4.0, 0.0])
 
 
 def look_at(eye, target=TARGET) -> np.ndarray:
-    """OpenCV camera-to-world (x right, y down, z forward) at `eye` looking at `target`, world Z up."""
-    z = np.asarray(target, float) - np.asarray(eye, float)
-    z /= np.linalg.norm(z)
-    x = np.cross(z, [0.0, 0.0, 1.0])
-    x /= np.linalg.norm(x)
-    c2w = np.eye(4)
-    c2w[:3, :3] = np.stack([x, np.cross(z, x), z], axis=1)
-    c2w[:3, 3] = eye
-    return c2w
+    return camera_geometry.look_at(eye, target)
 
 
 def project(K, c2w, point=POINT) -> np.ndarray:
-    K, c2w = np.asarray(K, float), np.asarray(c2w, float)
-    cam = c2w[:3, :3].T @ (point - c2w[:3, 3])
-    assert cam[2] > 0
-    return (K @ (cam / cam[2]))[:2]
+    return camera_geometry.project(K, c2w, point)
 
 
 def intrinsics(fx, fy, cx, cy) -> np.ndarray:
