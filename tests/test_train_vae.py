@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from backend.errors import InputError
 from backend.training.engine import Trainer, TrainConfig
 from backend.training.train_vae import ReconstructingVAE, reconstruct, vae_loss
-from test_train_video import metrics, run_command, single_thread, small_config, write_scene  # noqa: F401 (fixture)
+from test_train_video import metrics, run_command, scenes, single_thread, small_config  # noqa: F401 (fixtures)
 
 
 def smooth_clip(frames: int, height: int, width: int) -> torch.Tensor:
@@ -38,14 +38,6 @@ def test_vae_overfits_one_clip(tmp_path):
     rec = reconstruct(trainer.unwrapped_model.eval(), clip[None])
     assert rec.shape == (1, 9, 3, 16, 24)
     assert F.mse_loss(rec, clip[None]) < 0.25 * clip.var()
-
-
-@pytest.fixture
-def scenes(tmp_path):
-    root = tmp_path / "data"
-    for i in range(2):
-        write_scene(root, f"scene{i}", seed=i)
-    return root
 
 
 def test_train_vae_resumes_exactly_and_validates(tmp_path, scenes):

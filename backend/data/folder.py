@@ -22,7 +22,7 @@ from pathlib import Path, PurePosixPath
 from PIL import Image
 
 from backend.cameras import CameraBatch, cameras_from_dict, crop_resize_intrinsics
-from backend.data.scenes import DataProblem, Scene, json_array_lines
+from backend.data.scenes import DataProblem, Scene, json_array_lines, read_json
 from backend.errors import InputError
 
 CAMERAS_FILE = "cameras.json"
@@ -39,14 +39,10 @@ def frame_file_name(index: int) -> str:
 def read_scene(directory: Path, name: str) -> Scene | DataProblem:
     """The scene in `directory` (which holds cameras.json), or the first problem that rules it out."""
     source = directory / CAMERAS_FILE
-    try:
-        text = source.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        return DataProblem(source, None, f"cannot read: {e}")
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        return DataProblem(source, e.lineno, f"not valid JSON: {e.msg} (column {e.colno})")
+    read = read_json(source)
+    if isinstance(read, DataProblem):
+        return read
+    text, data = read
     lines = json_array_lines(text, "frames") or []
 
     def line_of(index: int) -> int | None:

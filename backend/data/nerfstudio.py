@@ -29,7 +29,7 @@ import torch
 from PIL import Image
 
 from backend.cameras import CameraBatch
-from backend.data.scenes import DataProblem, Scene, first_non_rotation, json_array_lines
+from backend.data.scenes import DataProblem, Scene, first_non_rotation, json_array_lines, read_json
 
 TRANSFORMS_FILE = "transforms.json"
 PERSPECTIVE_MODELS = ("PINHOLE", "SIMPLE_PINHOLE", "OPENCV", "SIMPLE_RADIAL", "RADIAL")
@@ -101,14 +101,10 @@ def _resolve_images(directory: Path, paths: list[str]) -> list[Path] | str:
 
 def read_scene(transforms: Path, name: str) -> Scene | DataProblem:
     """The scene of one transforms.json, or the first problem that rules it out."""
-    try:
-        text = transforms.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        return DataProblem(transforms, None, f"cannot read: {e}")
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        return DataProblem(transforms, e.lineno, f"not valid JSON: {e.msg} (column {e.colno})")
+    read = read_json(transforms)
+    if isinstance(read, DataProblem):
+        return read
+    text, data = read
     if not isinstance(data, dict) or not isinstance(data.get("frames"), list) or not data["frames"]:
         return DataProblem(transforms, None, "needs a top-level object with a non-empty 'frames' list")
     model = data.get("camera_model", "OPENCV")

@@ -61,6 +61,18 @@ class DataProblem:
         return f"{self.path}:{self.line}: {self.reason}" if self.line is not None else f"{self.path}: {self.reason}"
 
 
+def read_json(path: Path) -> tuple[str, object] | DataProblem:
+    """(text, parsed JSON) of a data file, or the problem that rules it out (with the JSON error's line)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        return DataProblem(path, None, f"cannot read: {e}")
+    try:
+        return text, json.loads(text)
+    except json.JSONDecodeError as e:
+        return DataProblem(path, e.lineno, f"not valid JSON: {e.msg} (column {e.colno})")
+
+
 def json_array_lines(text: str, key: str) -> list[int] | None:
     """1-based line numbers where each item of the JSON array `"key": [...]` starts, or None when the
     array cannot be located (the caller then reports the item index only)."""
