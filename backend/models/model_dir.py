@@ -42,6 +42,12 @@ def read_manifest(directory: Path) -> dict:
         raise InputError(f"{path} is not valid JSON: {e}", "restore the file, or export the model again") from e
 
 
+def base_folder(directory: Path, manifest: dict | None = None) -> Path:
+    """Where the base video model (transformer/, vae/, scheduler/) of a model folder lives."""
+    manifest = read_manifest(directory) if manifest is None else manifest
+    return directory / manifest["base_model"] if manifest.get("base_model") else directory
+
+
 def _write_manifest(directory: Path, **parts) -> None:
     manifest = read_manifest(directory)
     manifest.update(parts)
@@ -110,7 +116,7 @@ def read_model(directory: str | Path, dtype: torch.dtype = torch.float32):
         raise InputError(f"{directory} is not a Wonderland model folder: {CONFIG_FILE} is missing",
                          "point --model at a folder that the trainers exported into (--export DIR)")
     manifest = read_manifest(directory)
-    base_dir = directory / manifest["base_model"] if manifest.get("base_model") else directory
+    base_dir = base_folder(directory, manifest)
     missing = [part for part, present in (("video", "video" in manifest), ("lalrm", "lalrm" in manifest),
                                           ("vae", (base_dir / "vae").is_dir())) if not present]
     if missing:

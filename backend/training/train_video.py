@@ -51,14 +51,10 @@ def video_model_config(name: str) -> VideoModelConfig:
 
 def _find_folder(directory: Path, part: str) -> Path | None:
     """directory/part of a model or diffusers folder, following wonderland.json's base_model."""
-    if (directory / part / "config.json").is_file():
-        return directory / part
-    from backend.models.model_dir import read_manifest
-    base = read_manifest(directory).get("base_model")
-    if base:
-        base = Path(base) if Path(base).is_absolute() else directory / base
-        if (base / part / "config.json").is_file():
-            return base / part
+    from backend.models.model_dir import base_folder
+    for folder in (directory, base_folder(directory)):
+        if (folder / part / "config.json").is_file():
+            return folder / part
     return None
 
 
