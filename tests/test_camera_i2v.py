@@ -7,7 +7,7 @@ from diffusers import CogVideoXImageToVideoPipeline, CogVideoXTransformer3DModel
 
 from backend.errors import Cancelled, InputError
 from backend.models.video import CameraControlledTransformer, VideoModelConfig, build_scheduler, build_vae
-from backend.pipelines.camera_i2v import (compile_blocks, controlnet_steps, decode_latents, encode_image,
+from backend.pipelines.camera_i2v import (compile_blocks, leading_steps, decode_latents, encode_image,
                                          rotary_embeddings, sample_video_latents)
 
 TINY = VideoModelConfig.tiny()
@@ -130,9 +130,9 @@ def test_controlnet_fraction_skips_the_branch_in_later_steps(tiny, reference):
             runs[fraction] = sample(model, image_latents, plucker, controlnet_fraction=fraction)
         finally:
             handle.remove()
-        assert len(calls) == controlnet_steps(STEPS, fraction), fraction
-    assert [controlnet_steps(STEPS, f) for f in (1.0, 0.5, 0.0)] == [4, 2, 0]
-    assert controlnet_steps(50, 0.4) == 20
+        assert len(calls) == leading_steps(STEPS, fraction), fraction
+    assert [leading_steps(STEPS, f) for f in (1.0, 0.5, 0.0)] == [4, 2, 0]
+    assert leading_steps(50, 0.4) == 20
     assert (reference - runs[0.5]).abs().mean() > 1e-4
     assert (runs[0.5] - runs[0.0]).abs().mean() > 1e-4
     with pytest.raises(InputError, match="outside"):

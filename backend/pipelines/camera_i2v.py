@@ -79,7 +79,7 @@ def decode_latents(vae: AutoencoderKLCogVideoX, latents: Tensor) -> Tensor:
     return vae.decode(z).sample.permute(0, 2, 1, 3, 4)
 
 
-def controlnet_steps(steps: int, fraction: float) -> int:
+def leading_steps(steps: int, fraction: float) -> int:
     """How many of the first denoising steps run a branch kept for `fraction` of them (ControlNet, CFG)."""
     if not 0.0 <= fraction <= 1.0:
         raise InputError(f"a step fraction of {fraction} is outside [0, 1]",
@@ -174,8 +174,8 @@ def sample_video_latents(
                             image_latents.new_zeros(batch, latent_frames - 1, channels, height, width, dtype=dtype)], 1)
     image_cond = torch.cat([image_cond] * 2) if do_cfg else image_cond
     rotary = rotary_embeddings(transformer, height, width, latent_frames, device)
-    with_controlnet = controlnet_steps(steps, controlnet_fraction)
-    with_guidance = controlnet_steps(steps, guidance_fraction) if do_cfg else 0
+    with_controlnet = leading_steps(steps, controlnet_fraction)
+    with_guidance = leading_steps(steps, guidance_fraction) if do_cfg else 0
 
     current = {"t": None}
     if cache == "pab":
