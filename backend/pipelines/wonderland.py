@@ -16,7 +16,7 @@ import torch
 from diffusers import AutoencoderKLCogVideoX, CogVideoXDPMScheduler
 
 from backend.cameras import CameraBatch, center_crop_box, fit_cameras, normalize, resample
-from backend.errors import InputError
+from backend.errors import Cancelled, InputError
 from backend.gaussians import Gaussians
 from backend.images import crop_resize
 from backend.models.config import NAMED_CONFIGS, ModelConfig
@@ -149,11 +149,11 @@ def generate(pipe: WonderlandPipeline, image: np.ndarray, cameras: CameraBatch, 
     """Image [H, W, 3] floats in 0..1 and the caller's trajectory -> Gaussians in the caller's world.
 
     `prompt_embeds` [L, D] (e.g. T5 of a prompt, precomputed) turn on classifier-free guidance against
-    empty-text zeros; without them the model runs unguided. Same seed, same device -> same result. `should_cancel` is polled before every denoising step and
-    between stages; a True answer raises backend.errors.Cancelled. With `offload`, the components wait
-    on the CPU and each visits `device` only for its own stage (peak GPU memory = the largest one).
+    empty-text zeros; without them the model runs unguided. Same seed, same device -> same result.
+    `should_cancel` is polled before every denoising step and between stages; a True answer raises
+    backend.errors.Cancelled. With `offload`, the components wait on the CPU and each visits `device`
+    only for its own stage (peak GPU memory = the largest one).
     """
-    from backend.errors import Cancelled
 
     def progress(stage: str, step: int, total: int) -> None:
         if on_progress is not None:
