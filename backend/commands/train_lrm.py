@@ -20,7 +20,7 @@ DEFAULT_STAGES_HELP = ("progressive stages as JSON [[steps, height, width], ...]
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     p = parser
-    add_training_arguments(p, model_configs="tiny | paper | paper_low_res | a LaLRMConfig JSON file", lr=4e-4,
+    add_training_arguments(p, model_configs="tiny | small | paper | paper_low_res | a LaLRMConfig JSON file", lr=4e-4,
                            lr_min=1e-5, export="write the trained LaLRM into this model folder")
     p.add_argument("--vae", metavar="DIR", help="a model folder with vae/, or a diffusers CogVideoX VAE folder")
     p.add_argument("--latent-cache", metavar="PATH",

@@ -12,7 +12,7 @@ from backend.commands.training_options import add_training_arguments, data_optio
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     p = parser
-    add_training_arguments(p, model_configs="tiny | paper | a VideoModelConfig JSON file", lr=1e-4, lr_min=0.0,
+    add_training_arguments(p, model_configs="tiny | small | paper | a VideoModelConfig JSON file", lr=1e-4, lr_min=0.0,
                            export="write the trained VAE into this model folder (vae/)")
     p.add_argument("--reconstruction", choices=("l1", "mse"), default="l1", help="reconstruction loss")
     p.add_argument("--kl-weight", type=float, default=1e-6, help="weight of the per-element KL term")

@@ -15,7 +15,7 @@ from backend.commands.training_options import add_training_arguments, data_optio
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     p = parser
-    add_training_arguments(p, model_configs="tiny | paper | a VideoModelConfig JSON file", lr=2e-5, lr_min=0.0,
+    add_training_arguments(p, model_configs="tiny | small | paper | a VideoModelConfig JSON file", lr=2e-5, lr_min=0.0,
                            export="write the trained video model into this model folder")
     p.add_argument("--base", metavar="DIR",
                    help="the pretrained base: a local CogVideoX-5b-I2V folder (diffusers' layout) or a model folder")

@@ -76,9 +76,16 @@ class ModelConfig:
         return cls("tiny", video, dataclasses.replace(LaLRMConfig.tiny(), latent_channels=video.latent_channels))
 
     @classmethod
+    def small(cls) -> "ModelConfig":
+        """The shipped default's size (backend/weights/default): 9 frames at 96x64, 16 latent channels."""
+        lalrm = LaLRMConfig(num_frames=9, height=64, width=96, latent_channels=16, hidden_size=128,
+                            num_layers=4, num_heads=4)
+        return cls("small", VideoModelConfig.small(), lalrm)
+
+    @classmethod
     def paper(cls) -> "ModelConfig":
         """CogVideoX-5B-I2V with both camera branches and the 24x1024 LaLRM: 49 frames at 720x480."""
         return cls("paper", VideoModelConfig.paper(), LaLRMConfig.paper())
 
 
-NAMED_CONFIGS = {"tiny": ModelConfig.tiny, "paper": ModelConfig.paper}
+NAMED_CONFIGS = {"tiny": ModelConfig.tiny, "small": ModelConfig.small, "paper": ModelConfig.paper}

@@ -3,7 +3,8 @@ branches (shared/design/paper.md, "Dual branch").
 
 - `VideoModelConfig` pins every size: the kwargs of diffusers' `CogVideoXTransformer3DModel`,
   `AutoencoderKLCogVideoX` and `CogVideoXDPMScheduler`, the video size, and the camera branches.
-  `paper()` is CogVideoX-5B-I2V's public configuration, `tiny()` the same code at test size.
+  `paper()` is CogVideoX-5B-I2V's public configuration, `tiny()` the same code at test size,
+  `small()` the size of the shipped default.
 - `CameraControlledTransformer` wraps an unmodified `CogVideoXTransformer3DModel` (`base`) and adds
   * a ControlNet branch: a trainable copy of the first K base blocks, fed with the base's
     patch-embedded (noisy + image) video tokens plus camera tokens (from a zero-initialised camera
@@ -133,6 +134,19 @@ class VideoModelConfig:
             controlnet_layers=2, lora_rank=4, lora_alpha=4.0,
             controlnet_fraction=1.0, guidance_scale=1.0, num_inference_steps=4,
         )
+
+    @classmethod
+    def small(cls) -> "VideoModelConfig":
+        """The shipped default's size, trained from scratch on 2 CPU cores: tiny's 9 frames at 64 x 96,
+        but CogVideoX's 16 latent channels (its compression ratio), 4 blocks of 4 heads x 32, a VAE of
+        16/32/32/32 channels, LoRA rank 8 and 20 sampling steps."""
+        tiny = cls.tiny()
+        return dataclasses.replace(
+            tiny, name="small",
+            transformer={**tiny.transformer, "num_attention_heads": 4, "attention_head_dim": 32, "in_channels": 32,
+                         "out_channels": 16, "time_embed_dim": 64, "num_layers": 4},
+            vae={**tiny.vae, "block_out_channels": [16, 32, 32, 32], "latent_channels": 16},
+            lora_rank=8, lora_alpha=8.0, num_inference_steps=20)
 
     # --- JSON ------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

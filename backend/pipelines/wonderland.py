@@ -100,7 +100,7 @@ def load_pipeline(model: str, dtype: torch.dtype = torch.float32, seed: int = 0)
         raise InputError("no trained default model is installed with this backend",
                          "name a model folder (--model DIR; in Blender, the Model field or the preferences' "
                          "Default Model), or 'tiny' for a smoke run with random weights")
-    known = ", ".join(shipped_models() + list(NAMED_CONFIGS))
+    known = ", ".join(shipped_models() + ["tiny"])
     raise InputError(f"--model {model!r} is neither a folder nor a known model",
                      f"give a model folder, or one of: {known}")
 

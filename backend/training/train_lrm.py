@@ -196,16 +196,20 @@ def export_lalrm(trainer: Trainer, base: LaLRMConfig, directory: str | Path, vae
 
 
 # The command's pieces ------------------------------------------------------------------------------------
-NAMED_LALRM = {"tiny": lambda: _tiny_lalrm(), "paper": LaLRMConfig.paper, "paper_low_res": LaLRMConfig.paper_low_res}
+def _paired_lalrm(name: str):
+    """The LaLRM of a named ModelConfig: it reads that config's video latents (tiny's have 4 channels)."""
+    def make() -> LaLRMConfig:
+        from backend.models.config import NAMED_CONFIGS
+        return NAMED_CONFIGS[name]().lalrm
+    return make
 
 
-def _tiny_lalrm() -> LaLRMConfig:
-    from backend.models.config import ModelConfig
-    return ModelConfig.tiny().lalrm  # the tiny LaLRM that reads the tiny video model's 4-channel latents
+NAMED_LALRM = {"tiny": _paired_lalrm("tiny"), "small": _paired_lalrm("small"), "paper": LaLRMConfig.paper,
+               "paper_low_res": LaLRMConfig.paper_low_res}
 
 
 def lalrm_config(name: str) -> LaLRMConfig:
-    """A named LaLRM config (tiny, paper, paper_low_res) or a JSON file of LaLRMConfig fields."""
+    """A named LaLRM config (tiny, small, paper, paper_low_res) or a JSON file of LaLRMConfig fields."""
     return named_or_file_config(name, NAMED_LALRM, LaLRMConfig)
 
 

@@ -40,12 +40,12 @@ from backend.training.engine import Trainer, TrainConfig
 
 log = logging.getLogger(__name__)
 
-NAMED_VIDEO = {"tiny": VideoModelConfig.tiny, "paper": VideoModelConfig.paper}
+NAMED_VIDEO = {"tiny": VideoModelConfig.tiny, "small": VideoModelConfig.small, "paper": VideoModelConfig.paper}
 VALIDATION_FRACTIONS = (0.1, 0.3, 0.5, 0.7, 0.9)
 
 
 def video_model_config(name: str) -> VideoModelConfig:
-    """A named video model config (tiny, paper) or a JSON file of VideoModelConfig fields."""
+    """A named video model config (tiny, small, paper) or a JSON file of VideoModelConfig fields."""
     return named_or_file_config(name, NAMED_VIDEO, VideoModelConfig)
 
 
