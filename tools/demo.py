@@ -34,7 +34,7 @@ BACKEND_PYTHON = ROOT / ".venv" / ("Scripts/python.exe" if os.name == "nt" else 
 # wonderland.json). Checked by path: importing the backend here would load torch into Blender for nothing.
 SHIPPED_DEFAULT = ROOT / "backend" / "weights" / "default" / "wonderland.json"
 FALLBACK_MODEL = "tiny"
-FRAMES = (1, 9)           # the tiny model's frame count; the backend resamples longer moves to the model's
+FRAMES = (1, 9)           # the default model's frame count; the backend resamples longer moves to the model's
 SEED = 7
 
 
@@ -199,7 +199,7 @@ def run_input(name: str, spec: DemoInput, model: str, steps: int, previews: int,
     jobs_root = Path(tempfile.mkdtemp(prefix=f"wonderland-demo-{name}-"))  # removed once the result is copied
     bpy.context.preferences.addons[ADDON].preferences.output_dir = str(jobs_root)
     print(f"\n=== {name}: {spec.file}, {spec.preset} camera move over frames {FRAMES[0]}-{FRAMES[1]}, "
-          f"model {model}, {steps} steps ===", flush=True)
+          f"model {model}, {steps or 'its own'} steps ===", flush=True)
     try:
         outcome = bpy.ops.wonderland.generate(extra_args=f"--previews {previews} --preview-size {CELL_W}")
     except RuntimeError as e:
@@ -244,13 +244,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="tools/demo.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", help="a model name or folder (default: the shipped default model if installed, "
                                    f"else '{FALLBACK_MODEL}': random weights)")
-    p.add_argument("--steps", type=int, default=4, help="denoising steps (default: %(default)s)")
+    p.add_argument("--steps", type=int, default=0, help="denoising steps (default: the model's own)")
     p.add_argument("--previews", type=int, default=5, help="preview renders per input (default: %(default)s)")
     p.add_argument("--out", default=str(ROOT / "demo_out"), help="output folder (default: %(default)s)")
     p.add_argument("--only", choices=sorted(INPUTS), action="append", help="run just this input (repeatable)")
     args = p.parse_args(argv)
-    if args.steps < 1 or args.previews < 1:
-        p.error("--steps and --previews must be at least 1")
+    if args.steps < 0 or args.previews < 1:
+        p.error("--steps must be at least 0 (the model's own) and --previews at least 1")
     return args
 
 

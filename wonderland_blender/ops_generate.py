@@ -208,7 +208,7 @@ def start_job(context, extra_args: str = "") -> Job:
                             "preferences") from None
     command = build_command(python, image, folder / "cameras.json", folder,
                             model=settings.model or _pref(prefs, "default_model"),
-                            steps=settings.steps or _pref(prefs, "default_steps"),
+                            steps=settings.steps or _pref(prefs, "default_steps") or None,  # 0: the model's
                             seed=settings.seed or _pref(prefs, "default_seed"),
                             device=_pref(prefs, "device"), dtype=_pref(prefs, "precision"))
     command += shlex.split(extra_args)

@@ -9,7 +9,7 @@ import bpy
 from bpy.props import EnumProperty, IntProperty, StringProperty
 
 ENV_BACKEND_PYTHON = "WONDERLAND_BACKEND_PYTHON"
-DEFAULT_MODEL = "paper"
+DEFAULT_MODEL = "default"   # the backend's shipped model (backend/weights/default)
 INSTALLER_VENV = "venv"      # the "Install backend" venv, inside extension_path_user
 JOBS_FOLDER = "jobs"
 # The add-on runs from a source checkout when its folder sits beside the backend's pyproject.toml.
@@ -94,8 +94,9 @@ class WonderlandPreferences(bpy.types.AddonPreferences):
         ('fp32', "FP32", "Full precision"),
         ('bf16', "BF16", "bfloat16"),
         ('fp16', "FP16", "float16")))
-    default_steps: IntProperty(name="Default Steps", min=1, soft_max=100, default=50,
-                               description="Denoising steps when the scene does not set them")
+    default_steps: IntProperty(name="Default Steps", min=0, soft_max=100, default=0,
+                               description="Denoising steps when the scene does not set them "
+                                           "(0: the model's own, 50 for the shipped default)")
     default_seed: IntProperty(name="Default Seed", min=0, default=42,
                               description="Random seed when the scene does not set one")
     output_dir: StringProperty(name="Output Folder", subtype='DIR_PATH',

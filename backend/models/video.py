@@ -139,14 +139,14 @@ class VideoModelConfig:
     def small(cls) -> "VideoModelConfig":
         """The shipped default's size, trained from scratch on 2 CPU cores: tiny's 9 frames at 64 x 96,
         but CogVideoX's 16 latent channels (its compression ratio), 4 blocks of 4 heads x 32, a VAE of
-        16/32/32/32 channels, LoRA rank 8 and 20 sampling steps."""
+        16/32/32/32 channels, LoRA rank 8 and 50 sampling steps."""
         tiny = cls.tiny()
         return dataclasses.replace(
             tiny, name="small",
             transformer={**tiny.transformer, "num_attention_heads": 4, "attention_head_dim": 32, "in_channels": 32,
                          "out_channels": 16, "time_embed_dim": 64, "num_layers": 4},
             vae={**tiny.vae, "block_out_channels": [16, 32, 32, 32], "latent_channels": 16},
-            lora_rank=8, lora_alpha=8.0, num_inference_steps=20)
+            lora_rank=8, lora_alpha=8.0, num_inference_steps=50)
 
     # --- JSON ------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

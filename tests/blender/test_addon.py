@@ -83,8 +83,8 @@ def test_backend_python_resolution_order(addon, monkeypatch, tmp_path):
 
 def test_preference_defaults_and_output_root(addon):
     prefs = preferences.get_preferences()
-    assert (prefs.default_model, prefs.device, prefs.precision) == ("paper", "auto", "auto")
-    assert prefs.default_steps > 0
+    assert (prefs.default_model, prefs.device, prefs.precision) == ("default", "auto", "auto")
+    assert prefs.default_steps == 0   # the model's own step count
     assert preferences.is_extension() is False
     assert preferences.output_root(prefs) == os.path.join(tempfile.gettempdir(), "wonderland", "jobs")
     prefs.output_dir = "/somewhere/jobs"
