@@ -1,5 +1,6 @@
 """Novel-view quality on held-out scenes (benchmarks/bench_quality.py): the two baselines a trained model
-must beat, and the loop that scores any method against a scene's ground-truth frames.
+must beat, a blurred-input yardstick, and the loop that scores any method against a scene's ground-truth
+frames.
 
 A held-out scene is a scene folder (backend/data/folder.py) with `depth/0000.npy`, the camera z-depth of
 frame 0 (tools/synthetic_scenes.py writes one per frame). A method sees frame 0 and the cameras of a clip
@@ -16,6 +17,7 @@ from typing import Callable
 
 import numpy as np
 import torch
+from PIL import Image, ImageFilter
 
 from backend.cameras import CameraBatch
 from backend.data.folder import read_scene
@@ -31,6 +33,7 @@ DEPTH_DIR = "depth"
 PLANE_OPACITY = 0.995      # gsplat caps a Gaussian's alpha at 0.99: opaque
 PLANE_SCALE = 0.2          # in-plane std-dev, in pixel footprints: sharp input view, few gaps when magnified
 PLANE_THICKNESS = 0.05     # std-dev along the view axis, in pixel footprints
+BLUR_RADIUS = 6.0          # pixels (at 96x64): the blurred baseline's Gaussian
 
 
 @dataclass
@@ -111,6 +114,15 @@ def plane_method(image: np.ndarray, cameras: CameraBatch, scene: EvalScene) -> G
 def unchanged_baseline(image: np.ndarray, cameras: CameraBatch, scene: EvalScene) -> np.ndarray:
     """Every view predicted as the input image itself: [N, H, W, 3] for the scene's N frames."""
     return np.broadcast_to(image, (len(scene.frames), *image.shape))
+
+
+def blurred_baseline(image: np.ndarray, cameras: CameraBatch, scene: EvalScene) -> np.ndarray:
+    """Every view predicted as the input blurred (Gaussian, BLUR_RADIUS px): not a 3D method, a yardstick.
+    PSNR rewards blur on high-frequency textures, so a model whose renders are only a blur of the scene
+    scores about this; beating it needs real structure."""
+    pixels = Image.fromarray(np.round(np.clip(image, 0, 1) * 255).astype(np.uint8))
+    blurred = np.asarray(pixels.filter(ImageFilter.GaussianBlur(BLUR_RADIUS)), dtype=np.float32) / 255.0
+    return np.broadcast_to(blurred, (len(scene.frames), *image.shape))
 
 
 @dataclass

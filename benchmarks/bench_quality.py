@@ -31,8 +31,8 @@ if str(ROOT) not in sys.path:
 from backend.cameras import CameraBatch, normalize  # noqa: E402
 from backend.data.latent_cache import encode_video  # noqa: E402
 from backend.errors import InputError  # noqa: E402
-from backend.evaluation import (EvalScene, SceneScores, evaluate_scene, load_eval_scene, mean_scores,  # noqa: E402
-                                plane_method, unchanged_baseline)
+from backend.evaluation import (EvalScene, SceneScores, blurred_baseline, evaluate_scene,  # noqa: E402
+                                load_eval_scene, mean_scores, plane_method, unchanged_baseline)
 from backend.gaussians import Gaussians  # noqa: E402
 from backend.pipelines.wonderland import WonderlandPipeline, generate, load_pipeline, model_inputs  # noqa: E402
 from machine import device_name  # noqa: E402
@@ -117,7 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     pipe = load_pipeline(args.model).to(device)
     methods = {"full pipeline (image → latents → Gaussians)": pipeline_method(pipe, args.steps, args.seed, device),
                "LaLRM on ground-truth latents (upper bound)": gt_latents_method(pipe, args.seed, device),
-               PLANE: plane_method, UNCHANGED: unchanged_baseline}
+               PLANE: plane_method, UNCHANGED: unchanged_baseline,
+               "blurred input (a yardstick: what blur alone scores)": blurred_baseline}
     results: dict[str, list[SceneScores]] = {m: [] for m in methods}
     t0 = time.perf_counter()
     for folder in folders:

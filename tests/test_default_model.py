@@ -70,8 +70,8 @@ def held_out_scenes(tmp_path_factory):
 def test_default_quality_on_held_out_scenes(held_out_scenes, capsys, monkeypatch):
     """The model card's claims, through the quality benchmark itself, on held-out scenes: the full pipeline
     beats the plane baseline clearly, and the LaLRM on ground-truth latents beats both baselines (random
-    weights reach neither: their Gaussians are grey). The full pipeline against the unchanged image is
-    the open gap the card reports; it is not asserted."""
+    weights reach neither). The full pipeline against the unchanged image is the open gap the card
+    reports; it is not asserted."""
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))  # as when the script runs: its folder is on the path
     spec = importlib.util.spec_from_file_location("bench_quality", ROOT / "benchmarks" / "bench_quality.py")
     bench = importlib.util.module_from_spec(spec)

@@ -14,8 +14,8 @@ from PIL import Image
 
 from backend.cameras import CameraBatch, save_cameras
 from backend.errors import InputError
-from backend.evaluation import (evaluate_scene, load_eval_scene, mean_scores, plane_baseline, plane_method,
-                                unchanged_baseline)
+from backend.evaluation import (blurred_baseline, evaluate_scene, load_eval_scene, mean_scores, plane_baseline,
+                                plane_method, unchanged_baseline)
 from backend.render import render
 from backend.training.metrics import image_metrics
 
@@ -120,6 +120,21 @@ def test_a_scene_without_depth_says_how_to_get_it(tmp_path):
     assert "synthetic_scenes.py" in e.value.hint
 
 
+def test_blurred_baseline_keeps_the_colours_and_removes_the_detail(tmp_path):
+    folder, _ = make_plane_scene(tmp_path / "scene", frames=3)
+    scene = load_eval_scene(folder)
+    image = scene.image(0)
+    views = blurred_baseline(image, scene.cameras, scene)
+    assert views.shape == (3, *image.shape) and np.array_equal(views[0], views[2])
+    assert abs(float(views[0].mean()) - float(image.mean())) < 0.02          # same colours on average
+    assert horizontal_detail(views[0]) < 0.5 * horizontal_detail(image)     # much less detail
+    assert math.isfinite(evaluate_scene(scene, blurred_baseline).input["psnr"])  # a yardstick, not a copy
+
+
+def horizontal_detail(image: np.ndarray) -> float:
+    return float(np.abs(np.diff(image, axis=1)).mean())
+
+
 def test_bench_quality_end_to_end_with_random_tiny_model(tmp_path, capsys, monkeypatch):
     make_plane_scene(tmp_path / "data" / "scene_0000001", frames=9)
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))  # as when the script runs: its folder is on the path
@@ -131,7 +146,7 @@ def test_bench_quality_end_to_end_with_random_tiny_model(tmp_path, capsys, monke
     assert "RANDOM WEIGHTS" in out and "Device:" in out
     rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
             for line in out.splitlines() if line.startswith("| ") and not line.startswith("| method")}
-    assert len(rows) == 4
+    assert len(rows) == 5
     plane, unchanged = rows["plane baseline"], rows["unchanged baseline"]
     assert float(plane[0]) > 24 and float(plane[0]) > float(unchanged[0]) + 6
     assert plane[4].startswith("+0.00 dB") and unchanged[3] == "∞"
