@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import resource
 import subprocess
 import sys
@@ -22,18 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-
-def device() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return f"{cpu}, {cores} cores"
+from machine import cpu_description  # noqa: E402  (benchmarks/ is the script's folder)
 
 
 def write_random(path: Path, n: int, sh_degree: int) -> None:
@@ -85,7 +72,7 @@ def main() -> None:
             result = json.loads(out.strip().splitlines()[-1])
             rows.append((n, size_mb, result))
             path.unlink()
-    print(f"device: {device()}; SH degree {args.sh_degree}; Blender {__import__('bpy').app.version_string}")
+    print(f"device: {cpu_description()}; SH degree {args.sh_degree}; Blender {__import__('bpy').app.version_string}")
     print(f"{'Gaussians':>10} {'file MB':>8} {'read s':>7} {'import s':>9} {'peak MB':>8} {'+ over bpy MB':>13}")
     for n, size_mb, r in rows:
         print(f"{r['n']:>10,} {size_mb:>8.0f} {r['read_s']:>7.2f} {r['import_s']:>9.2f} {r['peak_mb']:>8.0f} "

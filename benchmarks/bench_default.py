@@ -21,7 +21,7 @@ sys.path.insert(0, str(ROOT / "tools"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import demo  # noqa: E402  (tools/demo.py: imports bpy)
-from machine import cpu_name  # noqa: E402
+from machine import cpu_description  # noqa: E402
 
 GOAL_SECONDS = 60.0
 
@@ -40,8 +40,7 @@ def main(argv: list[str] | None = None) -> int:
             if any(r.random_weights for r in runs):
                 print(f"warning: {model} has random weights: timings only", file=sys.stderr)
             rows.append((name, runs[0].count, [r.job_seconds for r in runs], [r.seconds for r in runs]))
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    print(f"\nDevice: {cpu_name()}, {cores} cores (backend on the CPU). Model: {model}. "
+    print(f"\nDevice: {cpu_description()} (backend on the CPU). Model: {model}. "
           f"Median of {args.repeats} runs; load average now {os.getloadavg()[0]:.2f}.\n")
     print("| input | Gaussians | backend job (s) | generate + import (s) | goal ≤ 60 s |")
     print("|---|---|---|---|---|")

@@ -23,3 +23,15 @@ def run_backend(tmp_path):
         return result
 
     return _run
+
+
+@pytest.fixture
+def bench_quality(monkeypatch):
+    """benchmarks/bench_quality.py as a module, imported as when the script runs (its folder on the path)."""
+    import importlib.util
+
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    spec = importlib.util.spec_from_file_location("bench_quality", ROOT / "benchmarks" / "bench_quality.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

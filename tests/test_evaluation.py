@@ -2,7 +2,6 @@
 exactly a textured plane facing camera 0, rendered analytically: there the plane baseline is the truth."""
 from __future__ import annotations
 
-import importlib.util
 import math
 import re
 from pathlib import Path
@@ -19,7 +18,6 @@ from backend.evaluation import (blurred_baseline, evaluate_scene, load_eval_scen
 from backend.render import render
 from backend.training.metrics import image_metrics
 
-ROOT = Path(__file__).resolve().parents[1]
 WIDTH, HEIGHT, FOCAL, DEPTH = 48, 32, 40.0, 3.0
 PERIOD = 16 * DEPTH / FOCAL   # texture period on the plane: 16 pixels of camera 0
 
@@ -135,13 +133,9 @@ def horizontal_detail(image: np.ndarray) -> float:
     return float(np.abs(np.diff(image, axis=1)).mean())
 
 
-def test_bench_quality_end_to_end_with_random_tiny_model(tmp_path, capsys, monkeypatch):
+def test_bench_quality_end_to_end_with_random_tiny_model(tmp_path, capsys, bench_quality):
     make_plane_scene(tmp_path / "data" / "scene_0000001", frames=9)
-    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))  # as when the script runs: its folder is on the path
-    spec = importlib.util.spec_from_file_location("bench_quality", ROOT / "benchmarks" / "bench_quality.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    assert bench.main(["--data", str(tmp_path / "data"), "--model", "tiny", "--steps", "2"]) == 0
+    assert bench_quality.main(["--data", str(tmp_path / "data"), "--model", "tiny", "--steps", "2"]) == 0
     out = capsys.readouterr().out
     assert "RANDOM WEIGHTS" in out and "Device:" in out
     rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
