@@ -8,7 +8,8 @@ DIR holds held-out scenes (tools/synthetic_scenes.py --split test; each with dep
 - LaLRM on ground-truth latents (upper bound of the pipeline): the clip's real frames, cropped like
   generate's input (wonderland.model_inputs), encoded with the model's VAE, then predict_gaussians;
 - baselines: frame 0 on camera 0's fronto-parallel plane at the median depth of frame 0, and frame 0
-  unchanged as the prediction for every view.
+  unchanged as the prediction for every view;
+- a yardstick: frame 0 blurred as every view (PSNR rewards blur; a model that only blurs scores this).
 The clip is the first 1 + (F - 1)k frames of a scene (F = the model's frame count, k as large as fits),
 so every model frame has a ground-truth image; later frames are scored separately ("beyond").
 Scores are averaged over all views of all scenes. Δ columns: novel-view scores minus each baseline's.
