@@ -20,6 +20,8 @@ COMMANDS = {
     "train-vae": ("backend.commands.train_vae", "train a small video VAE (small configs only)"),
     "train-video": ("backend.commands.train_video", "train the camera-controlled video model"),
     "train-lrm": ("backend.commands.train_lrm", "train the LaLRM (latents -> Gaussians)"),
+    "generate-latents": ("backend.commands.generate_latents",
+                         "the video model's latents for a latent cache's clips (to fine-tune the LaLRM on)"),
 }
 
 

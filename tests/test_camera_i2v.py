@@ -1,6 +1,6 @@
 """The camera-controlled image-to-video sampler (backend.pipelines.camera_i2v) with the tiny model:
 agreement with diffusers' CogVideoXImageToVideoPipeline, determinism, progress, cancel, CFG
-batching, and the ControlNet step fraction."""
+batching, the ControlNet step fraction, and keeping the condition as latent frame 0."""
 import pytest
 import torch
 from diffusers import CogVideoXImageToVideoPipeline, CogVideoXTransformer3DModel
@@ -97,6 +97,13 @@ def test_shape_and_determinism_by_seed(tiny, reference):
     assert (a - sample(model, image_latents, plucker, seed=1)).abs().mean() > 1e-2
     # The camera conditions the result: another trajectory, another video.
     assert (a - sample(model, image_latents, plucker.flip(1), seed=0)).abs().mean() > 1e-3
+
+
+def test_keep_image_frame_returns_the_condition_as_frame_zero_and_leaves_the_rest(tiny, reference):
+    model, _, _, image_latents, plucker = tiny
+    kept = sample(model, image_latents, plucker, seed=0, keep_image_frame=True)
+    assert torch.equal(kept[:, :1], image_latents) and not torch.allclose(reference[:, :1], image_latents)
+    assert torch.equal(kept[:, 1:], reference[:, 1:])
 
 
 def test_on_step_reports_every_step_and_cancel_stops_after_step_two(tiny):

@@ -23,8 +23,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_training_arguments(p, model_configs="tiny | small | paper | paper_low_res | a LaLRMConfig JSON file", lr=4e-4,
                            lr_min=1e-5, export="write the trained LaLRM into this model folder")
     p.add_argument("--vae", metavar="DIR", help="a model folder with vae/, or a diffusers CogVideoX VAE folder")
-    p.add_argument("--latent-cache", metavar="PATH",
-                   help="latent cache folder: read it, or build it from --data with --vae when it does not exist")
+    p.add_argument("--latent-cache", metavar="PATH", nargs="+",
+                   help="latent cache folder: read it, or build it from --data with --vae when it does not exist; "
+                        "more folders (e.g. generate-latents' video-model latents of the same clips) train together")
+    p.add_argument("--init", metavar="MODEL_DIR|FILE",
+                   help="start from these LaLRM weights (a model folder or a lalrm .safetensors), e.g. to fine-tune "
+                        "on generated latents; a checkpoint found by --resume takes precedence")
     p.add_argument("--stages", help=DEFAULT_STAGES_HELP)
     p.add_argument("--views", type=int, default=4, help="supervision views rendered per clip and step")
     p.add_argument("--input-stride", type=int, default=1,
@@ -74,4 +78,4 @@ def run(args: argparse.Namespace) -> int:
                           opacity=args.opacity_weight)
     return run_training(train_lrm, LRMRun(
         train=train_config(args, stages), model=model, data=data, weights=weights, scenes=data_options(args),
-        vae=args.vae, latent_cache=args.latent_cache, vgg19=args.vgg19, resume=args.resume, export=args.export))
+        vae=args.vae, latent_cache=args.latent_cache, init=args.init, vgg19=args.vgg19, resume=args.resume, export=args.export))

@@ -55,11 +55,11 @@ def vae_config_hash(vae: AutoencoderKLCogVideoX | Mapping) -> str:
     return hashlib.sha256(json.dumps(full, sort_keys=True, default=list).encode("utf-8")).hexdigest()
 
 
-def vae_weights_fingerprint(vae: AutoencoderKLCogVideoX) -> str:
+def weights_fingerprint(model: torch.nn.Module) -> str:
     """sha256 over every parameter's name, shape and first values rounded to bfloat16 (so the same
-    weights loaded in float32 or bfloat16 agree): tells a random VAE from a pretrained one, cheaply."""
+    weights loaded in float32 or bfloat16 agree): tells a random model from a trained one, cheaply."""
     digest = hashlib.sha256()
-    for name, p in sorted(vae.named_parameters()):
+    for name, p in sorted(model.named_parameters()):
         values = p.detach().flatten()[:FINGERPRINT_VALUES].to(torch.bfloat16).float().cpu().numpy()
         digest.update(f"{name}{tuple(p.shape)}".encode("utf-8"))
         digest.update(values.tobytes())
@@ -87,13 +87,13 @@ def encode_video(vae: AutoencoderKLCogVideoX, frames: Tensor,
 
 
 def cache_signature(vae: AutoencoderKLCogVideoX, dataset: ClipDataset, seed: int, store_frames: bool) -> dict:
-    return {"vae_config_sha256": vae_config_hash(vae), "vae_weights": vae_weights_fingerprint(vae),
+    return {"vae_config_sha256": vae_config_hash(vae), "vae_weights": weights_fingerprint(vae),
             "scaling_factor": float(vae.config.scaling_factor), "num_frames": dataset.num_frames,
             "height": dataset.height, "width": dataset.width, "stride": dataset.stride[0],
             "clips_per_scene": dataset.clips_per_scene, "seed": seed, "frames_stored": store_frames}
 
 
-def _clip_file(index: int) -> str:
+def clip_file(index: int) -> str:
     return f"clip_{index:06d}.safetensors"
 
 
@@ -131,37 +131,58 @@ def build_latent_cache(vae: AutoencoderKLCogVideoX, dataset: ClipDataset, path, 
     (path / MANIFEST).unlink(missing_ok=True)
     signature = cache_signature(vae, dataset, seed, store_frames)
     signature_text = json.dumps(signature, sort_keys=True)
-    entries, todo = [], []
+    entries, frame_indices = [], []
     for index in range(len(dataset)):
         scene, indices, _ = dataset.plan(index)
-        entries.append({"file": _clip_file(index), "scene": scene.name, "index": index})
-        if not _is_current(path / _clip_file(index), signature_text, scene.name, indices):
-            todo.append(index)
+        entries.append({"file": clip_file(index), "scene": scene.name, "index": index})
+        frame_indices.append(indices)
+    todo = pending_clips(path, entries, frame_indices, signature_text, on_progress)
     done, total = len(entries) - len(todo), len(entries)
-    if on_progress is not None:
-        on_progress(done, total)
     for first in range(0, len(todo), batch_size):
         chunk = todo[first:first + batch_size]
         batch = collate([dataset[i] for i in chunk])
         latents = encode_video(vae, batch["frames"], [clip_generator(seed, i) for i in chunk]).float().cpu()
         for j, index in enumerate(chunk):
-            tensors = {"latents": latents[j], "K": batch["K"][j], "c2w": batch["c2w"][j],
-                       "frame_indices": batch["frame_indices"][j]}
-            if store_frames:
-                tensors["frames"] = (batch["frames"][j] * 255).round().to(torch.uint8)
-            save_state_dict(tensors, path / _clip_file(index),
-                            metadata={"signature": signature_text, "scene": batch["scene"][j],
-                                      "frame_indices": json.dumps(batch["frame_indices"][j].tolist())})
+            write_clip(path, index, {"latents": latents[j], "K": batch["K"][j], "c2w": batch["c2w"][j],
+                                     "frame_indices": batch["frame_indices"][j]},
+                       batch["frames"][j] if store_frames else None, batch["scene"][j], signature_text)
         done += len(chunk)
         if on_progress is not None:
             on_progress(done, total)
     spatial = 2 ** (len(vae.config.block_out_channels) - 1)
     latent_shape = [(dataset.num_frames - 1) // temporal + 1, int(vae.config.latent_channels),
                     dataset.height // spatial, dataset.width // spatial]
-    manifest = {"format": CACHE_FORMAT, "version": CACHE_VERSION, "signature": signature,
-                "latent_shape": latent_shape, "clips": entries}
-    atomic_write_text(path / MANIFEST, json.dumps(manifest, indent=1) + "\n")
+    write_manifest(path, signature, latent_shape, entries)
     return path
+
+
+def pending_clips(path: Path, entries: list[dict], frame_indices: list[list[int]], signature_text: str,
+                  on_progress: Callable[[int, int], None] | None) -> list[int]:
+    """The entries ("index") a build still has to write: the others hold their clip from an interrupted
+    build. Reports the re-used ones as on_progress(done, total)."""
+    todo = [entry["index"] for entry, indices in zip(entries, frame_indices)
+            if not _is_current(path / entry["file"], signature_text, entry["scene"], indices)]
+    if on_progress is not None:
+        on_progress(len(entries) - len(todo), len(entries))
+    return todo
+
+
+def write_clip(path: Path, index: int, tensors: dict[str, Tensor], frames: Tensor | None, scene: str,
+               signature_text: str) -> None:
+    """Clip file `index` of a cache being built: tensors ("latents", "K", "c2w", "frame_indices"), the
+    frames [F, 3, H, W] in [0, 1] as uint8 when given, and the metadata `_is_current` checks."""
+    if frames is not None:
+        tensors = {**tensors, "frames": (frames * 255).round().to(torch.uint8)}
+    save_state_dict(tensors, path / clip_file(index),
+                    metadata={"signature": signature_text, "scene": scene,
+                              "frame_indices": json.dumps(tensors["frame_indices"].tolist())})
+
+
+def write_manifest(path: Path, signature: dict, latent_shape: list[int], entries: list[dict]) -> None:
+    """The manifest that finishes a build (written last, atomically: a cache without it is never read)."""
+    manifest = {"format": CACHE_FORMAT, "version": CACHE_VERSION, "signature": signature,
+                "latent_shape": list(latent_shape), "clips": entries}
+    atomic_write_text(path / MANIFEST, json.dumps(manifest, indent=1) + "\n")
 
 
 class LatentCacheDataset(Dataset):
@@ -193,7 +214,7 @@ class LatentCacheDataset(Dataset):
             expected["vae_config_sha256"] = vae_config_hash(vae)
             if isinstance(vae, AutoencoderKLCogVideoX):
                 expected["scaling_factor"] = float(vae.config.scaling_factor)
-                expected["vae_weights"] = vae_weights_fingerprint(vae)
+                expected["vae_weights"] = weights_fingerprint(vae)
         wrong = [f"{k} is {self.signature.get(k)!r} in the cache, {v!r} expected"
                  for k, v in expected.items() if v is not None and self.signature.get(k) != v]
         if wrong:

@@ -112,6 +112,7 @@ def sample_video_latents(
     controlnet_fraction: float | None = None,
     guidance_fraction: float = 1.0,
     cache: str | None = None,
+    keep_image_frame: bool = False,
 ) -> Tensor:
     """Denoises a camera-controlled video from one image; returns latents [B, T, C, h, w] (scaled like
     the VAE's training latents; divide by the scaling factor before `vae.decode`).
@@ -127,6 +128,9 @@ def sample_video_latents(
     guidance_fraction: CFG only in this first share of the steps, the conditional pass alone after it
     (guidance matters while the layout forms; late steps refine detail, where one pass is half the cost).
     cache: None or "pab" (Pyramid Attention Broadcast, see the module docstring).
+    keep_image_frame: return image_latents itself as latent frame 0. The causal VAE encodes video frame
+    0 alone, so the condition's latent is exactly what encoding the video would give there, while the
+    sampled frame 0 is the model's approximation of it (what the pipeline returns when False).
     generator: seeds the initial noise and the scheduler's noise (same seed -> same latents).
     on_step(step, total) runs after each step (1-based); should_cancel() runs before each step and
     a True answer raises backend.errors.Cancelled.
@@ -207,6 +211,8 @@ def sample_video_latents(
     finally:
         if cache is not None:
             transformer.base.disable_cache()
+    if keep_image_frame:
+        latents = torch.cat([image_latents.to(latents.dtype), latents[:, 1:]], dim=1)
     return latents
 
 

@@ -202,7 +202,7 @@ def generate(pipe: WonderlandPipeline, image: np.ndarray, cameras: CameraBatch, 
             pipe.transformer, pipe.scheduler, image_latents, plucker[None].to(dtype), steps=steps,
             guidance_scale=guidance_scale, generator=generator, on_step=lambda i, n: progress("denoise", i, n),
             should_cancel=should_cancel, controlnet_fraction=controlnet_fraction,
-            guidance_fraction=guidance_fraction, cache=cache,
+            guidance_fraction=guidance_fraction, cache=cache, keep_image_frame=True,
             prompt_embeds=None if prompt_embeds is None else prompt_embeds[None].to(device, dtype))
     timings["denoise"] = time.perf_counter() - t1
     check()

@@ -1,8 +1,10 @@
 """LaLRM training (paper.md, "Reconstruction stage"): video latents + cameras -> Gaussians -> renders vs frames.
 
 One step, per clip of the batch:
-1. Latents of the clip's input video: from the latent cache (fixed clips), or the frozen VAE encodes
-   the frames on the fly (random clips and crops) under no_grad. Latents are scaled like the sampler's.
+1. Latents of the clip's input video: from latent caches (fixed clips: the VAE's, and optionally the
+   video model's samples of the same clips, backend/data/generated_latents.py), or the frozen VAE
+   encodes the frames on the fly (random clips and crops) under no_grad. Latents are scaled like the
+   sampler's. `--init` starts from trained weights (fine-tuning on generated latents).
 2. The input cameras are normalized with backend.cameras.normalize (camera 0 = identity, largest camera
    distance = 1), the rule inference uses; every other frame of the clip goes through the same map.
 3. The LaLRM predicts one Gaussian per output pixel per input frame (normalized frame).
@@ -31,6 +33,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.data import ConcatDataset
 
 from backend.cameras import CameraBatch, normalize
 from backend.data.scenes import DataOptions
@@ -213,6 +216,25 @@ def lalrm_config(name: str) -> LaLRMConfig:
     return named_or_file_config(name, NAMED_LALRM, LaLRMConfig)
 
 
+def initial_lalrm(config: LaLRMConfig, init: str | None, gradient_checkpointing: bool = False) -> LaLRM:
+    """A fresh LaLRM of `config`, with the weights of `init` (a model folder or a LaLRM safetensors) when given."""
+    from backend.models.model_dir import LALRM_FILE
+    from backend.models.weights import load_state_dict
+    lalrm = LaLRM(config, gradient_checkpointing=gradient_checkpointing)
+    if init is None:
+        return lalrm
+    path = Path(init)
+    path = path / LALRM_FILE if path.is_dir() else path
+    try:
+        lalrm.load_state_dict(load_state_dict(path))
+    except RuntimeError as e:
+        detail = "; ".join(line.strip() for line in str(e).splitlines()[1:3])
+        raise InputError(f"the LaLRM weights in {path} do not fit --model-config's LaLRM ({detail})",
+                         "start from weights of the same LaLRM configuration (e.g. --model-config small for "
+                         "the shipped default)") from None
+    return lalrm
+
+
 @dataclass
 class LRMRun:
     """Everything `python -m backend train-lrm` decides (the command fills it from its options)."""
@@ -222,7 +244,8 @@ class LRMRun:
     weights: LossWeights
     scenes: DataOptions = dataclasses.field(default_factory=DataOptions)
     vae: str | None = None
-    latent_cache: str | None = None
+    latent_cache: list[str] | None = None   # the first is built from the data when missing
+    init: str | None = None                 # a model folder or LaLRM safetensors to start from
     vgg19: str | None = None
     resume: bool = False
     export: str | None = None
@@ -248,8 +271,8 @@ def train_lrm(run: LRMRun) -> dict:
     final = final_config(model_cfg, cfg)
     clip_frames = data.clip_frames(model_cfg.num_frames)
 
-    trainer = Trainer(cfg, lambda: LaLRM(model_cfg, gradient_checkpointing=cfg.gradient_checkpointing),
-                      run_info={"command": "train-lrm", "lalrm": model_cfg.to_dict(),
+    trainer = Trainer(cfg, lambda: initial_lalrm(model_cfg, run.init, cfg.gradient_checkpointing),
+                      run_info={"command": "train-lrm", "lalrm": model_cfg.to_dict(), "init": run.init,
                                 "data": [str(r) for r in run.scenes.roots], "latent_cache": run.latent_cache,
                                 "vae": run.vae, "loss": dataclasses.asdict(run.weights),
                                 "lrm_data": dataclasses.asdict(data)})
@@ -259,14 +282,16 @@ def train_lrm(run: LRMRun) -> dict:
                                                                              for s in cfg.stages}) > 1):
             raise InputError("a latent cache holds fixed clips of the input frames at one size",
                              "use --input-stride 1 --extra-frames 0 and one stage size with --latent-cache")
-        cache = Path(run.latent_cache)
+        caches = [Path(p) for p in run.latent_cache]
+        cache = caches[0]
         if not (cache / "cache.json").is_file() and train_scenes and vae is not None:
             size = stage_config(model_cfg, cfg.stages[0] if cfg.stages else {})
             if trainer.is_main:
                 build_latent_cache(vae, run.scenes.cache_clips(train_scenes, model_cfg.num_frames, size.height,
                                                                size.width, cfg.seed), cache, seed=cfg.seed)
             trainer.accelerator.wait_for_everyone()
-        cached = LatentCacheDataset(cache, vae=vae, num_frames=model_cfg.num_frames)
+        parts = [LatentCacheDataset(c, vae=vae, num_frames=model_cfg.num_frames) for c in caches]
+        cached = parts[0] if len(parts) == 1 else ConcatDataset(parts)
 
         def train_data(index, stage):
             return cached
