@@ -62,7 +62,8 @@ def held_out_scenes(tmp_path_factory):
     out = tmp_path_factory.mktemp("held_out")
     start, count = HELD_OUT
     subprocess.run([sys.executable, str(ROOT / "tools" / "synthetic_scenes.py"), "--out", str(out), "--split", "test",
-                    "--start-seed", str(start), "--count", str(count), "--frames", "9"], check=True, capture_output=True, timeout=600)
+                    "--start-seed", str(start), "--count", str(count), "--frames", "9"],
+                   check=True, capture_output=True, timeout=600)
     return out
 
 

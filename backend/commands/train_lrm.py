@@ -78,4 +78,5 @@ def run(args: argparse.Namespace) -> int:
                           opacity=args.opacity_weight)
     return run_training(train_lrm, LRMRun(
         train=train_config(args, stages), model=model, data=data, weights=weights, scenes=data_options(args),
-        vae=args.vae, latent_cache=args.latent_cache, init=args.init, vgg19=args.vgg19, resume=args.resume, export=args.export))
+        vae=args.vae, latent_cache=args.latent_cache, init=args.init, vgg19=args.vgg19, resume=args.resume,
+        export=args.export))
