@@ -17,7 +17,7 @@ from test_backend_generate import write_job  # tests/ is on the path, as for cam
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DIR = SHIPPED_DIR / DEFAULT_MODEL
 BUDGET_BYTES = 50 * 1024 * 1024
-HELD_OUT = (16, 4)   # test-split seeds 1,000,016..19 (tools/synthetic_scenes.py): never in training
+HELD_OUT = (16, 4)   # test-split seeds 1,000,016..19: never in training (among the card's validation scenes)
 
 
 def test_shipped_files_are_safetensors_json_and_the_card_within_budget():
