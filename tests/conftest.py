@@ -25,13 +25,22 @@ def run_backend(tmp_path):
     return _run
 
 
-@pytest.fixture
-def bench_quality(monkeypatch):
-    """benchmarks/bench_quality.py as a module, imported as when the script runs (its folder on the path)."""
+def load_benchmark(name: str, monkeypatch):
+    """benchmarks/<name>.py as a module, imported as when the script runs (its folder on the path)."""
     import importlib.util
 
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
-    spec = importlib.util.spec_from_file_location("bench_quality", ROOT / "benchmarks" / "bench_quality.py")
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture
+def bench_quality(monkeypatch):
+    return load_benchmark("bench_quality", monkeypatch)
+
+
+@pytest.fixture
+def bench_checkpoints(monkeypatch):
+    return load_benchmark("bench_checkpoints", monkeypatch)
