@@ -55,10 +55,9 @@ def build_generated_cache(transformer: CameraControlledTransformer, scheduler: C
     if samples < 1 or batch_size < 1 or steps < 1:
         raise InputError(f"samples {samples}, batch size {batch_size}, steps {steps}",
                          "use at least 1 sample per clip, 1 clip per batch and 1 denoising step")
-    expected = (cfg.latent_frames, cfg.latent_channels, cfg.latent_height, cfg.latent_width)
-    if tuple(source.latent_shape) != expected or (source.height, source.width) != (cfg.height, cfg.width):
+    if tuple(source.latent_shape) != cfg.latent_shape or (source.height, source.width) != (cfg.height, cfg.width):
         raise InputError(f"the latent cache {source.path} holds latents {tuple(source.latent_shape)} of "
-                         f"{source.width}x{source.height} clips; this video model makes {expected} at "
+                         f"{source.width}x{source.height} clips; this video model makes {cfg.latent_shape} at "
                          f"{cfg.width}x{cfg.height}", "build the source cache with this model's VAE and size")
     if "generated" in source.signature:
         raise InputError(f"{source.path} already holds generated latents",
@@ -72,16 +71,19 @@ def build_generated_cache(transformer: CameraControlledTransformer, scheduler: C
     signature_text = json.dumps(signature, sort_keys=True)
     device = next(transformer.parameters()).device
     entries, frame_indices = [], []
-    for index in range(len(source) * samples):
-        clip = source.clips[index // samples]
-        entries.append({"file": clip_file(index), "scene": clip["scene"], "index": index,
-                        "source_index": clip["index"], "sample": index % samples})
-        frame_indices.append(json.loads(read_metadata(source.path / clip["file"])["frame_indices"]))
+    for number, clip in enumerate(source.clips):
+        indices = json.loads(read_metadata(source.path / clip["file"])["frame_indices"])  # one header per clip
+        for sample in range(samples):
+            index = number * samples + sample
+            entries.append({"file": clip_file(index), "scene": clip["scene"], "index": index,
+                            "source_index": clip["index"], "sample": sample})
+            frame_indices.append(indices)
     todo = pending_clips(path, entries, frame_indices, signature_text, on_progress)
     done, total = len(entries) - len(todo), len(entries)
     for first in range(0, len(todo), batch_size):
         chunk = todo[first:first + batch_size]
-        items = [source[i // samples] for i in chunk]
+        loaded = {i: source[i] for i in sorted({index // samples for index in chunk})}  # each clip file once
+        items = [loaded[index // samples] for index in chunk]
         K, c2w = torch.stack([it["K"] for it in items]), torch.stack([it["c2w"] for it in items])
         plucker = clip_plucker(K, c2w, source.width, source.height, cfg.latent_height, cfg.latent_width)
         image_latents = torch.stack([it["latents"][:1] for it in items]).to(device)
