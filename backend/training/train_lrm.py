@@ -219,19 +219,18 @@ def lalrm_config(name: str) -> LaLRMConfig:
 def initial_lalrm(config: LaLRMConfig, init: str | None, gradient_checkpointing: bool = False) -> LaLRM:
     """A fresh LaLRM of `config`, with the weights of `init` (a model folder or a LaLRM safetensors) when given."""
     from backend.models.model_dir import LALRM_FILE
-    from backend.models.weights import load_state_dict
+    from backend.models.weights import load_into, load_state_dict
     lalrm = LaLRM(config, gradient_checkpointing=gradient_checkpointing)
     if init is None:
         return lalrm
     path = Path(init)
     path = path / LALRM_FILE if path.is_dir() else path
+    state = load_state_dict(path)  # a missing or unreadable file is its own InputError
     try:
-        lalrm.load_state_dict(load_state_dict(path))
-    except RuntimeError as e:
-        detail = "; ".join(line.strip() for line in str(e).splitlines()[1:3])
-        raise InputError(f"the LaLRM weights in {path} do not fit --model-config's LaLRM ({detail})",
-                         "start from weights of the same LaLRM configuration (e.g. --model-config small for "
-                         "the shipped default)") from None
+        load_into(lalrm, state)
+    except InputError as e:  # its message names the tensor; the hint is --init's own
+        raise InputError(f"--init {path}: {e.message}", "start from weights of --model-config's LaLRM (e.g. "
+                         "--model-config small for the shipped default)") from None
     return lalrm
 
 
@@ -290,8 +289,7 @@ def train_lrm(run: LRMRun) -> dict:
                 build_latent_cache(vae, run.scenes.cache_clips(train_scenes, model_cfg.num_frames, size.height,
                                                                size.width, cfg.seed), cache, seed=cfg.seed)
             trainer.accelerator.wait_for_everyone()
-        parts = [LatentCacheDataset(c, vae=vae, num_frames=model_cfg.num_frames) for c in caches]
-        cached = parts[0] if len(parts) == 1 else ConcatDataset(parts)
+        cached = ConcatDataset([LatentCacheDataset(c, vae=vae, num_frames=model_cfg.num_frames) for c in caches])
 
         def train_data(index, stage):
             return cached
