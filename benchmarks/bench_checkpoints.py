@@ -25,14 +25,9 @@ if str(ROOT) not in sys.path:
 from backend.evaluation import evaluate_scene, load_eval_scene, mean_scores, unchanged_baseline  # noqa: E402
 from backend.models.weights import load_state_dict  # noqa: E402
 from backend.pipelines.wonderland import load_pipeline  # noqa: E402
-from backend.training.engine import list_checkpoints  # noqa: E402
+from backend.training.engine import checkpoint_weights, list_checkpoints  # noqa: E402
 from bench_quality import clip_length, fmt, pipeline_method  # noqa: E402
 from machine import device_name  # noqa: E402
-
-
-def checkpoint_weights(checkpoint: Path) -> Path:
-    ema = checkpoint / "ema.safetensors"
-    return ema if ema.is_file() else checkpoint / "model.safetensors"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,7 +12,9 @@ import torch
 from torch import nn
 
 from backend.errors import InputError
-from backend.training.engine import TrainConfig, Trainer, cosine_with_warmup, epoch_batches, list_checkpoints
+from backend.models.weights import load_state_dict
+from backend.training.engine import (TrainConfig, Trainer, checkpoint_weights, cosine_with_warmup, epoch_batches,
+                                     list_checkpoints)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -124,6 +126,8 @@ def test_resume_continues_with_the_same_next_loss_and_checkpoints_hold_no_pickle
     ema = trainer.full_state_dict(ema=True)
     raw = trainer.full_state_dict(ema=False)
     assert set(ema) == set(raw) and not torch.equal(ema["0.weight"], raw["0.weight"])
+    # what an export of the last checkpoint writes: its EMA weights
+    assert torch.equal(load_state_dict(checkpoint_weights(kept[-1]))["0.weight"], ema["0.weight"])
 
 
 def test_resume_refuses_another_world_size(tmp_path):

@@ -71,6 +71,8 @@ from backend.models.weights import config_from_dict, load_state_dict, save_state
 
 CHECKPOINT_DIR = "checkpoints"
 CHECKPOINT_PREFIX = "step_"
+MODEL_WEIGHTS = "model.safetensors"   # in each checkpoint folder
+EMA_WEIGHTS = "ema.safetensors"       # ... when the run keeps an EMA
 CONFIG_FILE = "train_config.json"
 METRICS_FILE = "metrics.jsonl"
 MIXED_PRECISION = ("no", "bf16", "fp16")
@@ -432,9 +434,9 @@ class Trainer:
         acc.wait_for_everyone()
         model_state, optim_state = self._gather_states()
         if self.is_main:
-            save_state_dict(model_state, tmp / "model.safetensors")
+            save_state_dict(model_state, tmp / MODEL_WEIGHTS)
             if self.ema is not None:
-                save_state_dict(self.ema.state_dict(), tmp / "ema.safetensors")
+                save_state_dict(self.ema.state_dict(), tmp / EMA_WEIGHTS)
             tensors, extra = _flatten_optimizer(optim_state)
             save_state_dict(tensors, tmp / "optimizer.safetensors")
             (tmp / "optimizer.json").write_text(json.dumps(extra, indent=1))
@@ -468,15 +470,15 @@ class Trainer:
             raise InputError(f"checkpoint {path} was written by {state['world_size']} processes, this run has "
                              f"{self.world_size}", "resume with the same number of processes (the data order "
                              "depends on it)")
-        model_state = load_state_dict(path / "model.safetensors")
+        model_state = load_state_dict(path / MODEL_WEIGHTS)
         extra = json.loads((path / "optimizer.json").read_text())
         optim_state = _unflatten_optimizer(load_state_dict(path / "optimizer.safetensors"), extra)
         set_state_dict(self.model, [self.optimizer.optimizer], model_state_dict=model_state,
                        optim_state_dict=optim_state, options=StateDictOptions(full_state_dict=True, strict=True))
         if self.ema is not None:
-            if not (path / "ema.safetensors").is_file():
+            if not (path / EMA_WEIGHTS).is_file():
                 raise InputError(f"checkpoint {path} has no EMA weights", "resume without --ema-decay")
-            self.ema.load_state_dict(load_state_dict(path / "ema.safetensors", device=self.device))
+            self.ema.load_state_dict(load_state_dict(path / EMA_WEIGHTS, device=self.device))
         self.scheduler.load_state_dict(state["scheduler"])
         self.step, self.data_position = state["step"], state["data_position"]
         self._stage_of_position = state["stage"]
@@ -530,6 +532,12 @@ def list_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
         return []
     return sorted(p for p in folder.iterdir() if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX)
                   and p.name[len(CHECKPOINT_PREFIX):].isdigit())
+
+
+def checkpoint_weights(checkpoint: Path) -> Path:
+    """The weights file of a checkpoint folder that an export of it would write: EMA when the run kept one."""
+    ema = checkpoint / EMA_WEIGHTS
+    return ema if ema.is_file() else checkpoint / MODEL_WEIGHTS
 
 
 def latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
