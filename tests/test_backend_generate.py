@@ -66,6 +66,23 @@ def test_generate_cli_writes_ply_previews_meta_and_events(tmp_path, run_backend)
     assert set(meta["timings_s"]) == {"encode", "denoise", "reconstruct", "render"}
 
 
+def test_video_preview_writes_every_decoded_frame(tmp_path, run_backend):
+    image, cams = write_job(tmp_path)
+    out = tmp_path / "out"
+    run_backend("generate", "--image", image, "--cameras", cams, "--out", out, "--model", MODEL, "--previews", "2",
+                "--video-preview", check=0)
+    events = events_of(out)
+    done = events[-1]
+    frames = load_pipeline(MODEL).config.video.num_frames
+    assert [os.path.relpath(p, out) for p in done["video"]] == [f"preview/video/{i:04d}.png" for i in range(frames)]
+    assert Image.open(done["video"][0]).size == (96, 64)  # the model's size: the frames the VAE decodes
+    assert len(done["previews"]) == 2
+    render = [(e["step"], e["total"]) for e in events if e.get("stage") == "render"]
+    assert render == [(1, 3), (2, 3), (3, 3)]  # the decode is the render stage's first step
+    writes = [e for e in events if e.get("stage") == "write"]
+    assert writes[-1]["step"] == writes[-1]["total"] == 2 + 2 + frames
+
+
 def test_same_seed_same_scene_other_seed_other_scene(tmp_path):
     image, cams = write_job(tmp_path)
     pipe = load_pipeline(MODEL)

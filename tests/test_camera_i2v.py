@@ -206,6 +206,24 @@ def test_pyramid_attention_broadcast_cache_changes_the_work_and_is_removed(tiny,
     assert torch.equal(sample(model, image_latents, plucker), reference)  # cache gone afterwards
 
 
+def test_pyramid_attention_broadcast_starts_over_when_guidance_stops(tiny):
+    """PAB re-uses attention outputs between steps; those of the guided batch of 2 cannot stand in for the
+    single pass after guidance stops, so the cache starts again there (before, this broke or broadcast)."""
+    model, _, _, image_latents, plucker = tiny
+    g = torch.Generator().manual_seed(12)
+    prompt, negative = torch.randn(1, *TINY.text_shape, generator=g), torch.randn(1, *TINY.text_shape, generator=g)
+    calls, handle = count_calls(model.base.transformer_blocks[1].attn1.to_q)
+    try:
+        latents = sample(model, image_latents, plucker, cache="pab", guidance_scale=4.0, prompt_embeds=prompt,
+                         negative_prompt_embeds=negative, guidance_fraction=0.25)
+    finally:
+        handle.remove()
+    # 999 guided (outside PAB's range); 749 single, a fresh cache computes; 499 broadcast; 249 computed
+    assert calls == [2, 1, 1]
+    assert latents.shape == (1, *TINY.latent_shape)
+    assert torch.isfinite(latents).all() and not model.base.is_cache_enabled
+
+
 def test_encode_image_scales_latents_and_decode_returns_frames(tiny):
     model, vae, image, image_latents, _ = tiny
     assert image_latents.shape == (1, 1, TINY.latent_channels, TINY.latent_height, TINY.latent_width)
@@ -222,6 +240,34 @@ def test_encode_image_scales_latents_and_decode_returns_frames(tiny):
     assert frames.shape == (1, 1, 3, TINY.height, TINY.width)
     with pytest.raises(InputError, match="image batch"):
         encode_image(vae, image[0])
+
+
+def test_tiled_decode_puts_the_frame_together_or_refuses(tiny, reference):
+    _, vae, _, _, _ = tiny
+    with torch.no_grad():
+        whole = decode_latents(vae, reference)
+        with pytest.raises(InputError, match="without tiling"):  # its default 32 x 48 tiles do not line up
+            decode_latents(vae, reference, tiling=True)
+        assert not vae.use_tiling
+        vae.tile_sample_min_height, vae.tile_sample_min_width = 48, 40  # tiles that do, smaller than 64 x 96
+        try:
+            tiled = decode_latents(vae, reference, tiling=True)
+        finally:
+            vae.tile_sample_min_height, vae.tile_sample_min_width = 32, 48
+    assert not vae.use_tiling
+    assert tiled.shape == whole.shape == (1, TINY.num_frames, 3, TINY.height, TINY.width)
+    assert not torch.equal(tiled, whole)  # it did decode in tiles
+    assert torch.corrcoef(torch.stack([tiled.flatten(), whole.flatten()]))[0, 1] > 0.5, "tiles are the same video"
+
+
+def test_paper_vae_decodes_whole_frames_in_tiles_on_the_meta_device():
+    """At 480 x 720 the default 240 x 360 tiles line up: 13 latent frames come back as 49 whole frames."""
+    paper = VideoModelConfig.paper()
+    with torch.device("meta"):
+        vae = build_vae(paper).to(torch.bfloat16)
+    with torch.no_grad():
+        video = decode_latents(vae, torch.randn(1, *paper.latent_shape, device="meta"), tiling=True)
+    assert video.shape == (1, paper.num_frames, 3, paper.height, paper.width)
 
 
 def test_refuses_sizes_the_learned_positional_embedding_cannot_make(tiny):

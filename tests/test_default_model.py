@@ -8,10 +8,14 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
+from backend.cameras import load_cameras
+from backend.images import load_rgb
 from backend.models.config import ModelConfig
 from backend.models.video import CameraControlledTransformer
-from backend.pipelines.wonderland import DEFAULT_MODEL, SHIPPED_DIR, load_pipeline
+from backend.pipelines.wonderland import DEFAULT_MODEL, SHIPPED_DIR, generate, load_pipeline, model_inputs
+from backend.training.metrics import image_metrics
 from test_backend_generate import write_job  # tests/ is on the path, as for camera_geometry
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,6 +69,25 @@ def held_out_scenes(tmp_path_factory):
                     "--start-seed", str(start), "--count", str(count), "--frames", "9"],
                    check=True, capture_output=True, timeout=600)
     return out
+
+
+def as_batch(rgb) -> torch.Tensor:
+    return torch.from_numpy(rgb).permute(2, 0, 1)[None]
+
+
+def test_video_preview_opens_on_the_input_picture(held_out_scenes):
+    """The decoded video's frame 0 is the picture through the trained VAE (generate keeps the picture's own
+    latent there), so it matches the picture far better than the later frames of the camera move do."""
+    scene = sorted(held_out_scenes.iterdir())[0]
+    pipe = load_pipeline(DEFAULT_MODEL)
+    rgb, cameras = load_rgb(scene / "frames" / "0000.png"), load_cameras(scene / "cameras.json")
+    result = generate(pipe, rgb, cameras, preview_count=1, video_preview=True)
+    pixels, _, _ = model_inputs(pipe, rgb, cameras)
+    assert len(result.video) == pipe.config.video.num_frames
+    assert all(frame.shape == pixels.shape for frame in result.video)
+    first, last = (image_metrics(as_batch(frame), as_batch(pixels))["psnr"] for frame in (result.video[0],
+                                                                                        result.video[-1]))
+    assert first > 18 and first > last + 2, (first, last)
 
 
 @pytest.mark.slow

@@ -44,6 +44,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="keep the models on the CPU and move each to the GPU only for its stage (less VRAM)")
     p.add_argument("--previews", type=int, default=8, help="preview renders along the trajectory (0: none)")
     p.add_argument("--preview-size", type=int, default=256, help="long side of the previews in pixels")
+    p.add_argument("--video-preview", action="store_true",
+                   help="also decode the generated video with the VAE into preview/video/0000.png … (not needed "
+                        "for the 3D scene; a look at what the video model made)")
+    p.add_argument("--vae-tiling", action="store_true",
+                   help="decode the video preview in tiles: far less memory at 480x720, soft tile seams")
     p.add_argument("--max-gaussians", type=int, help="keep at most this many (the most opaque)")
     p.add_argument("--prune-opacity", type=float, help="drop Gaussians less opaque than this")
 
@@ -151,6 +156,7 @@ def _generate(args, out: Path, events: EventLog, watch: CancelWatch) -> dict:
                           controlnet_fraction=args.controlnet_fraction, guidance_fraction=args.guidance_fraction,
                           cache=args.cache, compile=args.compile,
                           preview_count=args.previews, preview_size=args.preview_size,
+                          video_preview=args.video_preview, vae_tiling=args.vae_tiling,
                           prune_opacity=args.prune_opacity, max_gaussians=args.max_gaussians,
                           prompt_embeds=prompt_embeds, device=device, offload=args.offload,
                           on_progress=on_progress, should_cancel=watch.requested)
@@ -161,17 +167,19 @@ def _generate(args, out: Path, events: EventLog, watch: CancelWatch) -> dict:
         print(f"warning: {warning}", file=sys.stderr)
 
     watch.check()
-    total_writes = 2 + len(result.previews)
+    images = [("preview", i, rgb) for i, rgb in enumerate(result.previews)]
+    images += [("preview/video", i, rgb) for i, rgb in enumerate(result.video)]
+    total_writes = 2 + len(images)
     events.stage("write", 0, total_writes)
     ply = out / "scene.ply"
     write_ply(ply, result.gaussians)
     events.stage("write", 1, total_writes)
-    previews = []
-    for i, rgb in enumerate(result.previews):
-        path = out / "preview" / f"{i:04d}.png"
+    written: dict[str, list[str]] = {"preview": [], "preview/video": []}
+    for n, (folder, i, rgb) in enumerate(images):
+        path = out / folder / f"{i:04d}.png"
         save_png(path, rgb)
-        previews.append(str(path))
-        events.stage("write", 2 + i, total_writes)
+        written[folder].append(str(path))
+        events.stage("write", 2 + n, total_writes)
     meta = {"model": args.model, "model_config": pipe.config.name, "model_source": pipe.source,
             "random_weights": pipe.random_weights, "device": str(device), "dtype": str(dtype).split(".")[-1],
             "load_s": round(load_s, 3), "total_s": round(time.perf_counter() - started, 3),
@@ -179,7 +187,9 @@ def _generate(args, out: Path, events: EventLog, watch: CancelWatch) -> dict:
             "versions": _versions(), **result.info}
     atomic_write_text(out / "meta.json", json.dumps(meta, indent=1))
     events.stage("write", total_writes, total_writes)
-    done = {"ply": str(ply), "previews": previews, "count": len(result.gaussians),
+    done = {"ply": str(ply), "previews": written["preview"], "count": len(result.gaussians),
             "meta": str(out / "meta.json"), "seconds": meta["total_s"]}
+    if result.video:
+        done["video"] = written["preview/video"]
     events.emit("done", **done)
     return done

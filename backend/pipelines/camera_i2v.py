@@ -73,10 +73,32 @@ def encode_image(vae: AutoencoderKLCogVideoX, image: Tensor, generator: torch.Ge
     return latents / scale if vae.config.invert_scale_latents else latents * scale
 
 
-def decode_latents(vae: AutoencoderKLCogVideoX, latents: Tensor) -> Tensor:
-    """Latents [B, T, C, h, w] (scaled) -> video [B, F, 3, H, W] in about [-1, 1], for previews."""
-    z = latents.to(device=vae.device, dtype=vae.dtype).permute(0, 2, 1, 3, 4) / vae.config.scaling_factor
-    return vae.decode(z).sample.permute(0, 2, 1, 3, 4)
+def decode_latents(vae: AutoencoderKLCogVideoX, latents: Tensor, tiling: bool = False) -> Tensor:
+    """Latents [B, T, C, h, w] (scaled) -> video [B, F, 3, H, W] in about [-1, 1], for previews.
+
+    `tiling`: decode in overlapping spatial tiles (diffusers' VAE tiling), which bounds the decoder's
+    memory at the paper's 480x720 (the untiled decode of 49 frames needs tens of GB) for softly
+    blended tile seams; it is switched off again afterwards. diffusers steps tiles by the overlap but
+    keeps `tile - blend` pixels of each, so the frame only comes out whole when the two agree: true for
+    CogVideoX's 240x360 tiles, not for tiles of small VAEs, which are refused (they need no tiling)."""
+    z = latents.to(device=vae.device, dtype=vae.dtype).permute(0, 2, 1, 3, 4)
+    scale = vae.config.scaling_factor
+    z = z * scale if vae.config.invert_scale_latents else z / scale
+    if tiling:
+        vae.enable_tiling()
+        ratio = 2 ** (len(vae.config.block_out_channels) - 1)
+        for tile, factor in ((vae.tile_sample_min_height, vae.tile_overlap_factor_height),
+                             (vae.tile_sample_min_width, vae.tile_overlap_factor_width)):
+            if ratio * int(tile // ratio * (1 - factor)) != tile - int(tile * factor):
+                vae.disable_tiling()
+                raise InputError(f"this VAE's {tile}-pixel tiles with overlap {factor:.3f} would not put the "
+                                 "frame together exactly in diffusers' tiled decode",
+                                 "decode without tiling (a small model's frames fit in memory as they are)")
+    try:
+        return vae.decode(z).sample.permute(0, 2, 1, 3, 4)
+    finally:
+        if tiling:
+            vae.disable_tiling()
 
 
 def leading_steps(steps: int, fraction: float) -> int:
@@ -170,7 +192,7 @@ def sample_video_latents(
                          "give one trajectory per image")
     cams = torch.cat([cams] * 2) if do_cfg else cams
 
-    scheduler.set_timesteps(steps, device=device)
+    scheduler.set_timesteps(steps)  # on the CPU: the loop reads each as an int without a device sync
     timesteps = scheduler.timesteps
     latents = randn_tensor((batch, latent_frames, channels, height, width), generator=generator,
                            device=device, dtype=dtype) * scheduler.init_noise_sigma
@@ -182,22 +204,29 @@ def sample_video_latents(
     with_guidance = leading_steps(steps, guidance_fraction) if do_cfg else 0
 
     current = {"t": None}
-    if cache == "pab":
+
+    def start_cache() -> None:
         transformer.base.enable_cache(PyramidAttentionBroadcastConfig(
             spatial_attention_block_skip_range=2, spatial_attention_timestep_skip_range=(100, 800),
             current_timestep_callback=lambda: current["t"]))
+
+    if cache == "pab":
+        start_cache()
     try:
         old_pred_original_sample = None
         for i, t in enumerate(timesteps):
             if should_cancel is not None and should_cancel():
                 raise Cancelled(f"cancelled before denoising step {i + 1} of {steps}")
             current["t"] = int(t)
+            if cache is not None and 0 < i == with_guidance:  # the cached attention is the guided batch's
+                transformer.base.disable_cache()
+                start_cache()
             guided = i < with_guidance
             part = slice(None) if guided else slice(-batch, None)  # the conditional half alone
             model_input = torch.cat([latents] * 2) if guided else latents
             model_input = torch.cat([scheduler.scale_model_input(model_input, t), image_cond[part]], dim=2)
             with transformer.base.cache_context("cond_uncond"):
-                pred = transformer(model_input, text[part], t.expand(model_input.shape[0]), cams[part],
+                pred = transformer(model_input, text[part], t.to(device).expand(model_input.shape[0]), cams[part],
                                    image_rotary_emb=rotary, use_controlnet=i < with_controlnet).float()
             if guided:
                 uncond, cond = pred.chunk(2)

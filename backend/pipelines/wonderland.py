@@ -23,7 +23,7 @@ from backend.models.config import NAMED_CONFIGS, ModelConfig
 from backend.models.lalrm import LaLRM
 from backend.models.video import CameraControlledTransformer, build_scheduler, build_vae
 from backend.models.model_dir import CONFIG_FILE, read_model, write_model
-from backend.pipelines.camera_i2v import compile_blocks, encode_image, sample_video_latents
+from backend.pipelines.camera_i2v import compile_blocks, decode_latents, encode_image, sample_video_latents
 from backend.plucker import plucker_embedding
 from backend.render import render
 
@@ -109,6 +109,7 @@ def load_pipeline(model: str, dtype: torch.dtype = torch.float32, seed: int = 0)
 class GenerateResult:
     gaussians: Gaussians                 # in the caller's world frame
     previews: list[np.ndarray]           # [h, w, 3] floats in 0..1 along the trajectory
+    video: list[np.ndarray] = field(default_factory=list)  # decoded frames [H, W, 3] in 0..1, when asked
     info: dict = field(default_factory=dict)
 
 
@@ -142,6 +143,7 @@ def generate(pipe: WonderlandPipeline, image: np.ndarray, cameras: CameraBatch, 
              seed: int = 0, guidance_scale: float | None = None, controlnet_fraction: float | None = None,
              guidance_fraction: float = 1.0, prompt_embeds: torch.Tensor | None = None,
              cache: str | None = None, compile: bool = False, preview_count: int = 8, preview_size: int = 256,
+             video_preview: bool = False, vae_tiling: bool = False,
              prune_opacity: float | None = None, max_gaussians: int | None = None,
              device: torch.device | None = None, offload: bool = False,
              on_progress: ProgressFn | None = None, should_cancel: Callable[[], bool] | None = None
@@ -152,7 +154,9 @@ def generate(pipe: WonderlandPipeline, image: np.ndarray, cameras: CameraBatch, 
     empty-text zeros; without them the model runs unguided. Same seed, same device -> same result.
     `should_cancel` is polled before every denoising step and between stages; a True answer raises
     backend.errors.Cancelled. With `offload`, the components wait on the CPU and each visits `device`
-    only for its own stage (peak GPU memory = the largest one).
+    only for its own stage (peak GPU memory = the largest one). `video_preview` also decodes the video
+    latents with the VAE (`vae_tiling`: in tiles), a look at what the video model made; the 3D path
+    never needs it, so it counts as one more step of the render stage.
     """
 
     def progress(stage: str, step: int, total: int) -> None:
@@ -219,11 +223,19 @@ def generate(pipe: WonderlandPipeline, image: np.ndarray, cameras: CameraBatch, 
     check()
 
     t3 = time.perf_counter()
-    previews = render_previews(gaussians, cameras, preview_count, preview_size, progress, check)
+    video, offset = [], int(video_preview)
+    if video_preview:
+        with torch.no_grad(), placed(pipe.vae):
+            clip = decode_latents(pipe.vae, latents, tiling=vae_tiling)[0]
+        video = list(((clip.float() + 1) / 2).clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy())
+        progress("render", 1, preview_count + 1)
+        check()
+    previews = render_previews(gaussians, cameras, preview_count, preview_size,
+                               lambda stage, i, n: progress(stage, i + offset, n + offset), check)
     timings["render"] = time.perf_counter() - t3
     info.update({"steps": steps, "seed": seed, "normalization_scale": normalization.scale,
                  "count": len(gaussians), "timings_s": {k: round(v, 3) for k, v in timings.items()}})
-    return GenerateResult(gaussians.to("cpu"), previews, info)
+    return GenerateResult(gaussians.to("cpu"), previews, video, info)
 
 
 def render_previews(gaussians: Gaussians, cameras: CameraBatch, count: int, size: int,
