@@ -1,7 +1,7 @@
 """Novel-view quality on held-out synthetic scenes: PSNR / SSIM of views rendered from the produced
 Gaussians against the ground-truth renders.
 
-    .venv/bin/python benchmarks/bench_quality.py --data DIR --model NAME|DIR [--scenes N] [--steps S]
+    .venv/bin/python benchmarks/bench_quality.py --data DIR --model NAME|DIR [--scenes N] [--steps S] [--levers]
 
 DIR holds held-out scenes (tools/synthetic_scenes.py --split test; each with depth/0000.npy). Rows:
 - full pipeline: generate() on frame 0 and the clip's cameras (image -> latents -> Gaussians);
@@ -9,7 +9,8 @@ DIR holds held-out scenes (tools/synthetic_scenes.py --split test; each with dep
   generate's input (wonderland.model_inputs), encoded with the model's VAE, then predict_gaussians;
 - baselines: frame 0 on camera 0's fronto-parallel plane at the median depth of frame 0, and frame 0
   unchanged as the prediction for every view;
-- a yardstick: frame 0 blurred as every view (PSNR rewards blur; a model that only blurs scores this).
+- a yardstick: frame 0 blurred as every view (PSNR rewards blur; a model that only blurs scores this);
+- with --levers, the full pipeline again with each speed lever (what they cost in quality).
 The clip is the first 1 + (F - 1)k frames of a scene (F = the model's frame count, k as large as fits),
 so every model frame has a ground-truth image; later frames are scored separately ("beyond").
 Scores are averaged over all views of all scenes. Δ columns: novel-view scores minus each baseline's.
@@ -39,6 +40,10 @@ from backend.pipelines.wonderland import WonderlandPipeline, generate, load_pipe
 from machine import device_name  # noqa: E402
 
 PLANE, UNCHANGED = "plane baseline", "unchanged baseline"
+# generate's speed levers that act on an unguided model (guidance_fraction needs prompt embeddings)
+SPEED_LEVERS = {"ControlNet first 40%": dict(controlnet_fraction=0.4),
+                "pyramid attention broadcast": dict(cache="pab"),
+                "ControlNet 40% + pyramid attention broadcast": dict(controlnet_fraction=0.4, cache="pab")}
 
 
 def clip_length(scene_frames: int, model_frames: int) -> int:
@@ -49,9 +54,11 @@ def clip_length(scene_frames: int, model_frames: int) -> int:
     return 1 + (model_frames - 1) * ((scene_frames - 1) // (model_frames - 1))
 
 
-def pipeline_method(pipe: WonderlandPipeline, steps: int | None, seed: int, device: torch.device):
+def pipeline_method(pipe: WonderlandPipeline, steps: int | None, seed: int, device: torch.device, **levers):
+    """generate() on frame 0; `levers` are its speed options (controlnet_fraction, cache, ...)."""
     def run(image: np.ndarray, cameras: CameraBatch, scene: EvalScene) -> Gaussians:
-        return generate(pipe, image, cameras, steps=steps, seed=seed, preview_count=0, device=device).gaussians
+        return generate(pipe, image, cameras, steps=steps, seed=seed, preview_count=0, device=device,
+                        **levers).gaussians
     return run
 
 
@@ -109,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scenes", type=int, default=None, help="first N scenes (default: all)")
     parser.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--levers", action="store_true",
+                        help="add full-pipeline rows with the speed levers that apply without guidance")
     args = parser.parse_args(argv)
     folders = sorted(p.parent for p in args.data.glob("*/cameras.json"))[:args.scenes]
     if not folders:
@@ -120,6 +129,9 @@ def main(argv: list[str] | None = None) -> int:
                "LaLRM on ground-truth latents (upper bound)": gt_latents_method(pipe, args.seed, device),
                PLANE: plane_method, UNCHANGED: unchanged_baseline,
                "blurred input (a yardstick: what blur alone scores)": blurred_baseline}
+    if args.levers:
+        for name, levers in SPEED_LEVERS.items():
+            methods[f"full pipeline, {name}"] = pipeline_method(pipe, args.steps, args.seed, device, **levers)
     results: dict[str, list[SceneScores]] = {m: [] for m in methods}
     t0 = time.perf_counter()
     for folder in folders:

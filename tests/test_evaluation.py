@@ -135,12 +135,14 @@ def horizontal_detail(image: np.ndarray) -> float:
 
 def test_bench_quality_end_to_end_with_random_tiny_model(tmp_path, capsys, bench_quality):
     make_plane_scene(tmp_path / "data" / "scene_0000001", frames=9)
-    assert bench_quality.main(["--data", str(tmp_path / "data"), "--model", "tiny", "--steps", "2"]) == 0
+    assert bench_quality.main(["--data", str(tmp_path / "data"), "--model", "tiny", "--steps", "2", "--levers"]) == 0
     out = capsys.readouterr().out
     assert "RANDOM WEIGHTS" in out and "Device:" in out
     rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
             for line in out.splitlines() if line.startswith("| ") and not line.startswith("| method")}
-    assert len(rows) == 5
+    assert len(rows) == 5 + len(bench_quality.SPEED_LEVERS)
+    for lever in bench_quality.SPEED_LEVERS:
+        assert float(rows[f"full pipeline, {lever}"][0]) > 0
     plane, unchanged = rows["plane baseline"], rows["unchanged baseline"]
     assert float(plane[0]) > 24 and float(plane[0]) > float(unchanged[0]) + 6
     assert plane[4].startswith("+0.00 dB") and unchanged[3] == "∞"
