@@ -211,7 +211,7 @@ def start_job(context, extra_args: str = "") -> Job:
                             steps=settings.steps or _pref(prefs, "default_steps") or None,  # 0: the model's
                             seed=settings.seed or _pref(prefs, "default_seed"),
                             device=_pref(prefs, "device"), dtype=_pref(prefs, "precision"))
-    command += shlex.split(extra_args)
+    command += ["--video-preview"] * settings.video_preview + shlex.split(extra_args)
     # From a source checkout, run the checkout's backend even if the venv has another one installed.
     cwd = SOURCE_ROOT if (SOURCE_ROOT / "backend").is_dir() else None
     try:
@@ -266,12 +266,16 @@ def _import_result(context, job: Job) -> str:
     name = f"Wonderland {job.out_dir.name}"
     if context.view_layer.objects.active is not None and context.mode != 'OBJECT':
         bpy.ops.object.mode_set(mode='OBJECT')
-    preview = load_previews(final.get("previews") or [], f"{name} Preview")
+    images = []  # the preview renders, and the decoded video when the job ran with --video-preview
     try:
+        for key, label in (("previews", "Preview"), ("video", "Video")):
+            image = load_previews(final.get(key) or [], f"{name} {label}")
+            if image is not None:
+                images.append(image)
         obj = create_object(context, name, result.splats)
     except Exception:
-        if preview is not None:  # nothing of a failed import stays in the .blend
-            bpy.data.images.remove(preview)
+        for image in images:  # nothing of a failed import stays in the .blend
+            bpy.data.images.remove(image)
         raise
     settings.last_result_path = str(final["ply"])
     settings.last_count = len(result.splats)

@@ -149,6 +149,7 @@ class WONDERLAND_PT_main(bpy.types.Panel):
         row = col.row(align=True)
         row.prop(s, "steps")
         row.prop(s, "seed")
+        col.prop(s, "video_preview")
 
         if s.is_running:
             layout.progress(factor=s.progress, text=progress_text(s))

@@ -25,6 +25,9 @@ class WonderlandSceneSettings(bpy.types.PropertyGroup):
     steps: IntProperty(name="Steps", min=0, soft_max=100, default=0,
                        description="Denoising steps (0: the preferences' default)")
     seed: IntProperty(name="Seed", min=0, default=0, description="Random seed (0: the preferences' default)")
+    video_preview: BoolProperty(name="Video Preview", default=False,
+                                description="Also decode the generated video into an image sequence: a look at "
+                                            "what the video model made (the 3D scene does not need it)")
 
     # The last trajectory range check (trajectory.record_range): the panel cannot step frames while drawing
     checked_camera: StringProperty(name="Checked Camera", options={'SKIP_SAVE'})

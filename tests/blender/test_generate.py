@@ -118,6 +118,20 @@ def test_generate_end_to_end_imports_gaussians_and_previews(job_scene, tmp_path,
     assert snapshot() == after
 
 
+def test_a_video_preview_comes_in_as_its_own_image_sequence(job_scene, tmp_path):
+    job_scene.wonderland.video_preview = True  # the panel's checkbox
+    assert bpy.ops.wonderland.generate(extra_args=FAST_PREVIEWS) == {'FINISHED'}
+    (folder,) = job_folders(tmp_path)
+    done = json.loads((folder / "events.jsonl").read_text().splitlines()[-1])
+    loaded = {Path(im.filepath).parent.relative_to(folder).as_posix(): im
+              for im in bpy.data.images if previews.PREVIEW_COUNT_KEY in im}
+    assert set(loaded) == {"preview", "preview/video"}
+    video = loaded["preview/video"]
+    assert previews.preview_count(video) == len(done["video"]) == 9  # the tiny model's frames
+    assert video.source == 'SEQUENCE' and video.name.endswith(" Video") and video.size[:] == (96, 64)
+    assert previews.find_preview(folder) == loaded["preview"]  # "open preview" shows the renders
+
+
 def test_cancel_after_the_first_denoise_step_leaves_the_blend_and_no_process(job_scene, tmp_path):
     job_scene.wonderland.steps = 30  # so the cancel lands mid-denoise
     before = snapshot()
