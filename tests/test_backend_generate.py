@@ -163,19 +163,24 @@ def test_model_folder_errors_name_the_file(tmp_path):
         load_pipeline("paper")
 
 
-@pytest.mark.parametrize("problem", ["missing image", "bad cameras", "bad steps"])
+EXTRA_ARGS = {"bad steps": ["--steps", "0"], "tiling without a video preview": ["--vae-tiling"],
+              "tiles the tiny VAE cannot put together": ["--video-preview", "--vae-tiling"]}
+
+
+@pytest.mark.parametrize("problem", ["missing image", "bad cameras", *EXTRA_ARGS])
 def test_bad_input_exits_2_with_a_hint_and_leaves_no_outputs(tmp_path, run_backend, problem):
     image, cams = write_job(tmp_path)
     if problem == "missing image":
         image = tmp_path / "nope.png"
     elif problem == "bad cameras":
         cams.write_text(json.dumps({"width": 180, "height": 120, "frames": []}))
-    extra = ["--steps", "0"] if problem == "bad steps" else []
+    extra = EXTRA_ARGS.get(problem, [])
     out = tmp_path / "out"
     result = run_backend("generate", "--image", image, "--cameras", cams, "--out", out, "--model", MODEL,
                          *extra, check=2)
     assert "error:" in result.stderr and "hint:" in result.stderr
     assert events_of(out)[-1]["event"] == "error"
+    assert not any(e.get("stage") == "denoise" for e in events_of(out))  # refused before the long work
     assert not (out / "scene.ply").exists() and not (out / "preview").exists()
 
 

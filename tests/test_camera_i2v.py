@@ -246,7 +246,7 @@ def test_tiled_decode_puts_the_frame_together_or_refuses(tiny, reference):
     _, vae, _, _, _ = tiny
     with torch.no_grad():
         whole = decode_latents(vae, reference)
-        with pytest.raises(InputError, match="without tiling"):  # its default 32 x 48 tiles do not line up
+        with pytest.raises(InputError, match="leave out --vae-tiling"):  # its default 32 x 48 tiles do not line up
             decode_latents(vae, reference, tiling=True)
         assert not vae.use_tiling
         vae.tile_sample_min_height, vae.tile_sample_min_width = 48, 40  # tiles that do, smaller than 64 x 96

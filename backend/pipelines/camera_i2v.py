@@ -78,27 +78,31 @@ def decode_latents(vae: AutoencoderKLCogVideoX, latents: Tensor, tiling: bool = 
 
     `tiling`: decode in overlapping spatial tiles (diffusers' VAE tiling), which bounds the decoder's
     memory at the paper's 480x720 (the untiled decode of 49 frames needs tens of GB) for softly
-    blended tile seams; it is switched off again afterwards. diffusers steps tiles by the overlap but
-    keeps `tile - blend` pixels of each, so the frame only comes out whole when the two agree: true for
-    CogVideoX's 240x360 tiles, not for tiles of small VAEs, which are refused (they need no tiling)."""
+    blended tile seams; it is switched off again afterwards (see `check_tiling` for which VAEs can)."""
     z = latents.to(device=vae.device, dtype=vae.dtype).permute(0, 2, 1, 3, 4)
     scale = vae.config.scaling_factor
     z = z * scale if vae.config.invert_scale_latents else z / scale
     if tiling:
+        check_tiling(vae)
         vae.enable_tiling()
-        ratio = 2 ** (len(vae.config.block_out_channels) - 1)
-        for tile, factor in ((vae.tile_sample_min_height, vae.tile_overlap_factor_height),
-                             (vae.tile_sample_min_width, vae.tile_overlap_factor_width)):
-            if ratio * int(tile // ratio * (1 - factor)) != tile - int(tile * factor):
-                vae.disable_tiling()
-                raise InputError(f"this VAE's {tile}-pixel tiles with overlap {factor:.3f} would not put the "
-                                 "frame together exactly in diffusers' tiled decode",
-                                 "decode without tiling (a small model's frames fit in memory as they are)")
     try:
         return vae.decode(z).sample.permute(0, 2, 1, 3, 4)
     finally:
         if tiling:
             vae.disable_tiling()
+
+
+def check_tiling(vae: AutoencoderKLCogVideoX) -> None:
+    """Refuses tiles that diffusers' tiled decode cannot put together: it steps tiles by the overlap but
+    keeps `tile - blend` pixels of each, so the frame only comes out whole when the two agree. True for
+    CogVideoX's 240x360 tiles at 480x720, not for the half-frame tiles of small VAEs (which need none)."""
+    ratio = 2 ** (len(vae.config.block_out_channels) - 1)
+    for tile, factor in ((vae.tile_sample_min_height, vae.tile_overlap_factor_height),
+                         (vae.tile_sample_min_width, vae.tile_overlap_factor_width)):
+        if ratio * int(tile // ratio * (1 - factor)) != tile - int(tile * factor):
+            raise InputError(f"this VAE's {tile}-pixel tiles with overlap {factor:.3f} would not put the frame "
+                             "together exactly in diffusers' tiled decode",
+                             "leave out --vae-tiling: a small model's frames decode in one piece")
 
 
 def leading_steps(steps: int, fraction: float) -> int:

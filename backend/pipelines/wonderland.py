@@ -23,7 +23,8 @@ from backend.models.config import NAMED_CONFIGS, ModelConfig
 from backend.models.lalrm import LaLRM
 from backend.models.video import CameraControlledTransformer, build_scheduler, build_vae
 from backend.models.model_dir import CONFIG_FILE, read_model, write_model
-from backend.pipelines.camera_i2v import compile_blocks, decode_latents, encode_image, sample_video_latents
+from backend.pipelines.camera_i2v import (check_tiling, compile_blocks, decode_latents, encode_image,
+                                          sample_video_latents)
 from backend.plucker import plucker_embedding
 from backend.render import render
 
@@ -168,6 +169,11 @@ def generate(pipe: WonderlandPipeline, image: np.ndarray, cameras: CameraBatch, 
             raise Cancelled("cancelled between stages")
 
     cfg, video_cfg = pipe.config, pipe.config.video
+    if vae_tiling:
+        if not video_preview:
+            raise InputError("VAE tiling only applies to the video preview", "add --video-preview, or leave out "
+                             "--vae-tiling")
+        check_tiling(pipe.vae)  # before the minutes of sampling, not after
     steps = steps or video_cfg.num_inference_steps
     device, dtype = device or pipe.device, pipe.lalrm.dtype
 
