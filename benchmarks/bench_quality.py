@@ -105,7 +105,8 @@ def table(results: dict[str, list[SceneScores]]) -> str:
              "|---|---|---|---|---|---|---|"]
     for m in results:
         lines.append(f"| {m} | {fmt(novel[m]['psnr'])} | {fmt(novel[m]['ssim'], 3)} | {fmt(beyond[m]['psnr'])} "
-                     f"| {fmt(inputs[m]['psnr'])} | {delta(novel[m], novel[PLANE])} | {delta(novel[m], novel[UNCHANGED])} |")
+                     f"| {fmt(inputs[m]['psnr'])} | {delta(novel[m], novel[PLANE])} "
+                     f"| {delta(novel[m], novel[UNCHANGED])} |")
     return "\n".join(lines)
 
 
