@@ -44,3 +44,9 @@ def bench_quality(monkeypatch):
 @pytest.fixture
 def bench_checkpoints(monkeypatch):
     return load_benchmark("bench_checkpoints", monkeypatch)
+
+
+@pytest.fixture(scope="module")
+def bench_models():
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        yield load_benchmark("bench_models", monkeypatch)

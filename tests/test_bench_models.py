@@ -7,19 +7,16 @@ import torch
 
 from backend.models.config import ModelConfig
 from backend.pipelines.camera_i2v import leading_steps
-from conftest import load_benchmark
 
 STEPS = 5
 
 
 @pytest.fixture(scope="module")
-def counts():
+def counts(bench_models):
     """flop_rows and weight_rows of the tiny model, by row name (tests name the model: tiny)."""
-    with pytest.MonkeyPatch.context() as monkeypatch:
-        bench = load_benchmark("bench_models", monkeypatch)
-        rows, weights = bench.flop_rows(ModelConfig.tiny(), SimpleNamespace(steps=STEPS), torch.float32)
+    rows, weights = bench_models.flop_rows(ModelConfig.tiny(), SimpleNamespace(steps=STEPS), torch.float32)
     by_name = {name: value for name, value, _ in rows}
-    return SimpleNamespace(bench=bench, rows=by_name, weights={name: value for name, value, _ in weights})
+    return SimpleNamespace(bench=bench_models, rows=by_name, weights={name: value for name, value, _ in weights})
 
 
 def row(counts, start):
