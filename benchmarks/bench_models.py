@@ -1,6 +1,7 @@
 """Model speed and memory: our camera-controlled transformer vs stock diffusers CogVideoX, and the LaLRM.
 
     .venv/bin/python benchmarks/bench_models.py [--shape paper|small|tiny] [--steps 50] [--dtype bf16|fp32]
+        [--compile [BACKEND]]
     .venv/bin/python benchmarks/bench_models.py --flops [--shape paper] [--steps 50]
 
 Random weights at the chosen shape (`paper` = CogVideoX-5B-I2V: 49x480x720, latents 13x60x90; the
@@ -10,7 +11,9 @@ is measured side by side in this one run. Rows:
 - a full generation of --steps steps: stock `CogVideoXImageToVideoPipeline` (fed prompt_embeds, no
   text encoder, output_type="latent") vs `sample_video_latents` with each speed lever;
 - the LaLRM forward at the shape's latents (paper: 13x60x90): seconds and peak memory;
-- a whole `generate` (encode, denoise, LaLRM, previews) with `offload`: seconds and peak memory.
+- a whole `generate` (encode, denoise, LaLRM, previews) with `offload`: seconds and peak memory;
+- with --compile, ControlNet 40% + CFG 20% with torch.compile'd transformer blocks (not with PAB,
+  whose hooks discard the compiled graphs on every run).
 
 --flops counts instead of timing, on the meta device (no weights are made and nothing is computed),
 so it runs at the paper shape anywhere: floating-point operations of the matmuls, convolutions and
@@ -39,7 +42,7 @@ from backend.cameras import CameraBatch
 from backend.models.config import NAMED_CONFIGS, ModelConfig
 from backend.models.lalrm import LaLRM
 from backend.models.video import CameraControlledTransformer, build_scheduler, build_vae
-from backend.pipelines.camera_i2v import encode_image, rotary_embeddings, sample_video_latents
+from backend.pipelines.camera_i2v import compile_blocks, encode_image, rotary_embeddings, sample_video_latents
 from backend.pipelines.wonderland import WonderlandPipeline, generate
 from machine import device_name
 
@@ -53,6 +56,8 @@ LEVERS = [("all steps with ControlNet", dict(controlnet_fraction=1.0)),
            dict(controlnet_fraction=0.4, guidance_fraction=0.5, cache="pab")),
           ("ControlNet 40% + CFG first 20% + pyramid attention broadcast",
            dict(controlnet_fraction=0.4, guidance_fraction=0.2, cache="pab"))]
+COMPILED = ("ControlNet 40% + CFG first 20% + torch.compile'd blocks",
+            dict(controlnet_fraction=0.4, guidance_fraction=0.2))
 
 
 def sync(device: torch.device) -> None:
@@ -180,6 +185,12 @@ def timed_rows(config: ModelConfig, args, device: torch.device, dtype: torch.dty
             s = timed(lambda: ours_generation(models, scheduler, inp, config, args.steps, lever,
                                               torch.Generator(device).manual_seed(0)), device, 1)
             rows.append((f"{args.steps} steps, ours: {name}", s, f"{stock_full / s:.2f}x"))
+        if args.compile:  # the warm-up call compiles; PAB would discard the graphs on every run
+            compile_blocks(models.ours, backend=args.compile)
+            name, lever = COMPILED
+            s = timed(lambda: ours_generation(models, scheduler, inp, config, args.steps, lever,
+                                              torch.Generator(device).manual_seed(0)), device, 1)
+            rows.append((f"{args.steps} steps, ours: {name}", s, f"{stock_full / s:.2f}x"))
         reset_peak(device)
         s = timed(lambda: models.lalrm(inp.latents, inp.full_plucker), device, args.repeats)
         rows.append((f"LaLRM forward, latents {tuple(inp.latents.shape[1:])} "
@@ -252,6 +263,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int)
     parser.add_argument("--dtype", choices=["bf16", "fp32"], help="default: bf16 on CUDA or when counting")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--compile", nargs="?", const="inductor", metavar="BACKEND",
+                        help="add a row with torch.compile'd blocks (default backend: inductor)")
     parser.add_argument("--flops", action="store_true", help="count operations on the meta device instead of timing")
     args = parser.parse_args(argv)
     big = cuda or args.flops  # the paper shape runs on a GPU, or anywhere when only counting

@@ -164,7 +164,8 @@ def test_model_folder_errors_name_the_file(tmp_path):
 
 
 EXTRA_ARGS = {"bad steps": ["--steps", "0"], "tiling without a video preview": ["--vae-tiling"],
-              "tiles the tiny VAE cannot put together": ["--video-preview", "--vae-tiling"]}
+              "tiles the tiny VAE cannot put together": ["--video-preview", "--vae-tiling"],
+              "compile with the PAB cache": ["--compile", "--cache", "pab"]}
 
 
 @pytest.mark.parametrize("problem", ["missing image", "bad cameras", *EXTRA_ARGS])

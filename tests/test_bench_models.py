@@ -54,9 +54,11 @@ def test_weight_table_is_the_stock_transformer_plus_the_camera_branches(counts):
 
 
 def test_timed_run_at_the_tiny_shape_prints_every_row(counts, capsys):
-    assert counts.bench.main(["--shape", "tiny", "--steps", "2", "--repeats", "1", "--dtype", "fp32"]) == 0
+    assert counts.bench.main(["--shape", "tiny", "--steps", "2", "--repeats", "1", "--dtype", "fp32",
+                              "--compile", "eager"]) == 0  # dynamo's eager backend needs no C++ compiler
     out = capsys.readouterr().out
     assert "device: " in out and "steps: 2" in out
     for name, _ in counts.bench.LEVERS:
         assert f"2 steps, ours: {name}" in out
+    assert f"2 steps, ours: {counts.bench.COMPILED[0]}" in out
     assert "LaLRM forward" in out and "whole generate, 2 steps, offload" in out

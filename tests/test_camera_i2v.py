@@ -297,3 +297,29 @@ def test_compiled_blocks_give_the_same_prediction():
         assert torch.equal(model(x, text, timestep, plucker, image_rotary_emb=emb), expected)
         assert not torch.equal(model(x, text, timestep, plucker, image_rotary_emb=emb, use_controlnet=False),
                                expected)
+
+
+def test_compiled_sampling_with_the_lever_stack_stops_compiling_after_one_run(tiny):
+    """Batch 2 then 1, ControlNet on then off, frozen and trainable blocks: a handful of graphs, all made
+    in the first run and fewer than dynamo's recompile limit (at the limit, the rest would run eager);
+    a second run reuses them."""
+    from torch._dynamo.utils import counters
+
+    _, vae, _, image_latents, plucker = tiny
+    torch.manual_seed(0)
+    model = CameraControlledTransformer(TINY).eval()
+    compile_blocks(model, backend="eager")
+    g = torch.Generator().manual_seed(13)
+    prompt, negative = torch.randn(1, *TINY.text_shape, generator=g), torch.randn(1, *TINY.text_shape, generator=g)
+
+    def run():
+        return sample(model, image_latents, plucker, steps=5, guidance_scale=4.0, prompt_embeds=prompt,
+                      negative_prompt_embeds=negative, controlnet_fraction=0.4, guidance_fraction=0.2)
+
+    before = counters["stats"]["unique_graphs"]
+    first = run()
+    graphs = counters["stats"]["unique_graphs"]
+    assert 0 < graphs - before < torch._dynamo.config.recompile_limit
+    assert torch.equal(run(), first)
+    assert counters["stats"]["unique_graphs"] == graphs
+

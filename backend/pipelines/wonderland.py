@@ -169,6 +169,10 @@ def generate(pipe: WonderlandPipeline, image: np.ndarray, cameras: CameraBatch, 
             raise Cancelled("cancelled between stages")
 
     cfg, video_cfg = pipe.config, pipe.config.video
+    if compile and cache is not None:
+        raise InputError(f"torch.compile and the {cache} cache do not combine: enabling the cache replaces "
+                         "the attention forwards, which discards the compiled graphs on every run",
+                         "pick one of --compile and --cache")
     if vae_tiling:
         if not video_preview:
             raise InputError("VAE tiling only applies to the video preview", "add --video-preview, or leave out "
