@@ -204,8 +204,9 @@ def timed_rows(config: ModelConfig, args, device: torch.device, dtype: torch.dty
     generate(pipe, image, dolly(config), steps=args.steps, guidance_scale=GUIDANCE, prompt_embeds=inp.text[1],
              device=device, offload=True)
     sync(device)
-    rows.append((f"whole generate, {args.steps} steps, offload ({memory_tag(device)} {peak_memory_gb(device):.2f})",
-                 time.perf_counter() - start, ""))
+    compiled = ", compiled blocks" if args.compile else ""  # they stay compiled after the --compile row
+    rows.append((f"whole generate, {args.steps} steps, offload{compiled} ({memory_tag(device)} "
+                 f"{peak_memory_gb(device):.2f})", time.perf_counter() - start, ""))
     return rows
 
 
