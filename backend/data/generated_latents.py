@@ -25,8 +25,8 @@ from typing import Callable
 import torch
 from diffusers import CogVideoXDPMScheduler
 
-from backend.data.latent_cache import (MANIFEST, LatentCacheDataset, clip_file, clip_generator, pending_clips,
-                                       weights_fingerprint, write_clip, write_manifest)
+from backend.data.latent_cache import (LatentCacheDataset, clip_file, clip_generator, weights_fingerprint,
+                                       write_cache)
 from backend.errors import InputError
 from backend.models.video import CameraControlledTransformer
 from backend.models.weights import read_metadata
@@ -62,13 +62,9 @@ def build_generated_cache(transformer: CameraControlledTransformer, scheduler: C
     if "generated" in source.signature:
         raise InputError(f"{source.path} already holds generated latents",
                          "give the VAE's latent cache of the real clips as the source")
-    path = Path(path)
-    if path.resolve() == source.path.resolve():
+    if Path(path).resolve() == source.path.resolve():
         raise InputError(f"the output {path} is the source cache", "write the generated latents to a new folder")
-    path.mkdir(parents=True, exist_ok=True)
-    (path / MANIFEST).unlink(missing_ok=True)
     signature = generated_signature(source, transformer, steps, samples, seed)
-    signature_text = json.dumps(signature, sort_keys=True)
     device = next(transformer.parameters()).device
     entries, frame_indices = [], []
     for number, clip in enumerate(source.clips):
@@ -78,10 +74,8 @@ def build_generated_cache(transformer: CameraControlledTransformer, scheduler: C
             entries.append({"file": clip_file(index), "scene": clip["scene"], "index": index,
                             "source_index": clip["index"], "sample": sample})
             frame_indices.append(indices)
-    todo = pending_clips(path, entries, frame_indices, signature_text, on_progress)
-    done, total = len(entries) - len(todo), len(entries)
-    for first in range(0, len(todo), batch_size):
-        chunk = todo[first:first + batch_size]
+
+    def generate_batch(chunk: list[int]) -> list[tuple[dict, torch.Tensor | None, str]]:
         loaded = {i: source[i] for i in sorted({index // samples for index in chunk})}  # each clip file once
         items = [loaded[index // samples] for index in chunk]
         K, c2w = torch.stack([it["K"] for it in items]), torch.stack([it["c2w"] for it in items])
@@ -90,12 +84,8 @@ def build_generated_cache(transformer: CameraControlledTransformer, scheduler: C
         latents = sample_video_latents(transformer, scheduler, image_latents, plucker.to(device), steps=steps,
                                        generator=[clip_generator(seed, i) for i in chunk],
                                        keep_image_frame=True).float().cpu()
-        for j, (index, item) in enumerate(zip(chunk, items)):
-            write_clip(path, index, {"latents": latents[j], "K": item["K"], "c2w": item["c2w"],
-                                     "frame_indices": item["frame_indices"]},
-                       item.get("frames"), item["scene"], signature_text)
-        done += len(chunk)
-        if on_progress is not None:
-            on_progress(done, total)
-    write_manifest(path, signature, list(source.latent_shape), entries)
-    return path
+        return [({"latents": latents[j], "K": item["K"], "c2w": item["c2w"], "frame_indices": item["frame_indices"]},
+                 item.get("frames"), item["scene"]) for j, item in enumerate(items)]
+
+    return write_cache(path, signature, list(source.latent_shape), entries, frame_indices, generate_batch, batch_size,
+                       on_progress)

@@ -126,63 +126,61 @@ def build_latent_cache(vae: AutoencoderKLCogVideoX, dataset: ClipDataset, path, 
                          f"use 1 + {temporal}k frames, e.g. 49 (paper) or 9 (tiny)")
     if batch_size < 1:
         raise InputError(f"batch_size = {batch_size}", "use 1 or more clips per VAE call")
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    (path / MANIFEST).unlink(missing_ok=True)
     signature = cache_signature(vae, dataset, seed, store_frames)
-    signature_text = json.dumps(signature, sort_keys=True)
     entries, frame_indices = [], []
     for index in range(len(dataset)):
         scene, indices, _ = dataset.plan(index)
         entries.append({"file": clip_file(index), "scene": scene.name, "index": index})
         frame_indices.append(indices)
-    todo = pending_clips(path, entries, frame_indices, signature_text, on_progress)
-    done, total = len(entries) - len(todo), len(entries)
-    for first in range(0, len(todo), batch_size):
-        chunk = todo[first:first + batch_size]
+
+    def encode(chunk: list[int]) -> list[tuple[dict, Tensor | None, str]]:
         batch = collate([dataset[i] for i in chunk])
         latents = encode_video(vae, batch["frames"], [clip_generator(seed, i) for i in chunk]).float().cpu()
-        for j, index in enumerate(chunk):
-            write_clip(path, index, {"latents": latents[j], "K": batch["K"][j], "c2w": batch["c2w"][j],
-                                     "frame_indices": batch["frame_indices"][j]},
-                       batch["frames"][j] if store_frames else None, batch["scene"][j], signature_text)
-        done += len(chunk)
-        if on_progress is not None:
-            on_progress(done, total)
+        return [({"latents": latents[j], "K": batch["K"][j], "c2w": batch["c2w"][j],
+                  "frame_indices": batch["frame_indices"][j]},
+                 batch["frames"][j] if store_frames else None, batch["scene"][j]) for j in range(len(chunk))]
+
     spatial = 2 ** (len(vae.config.block_out_channels) - 1)
     latent_shape = [(dataset.num_frames - 1) // temporal + 1, int(vae.config.latent_channels),
                     dataset.height // spatial, dataset.width // spatial]
-    write_manifest(path, signature, latent_shape, entries)
-    return path
+    return write_cache(path, signature, latent_shape, entries, frame_indices, encode, batch_size, on_progress)
 
 
-def pending_clips(path: Path, entries: list[dict], frame_indices: list[list[int]], signature_text: str,
-                  on_progress: Callable[[int, int], None] | None) -> list[int]:
-    """The entries ("index") a build still has to write: the others hold their clip from an interrupted
-    build. Reports the re-used ones as on_progress(done, total)."""
+def write_cache(path, signature: dict, latent_shape: list[int], entries: list[dict], frame_indices: list[list[int]],
+                make: Callable[[list[int]], list[tuple[dict, Tensor | None, str]]], batch_size: int,
+                on_progress: Callable[[int, int], None] | None) -> Path:
+    """The build every latent cache shares; returns the folder.
+
+    The manifest goes first and comes back last (atomically: a cache without it is never read). Clip
+    files of an interrupted build that hold their entry (`_is_current`) are re-used; the others ("index"
+    of `entries`) are made `batch_size` at a time by make(indices) -> per index (tensors "latents", "K",
+    "c2w", "frame_indices"; frames [F, 3, H, W] in [0, 1] or None; scene name). on_progress(done, total)
+    runs before the first batch (counting re-used clips) and after each; it may raise to stop the build.
+    """
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    (path / MANIFEST).unlink(missing_ok=True)
+    signature_text = json.dumps(signature, sort_keys=True)
     todo = [entry["index"] for entry, indices in zip(entries, frame_indices)
             if not _is_current(path / entry["file"], signature_text, entry["scene"], indices)]
+    done, total = len(entries) - len(todo), len(entries)
     if on_progress is not None:
-        on_progress(len(entries) - len(todo), len(entries))
-    return todo
-
-
-def write_clip(path: Path, index: int, tensors: dict[str, Tensor], frames: Tensor | None, scene: str,
-               signature_text: str) -> None:
-    """Clip file `index` of a cache being built: tensors ("latents", "K", "c2w", "frame_indices"), the
-    frames [F, 3, H, W] in [0, 1] as uint8 when given, and the metadata `_is_current` checks."""
-    if frames is not None:
-        tensors = {**tensors, "frames": (frames * 255).round().to(torch.uint8)}
-    save_state_dict(tensors, path / clip_file(index),
-                    metadata={"signature": signature_text, "scene": scene,
-                              "frame_indices": json.dumps(tensors["frame_indices"].tolist())})
-
-
-def write_manifest(path: Path, signature: dict, latent_shape: list[int], entries: list[dict]) -> None:
-    """The manifest that finishes a build (written last, atomically: a cache without it is never read)."""
+        on_progress(done, total)
+    for first in range(0, len(todo), batch_size):
+        chunk = todo[first:first + batch_size]
+        for index, (tensors, frames, scene) in zip(chunk, make(chunk)):
+            if frames is not None:
+                tensors = {**tensors, "frames": (frames * 255).round().to(torch.uint8)}
+            save_state_dict(tensors, path / clip_file(index),
+                            metadata={"signature": signature_text, "scene": scene,
+                                      "frame_indices": json.dumps(tensors["frame_indices"].tolist())})
+        done += len(chunk)
+        if on_progress is not None:
+            on_progress(done, total)
     manifest = {"format": CACHE_FORMAT, "version": CACHE_VERSION, "signature": signature,
                 "latent_shape": list(latent_shape), "clips": entries}
     atomic_write_text(path / MANIFEST, json.dumps(manifest, indent=1) + "\n")
+    return path
 
 
 class LatentCacheDataset(Dataset):
