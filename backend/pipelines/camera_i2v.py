@@ -214,23 +214,20 @@ def sample_video_latents(
     with_guidance = leading_steps(steps, guidance_fraction) if do_cfg else 0
 
     current = {"t": None}
-
-    def start_cache() -> None:
-        transformer.base.enable_cache(PyramidAttentionBroadcastConfig(
-            spatial_attention_block_skip_range=2, spatial_attention_timestep_skip_range=(100, 800),
-            current_timestep_callback=lambda: current["t"]))
-
-    if cache == "pab":
-        start_cache()
+    pab = PyramidAttentionBroadcastConfig(
+        spatial_attention_block_skip_range=2, spatial_attention_timestep_skip_range=(100, 800),
+        current_timestep_callback=lambda: current["t"]) if cache == "pab" else None
+    if pab is not None:
+        transformer.base.enable_cache(pab)
     try:
         old_pred_original_sample = None
         for i, t in enumerate(timesteps):
             if should_cancel is not None and should_cancel():
                 raise Cancelled(f"cancelled before denoising step {i + 1} of {steps}")
             current["t"] = int(t)
-            if cache is not None and 0 < i == with_guidance:  # the cached attention is the guided batch's
+            if pab is not None and 0 < i == with_guidance:  # the cached attention is the guided batch's
                 transformer.base.disable_cache()
-                start_cache()
+                transformer.base.enable_cache(pab)
             guided = i < with_guidance
             part = slice(None) if guided else slice(-batch, None)  # the conditional half alone
             model_input = torch.cat([latents] * 2) if guided else latents
@@ -248,7 +245,7 @@ def sample_video_latents(
             if on_step is not None:
                 on_step(i + 1, steps)
     finally:
-        if cache is not None:
+        if pab is not None:
             transformer.base.disable_cache()
     if keep_image_frame:
         latents = torch.cat([image_latents.to(latents.dtype), latents[:, 1:]], dim=1)

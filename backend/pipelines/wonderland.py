@@ -238,7 +238,7 @@ def generate(pipe: WonderlandPipeline, image: np.ndarray, cameras: CameraBatch, 
         with torch.no_grad(), placed(pipe.vae):
             clip = decode_latents(pipe.vae, latents, tiling=vae_tiling)[0]
         video = list(((clip.float() + 1) / 2).clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy())
-        progress("render", 1, preview_count + 1)
+        progress("render", offset, preview_count + offset)
         check()
     previews = render_previews(gaussians, cameras, preview_count, preview_size,
                                lambda stage, i, n: progress(stage, i + offset, n + offset), check)
