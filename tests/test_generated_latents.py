@@ -93,5 +93,6 @@ def test_generate_latents_command_and_fine_tuning_from_a_model_folder(caches, tm
 
     narrow = tmp_path / "narrow.safetensors"
     LaLRM(dataclasses.replace(pipe.lalrm.config, hidden_size=16, num_heads=2)).save_pretrained(narrow)
-    with pytest.raises(InputError, match="--init .*narrow.safetensors: weights in state dict do not fit LaLRM: tensor '.*' has shape"):
+    with pytest.raises(InputError, match="--init .*narrow.safetensors: weights in state dict do not fit LaLRM: "
+                                         "tensor '.*' has shape"):
         train_lrm_cli(*common, "--out", tmp_path / "run2", "--latent-cache", source.path, "--init", narrow)
