@@ -1,0 +1,180 @@
+"""Numba kernels of the compiled CPU rasterizer; import them through backend.render.compiled, which sets
+numba's cache folder and threading layer first.
+
+Same conventions as reference.py (gsplat's classic 3DGS), laid out as gsplat lays out its CUDA kernels:
+project every Gaussian (one thread per Gaussian), list each 16x16 tile's Gaussians in depth order, then
+composite each tile front to back (one thread per tile), each pixel stopping once its transmittance would
+fall to 1e-4 and the tile stopping once all its pixels have. A Gaussian's pixels are found row by row from
+its ellipse (power <= ln(255 opacity), exactly the pixels where alpha can reach 1/255), as reference.py does.
+Arithmetic is float64 per pair; results match the reference to float32 rounding, except on pixels where a
+1/255 or 1e-4 cut-off falls the other way.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit, prange
+
+from backend.render.reference import (ALPHA_MAX, ALPHA_MIN, EPS2D, FAR_PLANE, FRUSTUM_MARGIN, NEAR_PLANE,
+                                      SPAN_PAD, T_MIN)
+
+TILE = 16
+# Columns of the per-Gaussian parameter rows (float32, one 48-byte row per Gaussian).
+MX, MY, CA, CB, CC, OPACITY, LEVEL, DEPTH, RED = range(9)
+N_COLUMNS = 12
+
+
+@njit(parallel=True, cache=True)
+def project(means, quats, scales, opacities, view, intrinsics, width, height, rows, boxes):
+    """Cull and project N Gaussians: rows [N, N_COLUMNS] (MX..DEPTH filled), boxes [N, 4] int32 pixel
+    boxes x0, x1, y0, y1 (x1 < x0 for culled Gaussians). view: [3, 4] world-to-camera; intrinsics:
+    fx, fy, cx, cy."""
+    fx, fy, cx, cy = intrinsics[0], intrinsics[1], intrinsics[2], intrinsics[3]
+    lim_x_pos = (width - cx) / fx + FRUSTUM_MARGIN * 0.5 * width / fx
+    lim_x_neg = cx / fx + FRUSTUM_MARGIN * 0.5 * width / fx
+    lim_y_pos = (height - cy) / fy + FRUSTUM_MARGIN * 0.5 * height / fy
+    lim_y_neg = cy / fy + FRUSTUM_MARGIN * 0.5 * height / fy
+    for i in prange(means.shape[0]):
+        boxes[i, 0], boxes[i, 1], boxes[i, 2], boxes[i, 3] = 0, -1, 0, -1
+        px, py, pz = means[i, 0], means[i, 1], means[i, 2]
+        x = view[0, 0] * px + view[0, 1] * py + view[0, 2] * pz + view[0, 3]
+        y = view[1, 0] * px + view[1, 1] * py + view[1, 2] * pz + view[1, 3]
+        z = view[2, 0] * px + view[2, 1] * py + view[2, 2] * pz + view[2, 3]
+        opacity = opacities[i]
+        if not (z >= NEAR_PLANE and z <= FAR_PLANE and opacity >= ALPHA_MIN):
+            continue
+        qw, qx, qy, qz = quats[i, 0], quats[i, 1], quats[i, 2], quats[i, 3]
+        norm = math.sqrt(qw * qw + qx * qx + qy * qy + qz * qz)
+        qw, qx, qy, qz = qw / norm, qx / norm, qy / norm, qz / norm
+        rq = np.empty((3, 3))
+        rq[0, 0], rq[0, 1], rq[0, 2] = 1 - 2 * (qy * qy + qz * qz), 2 * (qx * qy - qw * qz), 2 * (qx * qz + qw * qy)
+        rq[1, 0], rq[1, 1], rq[1, 2] = 2 * (qx * qy + qw * qz), 1 - 2 * (qx * qx + qz * qz), 2 * (qy * qz - qw * qx)
+        rq[2, 0], rq[2, 1], rq[2, 2] = 2 * (qx * qz - qw * qy), 2 * (qy * qz + qw * qx), 1 - 2 * (qx * qx + qy * qy)
+        rz = 1.0 / z
+        tx = z * min(max(x * rz, -lim_x_neg), lim_x_pos)
+        ty = z * min(max(y * rz, -lim_y_neg), lim_y_pos)
+        j00, j02 = fx * rz, -fx * tx * rz * rz
+        j11, j12 = fy * rz, -fy * ty * rz * rz
+        # Rows of J M with M = R_w2c R_q S, the square root of the camera-space covariance.
+        r0 = np.empty(3)
+        r1 = np.empty(3)
+        for j in range(3):
+            s = scales[i, j]
+            m0 = (view[0, 0] * rq[0, j] + view[0, 1] * rq[1, j] + view[0, 2] * rq[2, j]) * s
+            m1 = (view[1, 0] * rq[0, j] + view[1, 1] * rq[1, j] + view[1, 2] * rq[2, j]) * s
+            m2 = (view[2, 0] * rq[0, j] + view[2, 1] * rq[1, j] + view[2, 2] * rq[2, j]) * s
+            r0[j] = j00 * m0 + j02 * m2
+            r1[j] = j11 * m1 + j12 * m2
+        cxx = r0[0] * r0[0] + r0[1] * r0[1] + r0[2] * r0[2] + EPS2D
+        cxy = r0[0] * r1[0] + r0[1] * r1[1] + r0[2] * r1[2]
+        cyy = r1[0] * r1[0] + r1[1] * r1[1] + r1[2] * r1[2] + EPS2D
+        det = cxx * cyy - cxy * cxy
+        if det <= 0:
+            continue
+        mx, my = fx * x * rz + cx, fy * y * rz + cy
+        level = max(math.log(opacity / ALPHA_MIN), 0.0)
+        half_x, half_y = math.sqrt(2 * level * cxx), math.sqrt(2 * level * cyy)
+        x0, x1 = _span(mx, half_x, width)
+        y0, y1 = _span(my, half_y, height)
+        if x1 < x0 or y1 < y0:
+            continue
+        row = rows[i]
+        row[MX], row[MY], row[CA], row[CB], row[CC] = mx, my, cyy / det, -cxy / det, cxx / det
+        row[OPACITY], row[LEVEL], row[DEPTH] = opacity, level, z
+        boxes[i, 0], boxes[i, 1], boxes[i, 2], boxes[i, 3] = x0, x1, y0, y1
+
+
+@njit(cache=True, inline="always")
+def _span(center, half, size):
+    """First and last pixel whose centre lies within center +- half, clipped to [0, size)."""
+    lo = math.ceil(min(max(center - half - 0.5 - SPAN_PAD, -1.0), size))
+    hi = math.floor(min(max(center + half - 0.5 + SPAN_PAD, -1.0), size))
+    return int(min(max(lo, 0), size)), int(min(max(hi, -1), size - 1))
+
+
+@njit(cache=True)
+def bin_tiles(rows, boxes, colors, order, tiles_x, tiles_y):
+    """Gather the visible Gaussians in depth `order` (with their colours) and list, per 16x16 tile, the
+    ones whose box overlaps it, front to back. Returns (sorted rows, sorted boxes, tile offsets, ids)."""
+    n = order.shape[0]
+    sorted_rows = np.empty((n, N_COLUMNS), np.float32)
+    sorted_boxes = np.empty((n, 4), np.int32)
+    offsets = np.zeros(tiles_x * tiles_y + 1, np.int64)
+    for k in range(n):
+        g = order[k]
+        sorted_rows[k] = rows[g]
+        sorted_rows[k, RED:RED + 3] = colors[k]
+        sorted_boxes[k] = boxes[g]
+        for ty in range(boxes[g, 2] // TILE, boxes[g, 3] // TILE + 1):
+            for tx in range(boxes[g, 0] // TILE, boxes[g, 1] // TILE + 1):
+                offsets[ty * tiles_x + tx + 1] += 1
+    for t in range(tiles_x * tiles_y):
+        offsets[t + 1] += offsets[t]
+    cursor = offsets[:-1].copy()
+    ids = np.empty(offsets[-1], np.int32)
+    for k in range(n):
+        for ty in range(sorted_boxes[k, 2] // TILE, sorted_boxes[k, 3] // TILE + 1):
+            for tx in range(sorted_boxes[k, 0] // TILE, sorted_boxes[k, 1] // TILE + 1):
+                t = ty * tiles_x + tx
+                ids[cursor[t]] = k
+                cursor[t] += 1
+    return sorted_rows, sorted_boxes, offsets, ids
+
+
+@njit(parallel=True, cache=True)
+def rasterize(rows, boxes, offsets, ids, width, height, tiles_x, image):
+    """Composite every tile front to back into image [H, W, 5]: r, g, b (sum of w colour), alpha
+    (1 - final transmittance), depth (sum of w z / alpha, 0 where alpha is 0)."""
+    for tile in prange(offsets.shape[0] - 1):
+        tx0, ty0 = (tile % tiles_x) * TILE, (tile // tiles_x) * TILE
+        tw, th = min(TILE, width - tx0), min(TILE, height - ty0)
+        # Transmittance per pixel, negated once the pixel is finished.
+        trans = np.ones(TILE * TILE)
+        accum = np.zeros((TILE * TILE, 4))
+        n_open = tw * th
+        for k in range(offsets[tile], offsets[tile + 1]):
+            g = ids[k]
+            mx, my, a, b, c = rows[g, MX], rows[g, MY], rows[g, CA], rows[g, CB], rows[g, CC]
+            opacity, level, z = rows[g, OPACITY], rows[g, LEVEL], rows[g, DEPTH]
+            red, green, blue = rows[g, RED], rows[g, RED + 1], rows[g, RED + 2]
+            for y in range(max(boxes[g, 2], ty0), min(boxes[g, 3], ty0 + th - 1) + 1):
+                dy = y + 0.5 - my
+                # 0.5 a dx^2 + b dy dx + 0.5 c dy^2 <= level on the row: dx in centre +- s / a
+                disc = b * b * dy * dy - a * (c * dy * dy - 2 * level)
+                half = math.sqrt(max(disc, 0.0)) / a
+                xs, xe = _span(mx - b * dy / a, half, width)
+                q0, q1, q2 = 0.5 * c * dy * dy, b * dy, 0.5 * a
+                base = (y - ty0) * TILE - tx0
+                for x in range(max(xs, tx0), min(xe, tx0 + tw - 1) + 1):
+                    t = trans[base + x]
+                    if t < 0:
+                        continue
+                    dx = x + 0.5 - mx
+                    power = q0 + dx * (q1 + q2 * dx)
+                    if power < 0:
+                        continue
+                    alpha = min(ALPHA_MAX, opacity * math.exp(-power))
+                    if alpha < ALPHA_MIN:
+                        continue
+                    after = t * (1 - alpha)
+                    if after <= T_MIN:
+                        trans[base + x] = -t
+                        n_open -= 1
+                        continue
+                    w = alpha * t
+                    p = base + x
+                    accum[p, 0] += w * red
+                    accum[p, 1] += w * green
+                    accum[p, 2] += w * blue
+                    accum[p, 3] += w * z
+                    trans[p] = after
+            if n_open == 0:
+                break
+        for ly in range(th):
+            for lx in range(tw):
+                p = ly * TILE + lx
+                alpha = 1 - abs(trans[p])
+                px = image[ty0 + ly, tx0 + lx]
+                px[0], px[1], px[2], px[3] = accum[p, 0], accum[p, 1], accum[p, 2], alpha
+                px[4] = accum[p, 3] / max(alpha, 1e-10)
