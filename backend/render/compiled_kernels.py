@@ -122,7 +122,7 @@ def bin_tiles(rows, boxes, colors, order, tiles_x, tiles_y):
     return sorted_rows, sorted_boxes, offsets, ids
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, fastmath=True)
 def rasterize(rows, boxes, offsets, ids, width, height, tiles_x, image):
     """Composite every tile front to back into image [H, W, 5]: r, g, b (sum of w colour), alpha
     (1 - final transmittance), depth (sum of w z / alpha, 0 where alpha is 0)."""
