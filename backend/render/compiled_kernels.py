@@ -6,8 +6,9 @@ project every Gaussian (one thread per Gaussian), list each 16x16 tile's Gaussia
 composite each tile front to back (one thread per tile), each pixel stopping once its transmittance would
 fall to 1e-4 and the tile stopping once all its pixels have. A Gaussian's pixels are found row by row from
 its ellipse (power <= ln(255 opacity), exactly the pixels where alpha can reach 1/255), as reference.py does.
-Arithmetic is float64 per pair; results match the reference to float32 rounding, except on pixels where a
-1/255 or 1e-4 cut-off falls the other way.
+Arithmetic is float64 per pair, with exp by a polynomial that vectorizes (2.6e-6 relative error): results
+match the reference to ~1e-5, except on pixels where a 1/255 or 1e-4 cut-off falls the other way. Twice as
+fast as math.exp on the demo room at 1920x1080 (1.7 vs 3.3 CPU s, AVX-512 machine).
 """
 from __future__ import annotations
 
@@ -122,6 +123,18 @@ def bin_tiles(rows, boxes, colors, order, tiles_x, tiles_y):
     return sorted_rows, sorted_boxes, offsets, ids
 
 
+@njit(cache=True, inline="always")
+def _exp_neg(power):
+    """exp(-power) for power in [0, ln 255] (a span's range) to 2.6e-6 relative, in plain arithmetic that
+    vectorizes (math.exp does not): exp(-p / 16) by its Taylor series to degree 6, squared four times."""
+    u = -power * 0.0625
+    e = 1.0 + u * (1.0 + u * (0.5 + u * (1 / 6 + u * (1 / 24 + u * (1 / 120 + u * (1 / 720))))))
+    e *= e
+    e *= e
+    e *= e
+    return e * e
+
+
 @njit(parallel=True, cache=True, fastmath=True)
 def rasterize(rows, boxes, offsets, ids, width, height, tiles_x, image):
     """Composite every tile front to back into image [H, W, 5]: r, g, b (sum of w colour), alpha
@@ -129,45 +142,47 @@ def rasterize(rows, boxes, offsets, ids, width, height, tiles_x, image):
     for tile in prange(offsets.shape[0] - 1):
         tx0, ty0 = (tile % tiles_x) * TILE, (tile // tiles_x) * TILE
         tw, th = min(TILE, width - tx0), min(TILE, height - ty0)
-        # Transmittance per pixel, negated once the pixel is finished.
+        # Transmittance per pixel, negated once the pixel is finished; blended features, channel-major.
         trans = np.ones(TILE * TILE)
-        accum = np.zeros((TILE * TILE, 4))
+        accum = np.zeros((4, TILE * TILE))
+        alphas = np.empty(TILE)
         n_open = tw * th
         for k in range(offsets[tile], offsets[tile + 1]):
             g = ids[k]
             mx, my, a, b, c = rows[g, MX], rows[g, MY], rows[g, CA], rows[g, CB], rows[g, CC]
             opacity, level, z = rows[g, OPACITY], rows[g, LEVEL], rows[g, DEPTH]
             red, green, blue = rows[g, RED], rows[g, RED + 1], rows[g, RED + 2]
+            inv_a = 1.0 / a
             for y in range(max(boxes[g, 2], ty0), min(boxes[g, 3], ty0 + th - 1) + 1):
                 dy = y + 0.5 - my
                 # 0.5 a dx^2 + b dy dx + 0.5 c dy^2 <= level on the row: dx in centre +- s / a
                 disc = b * b * dy * dy - a * (c * dy * dy - 2 * level)
-                half = math.sqrt(max(disc, 0.0)) / a
-                xs, xe = _span(mx - b * dy / a, half, width)
+                half = math.sqrt(max(disc, 0.0)) * inv_a
+                xs, xe = _span(mx - b * dy * inv_a, half, width)
                 q0, q1, q2 = 0.5 * c * dy * dy, b * dy, 0.5 * a
                 base = (y - ty0) * TILE - tx0
-                for x in range(max(xs, tx0), min(xe, tx0 + tw - 1) + 1):
-                    t = trans[base + x]
-                    if t < 0:
-                        continue
-                    dx = x + 0.5 - mx
+                x0, x1 = max(xs, tx0), min(xe, tx0 + tw - 1)
+                # Alphas of the row's span first, in a loop without branches that the compiler runs on
+                # several pixels at once (SIMD); then the blending, pixel by pixel.
+                for i in range(x1 - x0 + 1):
+                    dx = x0 + i + 0.5 - mx
                     power = q0 + dx * (q1 + q2 * dx)
-                    if power < 0:
-                        continue
-                    alpha = min(ALPHA_MAX, opacity * math.exp(-power))
-                    if alpha < ALPHA_MIN:
+                    alphas[i] = min(ALPHA_MAX, opacity * _exp_neg(power)) if power >= 0 else 0.0
+                for i in range(x1 - x0 + 1):
+                    p = base + x0 + i
+                    t, alpha = trans[p], alphas[i]
+                    if t < 0 or alpha < ALPHA_MIN:
                         continue
                     after = t * (1 - alpha)
                     if after <= T_MIN:
-                        trans[base + x] = -t
+                        trans[p] = -t
                         n_open -= 1
                         continue
                     w = alpha * t
-                    p = base + x
-                    accum[p, 0] += w * red
-                    accum[p, 1] += w * green
-                    accum[p, 2] += w * blue
-                    accum[p, 3] += w * z
+                    accum[0, p] += w * red
+                    accum[1, p] += w * green
+                    accum[2, p] += w * blue
+                    accum[3, p] += w * z
                     trans[p] = after
             if n_open == 0:
                 break
@@ -176,5 +191,5 @@ def rasterize(rows, boxes, offsets, ids, width, height, tiles_x, image):
                 p = ly * TILE + lx
                 alpha = 1 - abs(trans[p])
                 px = image[ty0 + ly, tx0 + lx]
-                px[0], px[1], px[2], px[3] = accum[p, 0], accum[p, 1], accum[p, 2], alpha
-                px[4] = accum[p, 3] / max(alpha, 1e-10)
+                px[0], px[1], px[2], px[3] = accum[0, p], accum[1, p], accum[2, p], alpha
+                px[4] = accum[3, p] / max(alpha, 1e-10)
