@@ -6,6 +6,7 @@ the torch reference are differentiable with respect to every Gaussian parameter,
 """
 from __future__ import annotations
 
+import os
 import warnings
 from dataclasses import dataclass
 
@@ -80,6 +81,17 @@ def render(gaussians: Gaussians, cameras: CameraBatch, width: int | None = None,
 
 
 _warned: set[str] = set()
+
+
+def set_threads(threads: int | None) -> int:
+    """Render with `threads` CPU threads (None or 0: one per core), in torch and the compiled rasterizer;
+    returns the count in use. Blender passes its scene.render.threads."""
+    if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 0):
+        raise InputError(f"threads must be a whole number >= 0, got {threads!r}", "pass 0 for one thread per core")
+    count = threads or os.cpu_count() or 1
+    torch.set_num_threads(count)
+    from backend.render import compiled
+    return count if compiled.unavailable_reason() else compiled.set_threads(count)
 
 
 def pick_backend(gaussians: Gaussians) -> str:

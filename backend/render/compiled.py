@@ -71,6 +71,11 @@ def unavailable_reason() -> str | None:
     return _missing
 
 
+def kernel_cache_dir() -> str:
+    """The folder numba caches the kernels in for this process."""
+    return os.environ.get("NUMBA_CACHE_DIR", str(cache_dir()))
+
+
 def set_threads(threads: int | None) -> int:
     """Use `threads` CPU threads for rendering (None or 0: all cores); returns the count in use."""
     if unavailable_reason():
