@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from backend.gaussians import Gaussians
+from backend.gaussians import SH_C0, Gaussians
 from backend.render.sh import sh_to_rgb
 
 NUMBA_PIN = "numba==0.61.2"
@@ -100,20 +100,20 @@ def render_views(gaussians: Gaussians, w2c: Tensor, K: Tensor, width: int,
     images = []
     for view in range(len(w2c)):
         w2c_v, K_v = w2c[view].detach().double().cpu(), K[view].detach().double().cpu()
-        rows = np.zeros((len(means), k.N_COLUMNS), np.float32)
+        rows = np.empty((len(means), k.N_COLUMNS), np.float32)  # read only where boxes are set
         boxes = np.empty((len(means), 4), np.int32)
         intrinsics = np.array([K_v[0, 0], K_v[1, 1], K_v[0, 2], K_v[1, 2]])
         k.project(means, quats, scales, opacities, w2c_v[:3].numpy(), intrinsics, width, height, rows, boxes)
-        visible = torch.from_numpy(np.flatnonzero(boxes[:, 1] >= boxes[:, 0]))
-        depth = torch.from_numpy(rows[:, k.DEPTH]).index_select(0, visible)
-        # Positive floats order like their bit patterns; stable, so ties keep input order (as gsplat).
-        order = visible.index_select(0, torch.sort(depth.view(torch.int32), stable=True).indices)
-        campos = torch.linalg.inv(w2c_v)[:3, 3].float()
-        sh = torch.cat([g.sh0.index_select(0, order)[:, None], g.sh_rest.index_select(0, order)], dim=1)
-        colors = sh_to_rgb(sh, g.means.index_select(0, order) - campos)
-        sorted_rows, sorted_boxes, offsets, ids = k.bin_tiles(rows, boxes, np.ascontiguousarray(colors.numpy()),
-                                                              order.numpy(), tiles_x, tiles_y)
+        order = torch.from_numpy(k.depth_order(rows, boxes))
+        if g.sh_degree == 0:  # view-independent: no directions needed
+            colors = (SH_C0 * g.sh0.index_select(0, order) + 0.5).clamp_min(0)
+        else:
+            campos = torch.linalg.inv(w2c_v)[:3, 3].float()
+            sh = torch.cat([g.sh0.index_select(0, order)[:, None], g.sh_rest.index_select(0, order)], dim=1)
+            colors = sh_to_rgb(sh, g.means.index_select(0, order) - campos)
+        sorted_rows, sorted_boxes = k.gather(rows, boxes, np.ascontiguousarray(colors.numpy()), order.numpy())
         del rows, boxes
+        offsets, ids = k.bin_tiles(sorted_boxes, tiles_x, tiles_y)
         image = np.empty((height, width, 5), np.float32)
         k.rasterize(sorted_rows, sorted_boxes, offsets, ids, width, height, tiles_x, image)
         images.append(torch.from_numpy(image))

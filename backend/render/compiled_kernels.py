@@ -95,32 +95,67 @@ def _span(center, half, size):
 
 
 @njit(cache=True)
-def bin_tiles(rows, boxes, colors, order, tiles_x, tiles_y):
-    """Gather the visible Gaussians in depth `order` (with their colours) and list, per 16x16 tile, the
-    ones whose box overlaps it, front to back. Returns (sorted rows, sorted boxes, tile offsets, ids)."""
+def depth_order(rows, boxes):
+    """Indices of the projected Gaussians (box not empty) front to back; ties keep input order, as
+    gsplat's stable radix sort. Positive float32 depths order like their bits: two 16-bit radix passes."""
+    visible = np.flatnonzero(boxes[:, 1] >= boxes[:, 0])
+    depth = np.empty(visible.shape[0], np.float32)
+    for k in range(visible.shape[0]):
+        depth[k] = rows[visible[k], DEPTH]
+    keys = depth.view(np.uint32)
+    order = np.arange(visible.shape[0])
+    scratch = np.empty_like(order)
+    for shift in (0, 16):
+        counts = np.zeros(65537, np.int64)
+        for k in range(order.shape[0]):
+            counts[((keys[order[k]] >> shift) & 0xFFFF) + 1] += 1
+        for d in range(65536):
+            counts[d + 1] += counts[d]
+        for k in range(order.shape[0]):
+            d = (keys[order[k]] >> shift) & 0xFFFF
+            scratch[counts[d]] = order[k]
+            counts[d] += 1
+        order, scratch = scratch, order
+    return visible[order]
+
+
+@njit(parallel=True, cache=True)
+def gather(rows, boxes, colors, order):
+    """Rows and boxes of the Gaussians `order` (front to back), with their colours [len(order), 3]."""
     n = order.shape[0]
     sorted_rows = np.empty((n, N_COLUMNS), np.float32)
     sorted_boxes = np.empty((n, 4), np.int32)
-    offsets = np.zeros(tiles_x * tiles_y + 1, np.int64)
-    for k in range(n):
+    for k in prange(n):
         g = order[k]
-        sorted_rows[k] = rows[g]
-        sorted_rows[k, RED:RED + 3] = colors[k]
-        sorted_boxes[k] = boxes[g]
-        for ty in range(boxes[g, 2] // TILE, boxes[g, 3] // TILE + 1):
-            for tx in range(boxes[g, 0] // TILE, boxes[g, 1] // TILE + 1):
+        for j in range(RED):
+            sorted_rows[k, j] = rows[g, j]
+        for j in range(3):
+            sorted_rows[k, RED + j] = colors[k, j]
+        for j in range(4):
+            sorted_boxes[k, j] = boxes[g, j]
+    return sorted_rows, sorted_boxes
+
+
+@njit(cache=True)
+def bin_tiles(boxes, tiles_x, tiles_y):
+    """List, per 16x16 tile, the Gaussians (sorted front to back) whose box overlaps it, in that order:
+    (offsets [tiles + 1], ids) with tile t's Gaussians ids[offsets[t]:offsets[t + 1]]."""
+    offsets = np.zeros(tiles_x * tiles_y + 1, np.int64)
+    for k in range(boxes.shape[0]):
+        for ty in range(boxes[k, 2] // TILE, boxes[k, 3] // TILE + 1):
+            for tx in range(boxes[k, 0] // TILE, boxes[k, 1] // TILE + 1):
                 offsets[ty * tiles_x + tx + 1] += 1
     for t in range(tiles_x * tiles_y):
         offsets[t + 1] += offsets[t]
     cursor = offsets[:-1].copy()
     ids = np.empty(offsets[-1], np.int32)
-    for k in range(n):
-        for ty in range(sorted_boxes[k, 2] // TILE, sorted_boxes[k, 3] // TILE + 1):
-            for tx in range(sorted_boxes[k, 0] // TILE, sorted_boxes[k, 1] // TILE + 1):
+    for k in range(boxes.shape[0]):
+        for ty in range(boxes[k, 2] // TILE, boxes[k, 3] // TILE + 1):
+            for tx in range(boxes[k, 0] // TILE, boxes[k, 1] // TILE + 1):
                 t = ty * tiles_x + tx
                 ids[cursor[t]] = k
                 cursor[t] += 1
-    return sorted_rows, sorted_boxes, offsets, ids
+    return offsets, ids
 
 
 @njit(cache=True, inline="always")
