@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from backend.gaussians import SH_C0, Gaussians
+from backend.gaussians import Gaussians
 from backend.render.sh import sh_to_rgb
 
 NUMBA_PIN = "numba==0.61.2"
@@ -104,18 +104,18 @@ def render_views(gaussians: Gaussians, w2c: Tensor, K: Tensor, width: int,
         boxes = np.empty((len(means), 4), np.int32)
         intrinsics = np.array([K_v[0, 0], K_v[1, 1], K_v[0, 2], K_v[1, 2]])
         k.project(means, quats, scales, opacities, w2c_v[:3].numpy(), intrinsics, width, height, rows, boxes)
-        order = torch.from_numpy(k.depth_order(rows, boxes))
-        if g.sh_degree == 0:  # view-independent: no directions needed
-            colors = (SH_C0 * g.sh0.index_select(0, order) + 0.5).clamp_min(0)
+        order = k.depth_order(rows, boxes)
+        if g.sh_degree == 0:  # view-independent: the kernel takes the DC coefficients
+            values = g.sh0.numpy()
         else:
+            index = torch.from_numpy(order)
             campos = torch.linalg.inv(w2c_v)[:3, 3].float()
-            sh = torch.cat([g.sh0.index_select(0, order)[:, None], g.sh_rest.index_select(0, order)], dim=1)
-            colors = sh_to_rgb(sh, g.means.index_select(0, order) - campos)
-        sorted_rows, sorted_boxes = k.gather(rows, boxes, np.ascontiguousarray(colors.numpy()), order.numpy())
-        del rows, boxes
-        offsets, ids = k.bin_tiles(sorted_boxes, tiles_x, tiles_y)
+            sh = torch.cat([g.sh0.index_select(0, index)[:, None], g.sh_rest.index_select(0, index)], dim=1)
+            values = sh_to_rgb(sh, g.means.index_select(0, index) - campos).numpy()
+        sorted_boxes = k.add_colors(rows, boxes, order, np.ascontiguousarray(values), g.sh_degree == 0)
+        offsets, ids = k.bin_tiles(sorted_boxes, order, tiles_x, tiles_y)
         image = np.empty((height, width, 5), np.float32)
-        k.rasterize(sorted_rows, sorted_boxes, offsets, ids, width, height, tiles_x, image)
+        k.rasterize(rows, boxes, offsets, ids, width, height, tiles_x, image)
         images.append(torch.from_numpy(image))
     out = torch.stack(images).to(gaussians.means.dtype)
     return out[..., :3], out[..., 3:4], out[..., 4:5]

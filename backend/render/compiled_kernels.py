@@ -17,6 +17,7 @@ import math
 import numpy as np
 from numba import njit, prange
 
+from backend.gaussians import SH_C0
 from backend.render.reference import (ALPHA_MAX, ALPHA_MIN, EPS2D, FAR_PLANE, FRUSTUM_MARGIN, NEAR_PLANE,
                                       SPAN_PAD, T_MIN)
 
@@ -24,6 +25,7 @@ TILE = 16
 # Columns of the per-Gaussian parameter rows (float32, one 48-byte row per Gaussian).
 MX, MY, CA, CB, CC, OPACITY, LEVEL, DEPTH, RED = range(9)
 N_COLUMNS = 12
+BLOCK = 256  # Gaussians copied at once from a tile's list
 
 
 @njit(parallel=True, cache=True)
@@ -120,26 +122,23 @@ def depth_order(rows, boxes):
 
 
 @njit(parallel=True, cache=True)
-def gather(rows, boxes, colors, order):
-    """Rows and boxes of the Gaussians `order` (front to back), with their colours [len(order), 3]."""
-    n = order.shape[0]
-    sorted_rows = np.empty((n, N_COLUMNS), np.float32)
-    sorted_boxes = np.empty((n, 4), np.int32)
-    for k in prange(n):
+def add_colors(rows, boxes, order, colors, from_dc):
+    """Put each visible Gaussian's colour into its row and return the boxes in `order`. colors: [len(order),
+    3] colours in `order`, or with from_dc [N, 3] SH degree-0 coefficients, colour = max(SH_C0 dc + 0.5, 0)."""
+    sorted_boxes = np.empty((order.shape[0], 4), np.int32)
+    for k in prange(order.shape[0]):
         g = order[k]
-        for j in range(RED):
-            sorted_rows[k, j] = rows[g, j]
         for j in range(3):
-            sorted_rows[k, RED + j] = colors[k, j]
+            rows[g, RED + j] = max(SH_C0 * colors[g, j] + 0.5, 0.0) if from_dc else colors[k, j]
         for j in range(4):
             sorted_boxes[k, j] = boxes[g, j]
-    return sorted_rows, sorted_boxes
+    return sorted_boxes
 
 
 @njit(cache=True)
-def bin_tiles(boxes, tiles_x, tiles_y):
-    """List, per 16x16 tile, the Gaussians (sorted front to back) whose box overlaps it, in that order:
-    (offsets [tiles + 1], ids) with tile t's Gaussians ids[offsets[t]:offsets[t + 1]]."""
+def bin_tiles(boxes, order, tiles_x, tiles_y):
+    """List, per 16x16 tile, the Gaussians `order` (front to back, with their boxes) whose box overlaps it,
+    in that order: (offsets [tiles + 1], ids) with tile t's Gaussians ids[offsets[t]:offsets[t + 1]]."""
     offsets = np.zeros(tiles_x * tiles_y + 1, np.int64)
     for k in range(boxes.shape[0]):
         for ty in range(boxes[k, 2] // TILE, boxes[k, 3] // TILE + 1):
@@ -153,7 +152,7 @@ def bin_tiles(boxes, tiles_x, tiles_y):
         for ty in range(boxes[k, 2] // TILE, boxes[k, 3] // TILE + 1):
             for tx in range(boxes[k, 0] // TILE, boxes[k, 1] // TILE + 1):
                 t = ty * tiles_x + tx
-                ids[cursor[t]] = k
+                ids[cursor[t]] = order[k]
                 cursor[t] += 1
     return offsets, ids
 
@@ -181,44 +180,59 @@ def rasterize(rows, boxes, offsets, ids, width, height, tiles_x, image):
         trans = np.ones(TILE * TILE)
         accum = np.zeros((4, TILE * TILE))
         alphas = np.empty(TILE)
+        block_rows = np.empty((BLOCK, N_COLUMNS), np.float32)
+        block_boxes = np.empty((BLOCK, 4), np.int32)
         n_open = tw * th
-        for k in range(offsets[tile], offsets[tile + 1]):
-            g = ids[k]
-            mx, my, a, b, c = rows[g, MX], rows[g, MY], rows[g, CA], rows[g, CB], rows[g, CC]
-            opacity, level, z = rows[g, OPACITY], rows[g, LEVEL], rows[g, DEPTH]
-            red, green, blue = rows[g, RED], rows[g, RED + 1], rows[g, RED + 2]
-            inv_a = 1.0 / a
-            for y in range(max(boxes[g, 2], ty0), min(boxes[g, 3], ty0 + th - 1) + 1):
-                dy = y + 0.5 - my
-                # 0.5 a dx^2 + b dy dx + 0.5 c dy^2 <= level on the row: dx in centre +- s / a
-                disc = b * b * dy * dy - a * (c * dy * dy - 2 * level)
-                half = math.sqrt(max(disc, 0.0)) * inv_a
-                xs, xe = _span(mx - b * dy * inv_a, half, width)
-                q0, q1, q2 = 0.5 * c * dy * dy, b * dy, 0.5 * a
-                base = (y - ty0) * TILE - tx0
-                x0, x1 = max(xs, tx0), min(xe, tx0 + tw - 1)
-                # Alphas of the row's span first, in a loop without branches that the compiler runs on
-                # several pixels at once (SIMD); then the blending, pixel by pixel.
-                for i in range(x1 - x0 + 1):
-                    dx = x0 + i + 0.5 - mx
-                    power = q0 + dx * (q1 + q2 * dx)
-                    alphas[i] = min(ALPHA_MAX, opacity * _exp_neg(power)) if power >= 0 else 0.0
-                for i in range(x1 - x0 + 1):
-                    p = base + x0 + i
-                    t, alpha = trans[p], alphas[i]
-                    if t < 0 or alpha < ALPHA_MIN:
-                        continue
-                    after = t * (1 - alpha)
-                    if after <= T_MIN:
-                        trans[p] = -t
-                        n_open -= 1
-                        continue
-                    w = alpha * t
-                    accum[0, p] += w * red
-                    accum[1, p] += w * green
-                    accum[2, p] += w * blue
-                    accum[3, p] += w * z
-                    trans[p] = after
+        start, stop = offsets[tile], offsets[tile + 1]
+        for first in range(start, stop, BLOCK):
+            # The block's Gaussians into a local copy first: independent loads overlap their cache misses
+            # (the tile's list is in depth order, scattered in memory); twice as fast as loading in place.
+            n = min(BLOCK, stop - first)
+            for j in range(n):
+                g = ids[first + j]
+                for col in range(RED + 3):
+                    block_rows[j, col] = rows[g, col]
+                for col in range(4):
+                    block_boxes[j, col] = boxes[g, col]
+            for j in range(n):
+                mx, my, a, b, c = block_rows[j, MX], block_rows[j, MY], block_rows[j, CA], block_rows[j, CB], \
+                    block_rows[j, CC]
+                opacity, level, z = block_rows[j, OPACITY], block_rows[j, LEVEL], block_rows[j, DEPTH]
+                red, green, blue = block_rows[j, RED], block_rows[j, RED + 1], block_rows[j, RED + 2]
+                inv_a = 1.0 / a
+                for y in range(max(block_boxes[j, 2], ty0), min(block_boxes[j, 3], ty0 + th - 1) + 1):
+                    dy = y + 0.5 - my
+                    # 0.5 a dx^2 + b dy dx + 0.5 c dy^2 <= level on the row: dx in centre +- s / a
+                    disc = b * b * dy * dy - a * (c * dy * dy - 2 * level)
+                    half = math.sqrt(max(disc, 0.0)) * inv_a
+                    xs, xe = _span(mx - b * dy * inv_a, half, width)
+                    q0, q1, q2 = 0.5 * c * dy * dy, b * dy, 0.5 * a
+                    base = (y - ty0) * TILE - tx0
+                    x0, x1 = max(xs, tx0), min(xe, tx0 + tw - 1)
+                    # Alphas of the row's span first, in a loop without branches that the compiler runs on
+                    # several pixels at once (SIMD); then the blending, pixel by pixel.
+                    for i in range(x1 - x0 + 1):
+                        dx = x0 + i + 0.5 - mx
+                        power = q0 + dx * (q1 + q2 * dx)
+                        alphas[i] = min(ALPHA_MAX, opacity * _exp_neg(power)) if power >= 0 else 0.0
+                    for i in range(x1 - x0 + 1):
+                        p = base + x0 + i
+                        t, alpha = trans[p], alphas[i]
+                        if t < 0 or alpha < ALPHA_MIN:
+                            continue
+                        after = t * (1 - alpha)
+                        if after <= T_MIN:
+                            trans[p] = -t
+                            n_open -= 1
+                            continue
+                        w = alpha * t
+                        accum[0, p] += w * red
+                        accum[1, p] += w * green
+                        accum[2, p] += w * blue
+                        accum[3, p] += w * z
+                        trans[p] = after
+                if n_open == 0:
+                    break
             if n_open == 0:
                 break
         for ly in range(th):
