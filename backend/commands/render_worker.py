@@ -61,7 +61,7 @@ class _Renderer:
         st = os.stat(ply)
         key = (os.path.abspath(ply), st.st_size, st.st_mtime_ns)
         if key != self._cache_key:
-            self._gaussians, self._cache_key = None, None  # free the old scene before loading the new one
+            self.free()  # the old scene goes before the new one loads
             gaussians, _ = read_ply(ply)
             self._gaussians, self._cache_key = gaussians.to(self.device), key
         return self._gaussians
