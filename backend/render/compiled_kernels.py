@@ -50,28 +50,22 @@ def project(means, quats, scales, opacities, view, intrinsics, width, height, ro
         qw, qx, qy, qz = quats[i, 0], quats[i, 1], quats[i, 2], quats[i, 3]
         norm = math.sqrt(qw * qw + qx * qx + qy * qy + qz * qz)
         qw, qx, qy, qz = qw / norm, qx / norm, qy / norm, qz / norm
-        rq = np.empty((3, 3))
-        rq[0, 0], rq[0, 1], rq[0, 2] = 1 - 2 * (qy * qy + qz * qz), 2 * (qx * qy - qw * qz), 2 * (qx * qz + qw * qy)
-        rq[1, 0], rq[1, 1], rq[1, 2] = 2 * (qx * qy + qw * qz), 1 - 2 * (qx * qx + qz * qz), 2 * (qy * qz - qw * qx)
-        rq[2, 0], rq[2, 1], rq[2, 2] = 2 * (qx * qz - qw * qy), 2 * (qy * qz + qw * qx), 1 - 2 * (qx * qx + qy * qy)
         rz = 1.0 / z
         tx = z * min(max(x * rz, -lim_x_neg), lim_x_pos)
         ty = z * min(max(y * rz, -lim_y_neg), lim_y_pos)
         j00, j02 = fx * rz, -fx * tx * rz * rz
         j11, j12 = fy * rz, -fy * ty * rz * rz
-        # Rows of J M with M = R_w2c R_q S, the square root of the camera-space covariance.
-        r0 = np.empty(3)
-        r1 = np.empty(3)
-        for j in range(3):
-            s = scales[i, j]
-            m0 = (view[0, 0] * rq[0, j] + view[0, 1] * rq[1, j] + view[0, 2] * rq[2, j]) * s
-            m1 = (view[1, 0] * rq[0, j] + view[1, 1] * rq[1, j] + view[1, 2] * rq[2, j]) * s
-            m2 = (view[2, 0] * rq[0, j] + view[2, 1] * rq[1, j] + view[2, 2] * rq[2, j]) * s
-            r0[j] = j00 * m0 + j02 * m2
-            r1[j] = j11 * m1 + j12 * m2
-        cxx = r0[0] * r0[0] + r0[1] * r0[1] + r0[2] * r0[2] + EPS2D
-        cxy = r0[0] * r1[0] + r0[1] * r1[1] + r0[2] * r1[2]
-        cyy = r1[0] * r1[0] + r1[1] * r1[1] + r1[2] * r1[2] + EPS2D
+        # Rows of J M with M = R_w2c R_q S, the square root of the camera-space covariance, column by
+        # column (scalars, no array allocated per Gaussian).
+        u0, v0 = _jm_column(view, 1 - 2 * (qy * qy + qz * qz), 2 * (qx * qy + qw * qz), 2 * (qx * qz - qw * qy),
+                            scales[i, 0], j00, j02, j11, j12)
+        u1, v1 = _jm_column(view, 2 * (qx * qy - qw * qz), 1 - 2 * (qx * qx + qz * qz), 2 * (qy * qz + qw * qx),
+                            scales[i, 1], j00, j02, j11, j12)
+        u2, v2 = _jm_column(view, 2 * (qx * qz + qw * qy), 2 * (qy * qz - qw * qx), 1 - 2 * (qx * qx + qy * qy),
+                            scales[i, 2], j00, j02, j11, j12)
+        cxx = u0 * u0 + u1 * u1 + u2 * u2 + EPS2D
+        cxy = u0 * v0 + u1 * v1 + u2 * v2
+        cyy = v0 * v0 + v1 * v1 + v2 * v2 + EPS2D
         det = cxx * cyy - cxy * cxy
         if det <= 0:
             continue
@@ -86,6 +80,15 @@ def project(means, quats, scales, opacities, view, intrinsics, width, height, ro
         row[MX], row[MY], row[CA], row[CB], row[CC] = mx, my, cyy / det, -cxy / det, cxx / det
         row[OPACITY], row[LEVEL], row[DEPTH] = opacity, level, z
         boxes[i, 0], boxes[i, 1], boxes[i, 2], boxes[i, 3] = x0, x1, y0, y1
+
+
+@njit(cache=True, inline="always")
+def _jm_column(view, r0, r1, r2, scale, j00, j02, j11, j12):
+    """One column of the two rows of J R_w2c R_q S, from that column (r0, r1, r2) of R_q and its scale."""
+    m0 = (view[0, 0] * r0 + view[0, 1] * r1 + view[0, 2] * r2) * scale
+    m1 = (view[1, 0] * r0 + view[1, 1] * r1 + view[1, 2] * r2) * scale
+    m2 = (view[2, 0] * r0 + view[2, 1] * r1 + view[2, 2] * r2) * scale
+    return j00 * m0 + j02 * m2, j11 * m1 + j12 * m2
 
 
 @njit(cache=True, inline="always")
