@@ -152,8 +152,8 @@ import torch
 from backend.gaussians import Gaussians
 from backend.cameras import CameraBatch
 from backend.render import render, pick_backend
-g = Gaussians(means=torch.tensor([[0.0, 0.0, 2.0]]), log_scales=torch.full((1, 3), -3.0), quats=torch.tensor([[1.0, 0, 0, 0]]),
-              opacity_logits=torch.zeros(1), sh0=torch.zeros(1, 3), sh_rest=None)
+g = Gaussians(means=torch.tensor([[0.0, 0.0, 2.0]]), log_scales=torch.full((1, 3), -3.0),
+              quats=torch.tensor([[1.0, 0, 0, 0]]), opacity_logits=torch.zeros(1), sh0=torch.zeros(1, 3), sh_rest=None)
 cams = CameraBatch(torch.tensor([[[20.0, 0, 8], [0, 20.0, 8], [0, 0, 1]]]), torch.eye(4)[None], 16, 16)
 """
 
