@@ -67,8 +67,9 @@ def parent_watch_kind(platform: str) -> str:
 def _windows_parent_handle(pid: int):
     import ctypes
     SYNCHRONIZE = 0x00100000
-    handle = ctypes.windll.kernel32.OpenProcess(SYNCHRONIZE, False, pid)
-    return handle or None
+    kernel32 = ctypes.windll.kernel32
+    kernel32.OpenProcess.restype = ctypes.c_void_p
+    return kernel32.OpenProcess(SYNCHRONIZE, False, pid) or None
 
 
 def parent_alive() -> bool:
@@ -80,7 +81,8 @@ def parent_alive() -> bool:
             return False
         import ctypes
         WAIT_TIMEOUT = 0x102
-        return ctypes.windll.kernel32.WaitForSingleObject(_Guard.parent_handle, 0) == WAIT_TIMEOUT
+        handle = ctypes.c_void_p(_Guard.parent_handle)
+        return ctypes.windll.kernel32.WaitForSingleObject(handle, 0) == WAIT_TIMEOUT
     return os.getppid() == _Guard.parent
 
 

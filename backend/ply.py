@@ -91,7 +91,7 @@ def write_ply(path: str | os.PathLike, gaussians: Gaussians) -> None:
 def read_ply(path: str | os.PathLike) -> tuple[Gaussians, PlyReport]:
     """Read a 3DGS or SuperSplat-compressed PLY; rows holding a non-finite value are dropped and counted."""
     path = Path(path)
-    extra_body = body_size_check(path)
+    extra_body = body_size_check(path) if path.is_file() else None  # _parse says when it is missing
     ply = _parse(path)
     names = [e.name for e in ply.elements]
     if "vertex" not in names:
@@ -162,7 +162,7 @@ def body_size_check(path: Path) -> str | None:
     least = sum(count * (2 * row if ascii_body else row) for _, count, row in elements)
     if least > body:
         claims = ", ".join(f"{count:,} {name}" for name, count, _ in elements)
-        raise InputError(f"{path}: the header claims {claims}, but the file's {body:,} bytes after the header "
+        raise InputError(f"{path}: the header claims {claims}, but the body is cut short: its {body:,} bytes "
                          "cannot hold them", "the file is damaged or truncated: export or copy it again")
     if exact and not ascii_body and body > least:
         return (f"{path.name} holds {body - least:,} bytes after the elements its header counts "
