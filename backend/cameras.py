@@ -127,7 +127,7 @@ def cameras_from_dict(d, source: str = "cameras.json", dtype: torch.dtype = torc
     for key in ("width", "height"):
         v = d.get(key)
         if isinstance(v, bool) or not isinstance(v, int) or not 0 < v <= MAX_SIDE:
-            raise InputError(f"{source}: '{key}' must be a whole number of pixels in 1..{MAX_SIDE}, "
+            raise InputError(f"{source}: '{key}' must be a positive integer (pixels) up to {MAX_SIDE}, "
                              f"got {json.dumps(v)}", FORMAT_HINT)
     frames = d.get("frames")
     if not isinstance(frames, list) or not frames:

@@ -184,7 +184,6 @@ def config_from_dict(cls: type[T], data: Any, source: str = "config") -> T:
     if unknown:
         raise InputError(f"{source} has unknown fields for {cls.__name__}: {', '.join(unknown)}",
                          f"known fields: {', '.join(known)}")
-    check_field_types(cls, data, source)
     try:
         return cls(**data)
     except TypeError as error:  # e.g. a required field is missing
