@@ -47,11 +47,10 @@ class _Guard:
 
 
 def _on_signal(signum, _frame) -> None:
-    if _Guard.reason is None:
-        _Guard.reason = PARENT_GONE if _Guard.parent is not None and not parent_alive() \
-            else f"signal {signal.Signals(signum).name}"
+    reason = PARENT_GONE if not parent_alive() else f"signal {signal.Signals(signum).name}"
     if not _Guard.watching:  # no job loop to notice it (imports, render, info): stop now, exit code 3
-        raise KeyboardInterrupt(_Guard.reason)
+        raise KeyboardInterrupt(reason)
+    _Guard.reason = _Guard.reason or reason
 
 
 def parent_watch_kind(platform: str) -> str:
@@ -126,8 +125,11 @@ class EventLog:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self.path.unlink(missing_ok=True)
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+        try:
+            self.path.unlink(missing_ok=True)  # a link planted here goes; its target is never written
+        except PermissionError:
+            pass  # Windows: the caller is reading the old log this instant; truncating still starts afresh
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0)
         self._file = os.fdopen(os.open(self.path, flags, 0o666), "w", encoding="utf-8")
         self._start = time.perf_counter()
         self.finished = False
@@ -251,11 +253,7 @@ def job_folder(out: str | Path, outputs: tuple[str, ...]):
         events = EventLog(folder / EVENTS_FILE)
         try:
             yield folder, events, watch
-        except Cancelled:
-            remove_outputs(folder, outputs)
-            events.emit("cancelled")
-            raise
-        except KeyboardInterrupt:
+        except (Cancelled, KeyboardInterrupt):
             remove_outputs(folder, outputs)
             events.emit("cancelled")
             raise

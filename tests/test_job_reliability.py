@@ -219,6 +219,13 @@ def test_a_model_config_with_bad_types_is_bad_input(tmp_path, edit, message):
         read_model(_model_folder(tmp_path, edit))
 
 
+def test_a_deeply_nested_cameras_file_is_bad_input(tmp_path):
+    from backend.cameras import load_cameras
+    (tmp_path / "cameras.json").write_text("[" * 100000 + "]" * 100000)
+    with pytest.raises(InputError, match="nested too deeply"):
+        load_cameras(tmp_path / "cameras.json")
+
+
 def test_a_ply_header_claiming_more_than_the_file_holds_is_bad_input(tmp_path):
     path = tmp_path / "huge.ply"
     path.write_text("ply\nformat ascii 1.0\nelement vertex 1000000000000\nproperty float x\nend_header\n0\n")

@@ -331,7 +331,8 @@ class Job:
         self._end_group(stop_steps()[1])  # anything the child left in its group
         if self._job_object is not None:  # Windows: the child is gone; closing now kills nothing more
             import ctypes
-            ctypes.WinDLL("kernel32").CloseHandle(self._job_object)
+            from ctypes import wintypes
+            ctypes.WinDLL("kernel32").CloseHandle(wintypes.HANDLE(self._job_object))
             self._job_object = None
         final = state.final or {}
         kind = final.get("event")
