@@ -2,8 +2,8 @@
 
 - `guard_process()`: called first thing by `python -m backend`, before torch loads, so a SIGINT/SIGTERM or
   the caller's death during the ~1 s of imports already counts: the process is tied to its parent (the
-  pid the caller passes in WONDERLAND_PARENT_PID; on Linux also PR_SET_PDEATHSIG, on Windows a handle on
-  the parent process, which pins it against pid reuse).
+  pid the caller passes in WONDERLAND_PARENT_PID, else the parent it had at start-up, for jobs only; on
+  Linux also PR_SET_PDEATHSIG, on Windows a handle on the parent process, which pins it against pid reuse).
 - `job_folder()`: one run of a job in its --out folder: the folder locked (a second run gets exit 2),
   stale outputs removed, events.jsonl started afresh, and exactly one final event written.
 - `EventLog`: events.jsonl, one JSON object per line, flushed as it happens.
@@ -44,6 +44,7 @@ class _Guard:
     parent: int | None = None
     parent_handle = None  # Windows: a SYNCHRONIZE handle on the parent process
     started = False
+    enforced = False      # the parent's death ends the process (see enforce_parent)
 
 
 def _on_signal(signum, _frame) -> None:
@@ -105,6 +106,8 @@ def guard_process(environ=os.environ) -> None:
     except ValueError:  # not the main thread (a library caller): the cancel file and parent watch still work
         pass
     given = environ.get(PARENT_PID_ENV, "").strip()
+    if given == "0":  # the caller opts out (a detached batch run): no parent to die with
+        return
     _Guard.parent = int(given) if given.isdigit() else os.getppid()
     kind = parent_watch_kind(sys.platform)
     if kind == "handle":
@@ -113,10 +116,21 @@ def guard_process(environ=os.environ) -> None:
         import ctypes
         PR_SET_PDEATHSIG = 1
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
-    if not parent_alive():  # it died before we could watch it: the handler turns this into a cancel
-        _Guard.reason = PARENT_GONE
+    if given:  # a caller that names its pid wants any command tied to it, from the first instant
+        enforce_parent()
+
+
+def enforce_parent() -> None:
+    """Start acting on the parent's death (once): now if it is already gone, else when the watch sees it.
+    Jobs (CancelWatch) and callers that pass their pid do; a training run started by a shell that then exits
+    (nohup) does not."""
+    if _Guard.parent is None or _Guard.enforced:
+        return
+    _Guard.enforced = True
+    if not parent_alive():  # it died before we could watch it
         if not _Guard.watching:
             raise KeyboardInterrupt(PARENT_GONE)
+        _Guard.reason = PARENT_GONE
     threading.Thread(target=_watch_parent, name="parent-watch", daemon=True).start()
 
 
@@ -161,6 +175,7 @@ class CancelWatch:
         self.run_id = os.environ.get(RUN_ID_ENV, "").strip() if run_id is None else run_id
         guard_process()
         _Guard.watching = True
+        enforce_parent()
 
     @property
     def reason(self) -> str | None:

@@ -328,3 +328,15 @@ def test_render_says_how_many_nan_rows_it_dropped(tmp_path, run_backend):
     result = run_backend("render", "--ply", tmp_path / "scene.ply", "--cameras", tmp_path / "cams.json",
                          "--out", tmp_path / "r", "--width", "32", "--height", "24", "--device", "cpu", check=0)
     assert "3 of 10 Gaussians" in result.stderr
+
+
+@pytest.mark.parametrize("env, survives", [({}, True), ({"WONDERLAND_PARENT_PID": "0"}, True),
+                                           ({"WONDERLAND_PARENT_PID": "$$"}, False)])
+def test_only_jobs_and_callers_that_pass_their_pid_die_with_the_parent(tmp_path, env, survives):
+    """A training run left behind by its shell (nohup) keeps going; a caller's pid ties any command to it."""
+    script = (f"import time, pathlib; from backend import job; job.PARENT_POLL_S = 0.1; job.guard_process()\n"
+              f"time.sleep(1.5); pathlib.Path({str(tmp_path / 'survived')!r}).touch()")
+    assign = " ".join(f"{k}={v}" for k, v in env.items())
+    subprocess.run(["sh", "-c", f'{assign} "$0" -c "$1" & sleep 0.3', sys.executable, script], check=True)
+    time.sleep(3)
+    assert (tmp_path / "survived").exists() == survives
