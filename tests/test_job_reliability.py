@@ -320,6 +320,8 @@ def test_a_ply_body_longer_than_its_header_count_is_reported(tmp_path):
     gaussians, report = read_ply(path)
     assert len(gaussians) == 8
     assert any("not read" in w for w in report.warnings), report.warnings
+    from backend.commands.info import summarize
+    assert any("not read" in w for w in summarize(path)["warnings"])
 
 
 def test_render_says_how_many_nan_rows_it_dropped(tmp_path, run_backend):
