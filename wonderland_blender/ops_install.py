@@ -115,9 +115,11 @@ def torch_for_this_machine(override: str) -> TorchChoice:
 def install_steps(base_python: str, venv_dir: Path, source: Path,
                   torch: TorchChoice) -> list[tuple[str, list[str]]]:
     """(label, command) for each step; the venv is made only when it does not exist yet. torch comes first, from
-    its build's index, so that the backend's `torch>=2.4` is already met and pip keeps that build."""
+    its build's index, so that the backend's `torch>=2.4` is already met and pip keeps that build. Wheels only
+    (tests/test_dependency_wheels.py checks that every pin has one): an artist's machine has no compilers, so a
+    missing wheel should fail at once, naming the package, rather than in a source build."""
     py = str(venv_python(venv_dir))
-    pip = [py, "-m", "pip", "install", "--disable-pip-version-check", "--progress-bar", "off"]
+    pip = [py, "-m", "pip", "install", "--disable-pip-version-check", "--progress-bar", "off", "--only-binary=:all:"]
     steps = []
     if not venv_python(venv_dir).is_file():
         steps.append(("Making the virtual environment", [base_python, "-m", "venv", str(venv_dir)]))

@@ -33,6 +33,7 @@ def test_the_preference_decides_what_install_backend_installs(addon, tmp_path, m
         assert (chosen.kind, chosen.build) == ("cuda", "cu128") and "chosen in the preferences" in chosen.reason
         steps = ops_install.install_steps("python3", tmp_path / "venv", ops_install.BACKEND_SRC, chosen)
         assert steps[1][1][-3:] == chosen.pip_args() and steps[1][0] == f"pip install of {chosen.reason}"
+        assert all("--only-binary=:all:" in steps[i][1] for i in (1, 2))   # no source builds on artists' machines
         prefs.torch_build = "macos"
         with pytest.raises(TorchChoiceError, match="for Macs only"):
             ops_install.torch_for_this_machine(prefs.torch_build)
