@@ -25,7 +25,8 @@ ROOT = Path(__file__).resolve().parents[1]
 VENV = ROOT / ".venv" / "numpy2"
 PYTHON = VENV / "bin" / "python"
 STAMP = VENV / "installed.txt"   # written last: a venv without it is half-made and is rebuilt
-NUMPY2_TESTS = ("tests/test_intrinsics.py", "tests/test_plyio.py")   # bpy-free, torch-free add-on tests
+# bpy-free, torch-free tests of the add-on
+NUMPY2_TESTS = ("tests/test_intrinsics.py", "tests/test_plyio.py", "tests/test_camera_moves.py")
 PACKAGES = ("numpy", "pytest", "plyfile")
 INSTALL_TIMEOUT_S = 600
 RUN_TIMEOUT_S = 300
