@@ -219,7 +219,13 @@ def install_status() -> tuple[bool, str]:
 
 
 def prepare_install() -> InstallRun:
-    """Check that an install can run here and start it; InstallError says why not."""
+    """Check that an install can run here and start it; InstallError says why not (first whether torch has a
+    build for this computer at all, which no setting of Blender's changes)."""
+    prefs = get_preferences()
+    try:
+        torch = torch_for_this_machine(prefs.torch_build if prefs is not None else "auto")
+    except TorchChoiceError as e:
+        raise InstallError(f"{e} (Preferences ▸ Add-ons ▸ Wonderland ▸ Torch Build)") from None
     if not bpy.app.online_access:
         raise InstallError("Blender's online access is off, and pip needs to download the backend's packages: "
                            "turn on Preferences ▸ System ▸ Network ▸ Allow Online Access, or install the backend "
@@ -232,11 +238,6 @@ def prepare_install() -> InstallRun:
     if not (BACKEND_SRC / "pyproject.toml").is_file():
         raise InstallError(f"the extension has no bundled backend ({BACKEND_SRC} is missing): reinstall it from "
                            "the release zip")
-    prefs = get_preferences()
-    try:
-        torch = torch_for_this_machine(prefs.torch_build if prefs is not None else "auto")
-    except TorchChoiceError as e:
-        raise InstallError(f"{e} (Preferences ▸ Add-ons ▸ Wonderland ▸ Torch Build)") from None
     venv_dir = user_dir / INSTALLER_VENV
     return InstallRun(install_steps(find_base_python(), venv_dir, BACKEND_SRC, torch), user_dir / LOG_NAME,
                       summary=f"Installing {torch.reason}")

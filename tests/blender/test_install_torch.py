@@ -6,6 +6,7 @@ import platform
 import sys
 import time
 
+import bpy
 import pytest
 
 from wonderland_blender import ops_install, preferences
@@ -48,3 +49,10 @@ def test_the_install_log_starts_with_what_was_chosen(addon, tmp_path):
         time.sleep(0.02)
     assert run.error is None
     assert (tmp_path / "install.log").read_text().startswith("# Installing torch 2.13.0 CPU build")
+
+
+def test_install_backend_refuses_a_torch_build_this_computer_cannot_run(addon):
+    preferences.get_preferences().torch_build = "macos" if platform.system() != "Darwin" else "cpu"
+    with pytest.raises(RuntimeError, match="(for Macs only|does not exist for macOS).*Torch Build"):
+        bpy.ops.wonderland.install_backend()
+    assert ops_install.install_status() == (False, "")
