@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from wonderland_blender.torch_choice import TORCH_VERSION
+from wonderland_blender.torch_choice import MACOS_MIN, TORCH_VERSION
 
 ROOT = Path(__file__).resolve().parents[1]
 INDEX = os.environ.get("PIP_INDEX_URL", "https://pypi.org/simple").rstrip("/")
@@ -30,7 +30,6 @@ PLATFORMS = {   # what we call it: uv's --python-platform
     "macOS arm64": "aarch64-apple-darwin",
     "Windows x86_64": "x86_64-pc-windows-msvc",
 }
-MACOS_MIN = "14.0"   # torch 2.13's macOS wheels are macosx_14_0_arm64
 PAIRS = [(python, platform) for platform in PLATFORMS for python in PYTHONS]
 RESOLVE_TIMEOUT_S = 300
 

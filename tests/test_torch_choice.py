@@ -58,6 +58,13 @@ def test_apple_silicon_gets_the_standard_wheel_with_mps(machine):
     assert choose_torch("Darwin", machine, None, "macos") == choice
 
 
+def test_a_mac_older_than_torch_needs_is_told_to_update():
+    with pytest.raises(TorchChoiceError, match="needs macOS 14.0 or newer and this Mac runs macOS 13.6.1: update"):
+        choose_torch("Darwin", "arm64", None, macos_version="13.6.1")
+    assert choose_torch("Darwin", "arm64", None, macos_version="14.0").kind == "mps"
+    assert choose_torch("Darwin", "arm64", None, macos_version="26.1").kind == "mps"
+
+
 def test_the_preference_overrides_what_the_machine_suggests():
     cpu = choose_torch("Linux", "x86_64", "580.95.05", "cpu")
     assert (cpu.kind, cpu.build) == ("cpu", "cpu") and "chosen in the preferences" in cpu.reason

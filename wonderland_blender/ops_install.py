@@ -109,7 +109,7 @@ def _nvidia_driver() -> str | None:
 def torch_for_this_machine(override: str) -> TorchChoice:
     """The torch build for this computer and the Torch Build preference; TorchChoiceError says why none fits."""
     driver = _nvidia_driver() if override == "auto" and platform.system() != "Darwin" else None
-    return choose_torch(platform.system(), platform.machine(), driver, override)
+    return choose_torch(platform.system(), platform.machine(), driver, override, platform.mac_ver()[0] or None)
 
 
 def install_steps(base_python: str, venv_dir: Path, source: Path,

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 TORCH_VERSION = "2.13.0"   # also what build.py installs
 PYTORCH_INDEX = "https://download.pytorch.org/whl/"
+MACOS_MIN = "14.0"         # torch's macOS wheels are macosx_14_0_arm64
 # CUDA builds of torch, oldest first, with the NVIDIA driver each needs (CUDA toolkit release notes, "CUDA
 # Toolkit and Corresponding Driver Versions", GA column) on Linux and on Windows.
 CUDA_BUILDS = (
@@ -74,10 +75,12 @@ def _auto_cuda(system: str, driver: str) -> TorchChoice | None:
     return None
 
 
-def choose_torch(system: str, machine: str, nvidia_driver: str | None, override: str = "auto") -> TorchChoice:
+def choose_torch(system: str, machine: str, nvidia_driver: str | None, override: str = "auto",
+                 macos_version: str | None = None) -> TorchChoice:
     """The torch build for a machine: `system` as platform.system() ("Linux", "Darwin", "Windows"), `machine` as
     platform.machine(), `nvidia_driver` as `detect_nvidia_driver()` found it (None: no NVIDIA GPU), `override`
-    one of OVERRIDES (the add-on preference; "auto" decides from the facts)."""
+    one of OVERRIDES (the add-on preference; "auto" decides from the facts), `macos_version` as
+    platform.mac_ver()[0] on a Mac (None: not known)."""
     if override not in OVERRIDES:
         raise TorchChoiceError(f"unknown torch build {override!r}: choose one of {', '.join(OVERRIDES)}")
     arch = machine.lower()
@@ -85,6 +88,9 @@ def choose_torch(system: str, machine: str, nvidia_driver: str | None, override:
         if arch not in ("arm64", "aarch64"):
             raise TorchChoiceError(f"torch {TORCH_VERSION} has no build for Intel Macs ({machine}): the backend "
                                    "needs a Mac with Apple silicon (M1 or newer) and macOS 14 or newer")
+        if macos_version and _version(macos_version)[:2] < _version(MACOS_MIN)[:2]:
+            raise TorchChoiceError(f"torch {TORCH_VERSION} needs macOS {MACOS_MIN} or newer and this Mac runs "
+                                   f"macOS {macos_version}: update macOS")
         if override not in ("auto", "macos"):
             raise TorchChoiceError(f"the {override} torch build does not exist for macOS: choose Auto or macOS "
                                    "(the standard wheel runs on the Apple GPU through MPS)")
