@@ -37,6 +37,11 @@ def test_an_nvidia_gpu_gets_the_newest_cuda_build_its_driver_runs(system, driver
     assert f"NVIDIA driver {driver} found" in choice.reason
 
 
+def test_an_unreadable_driver_version_is_named():
+    with pytest.raises(TorchChoiceError, match="NVIDIA driver version 'N/A' is not numbers"):
+        choose_torch("Linux", "x86_64", "N/A")
+
+
 def test_a_driver_below_cuda_12_6_is_said_to_run_by_compatibility():
     assert "minor-version compatibility" in choose_torch("Linux", "x86_64", "535.230.02").reason
     assert "compatibility" not in choose_torch("Linux", "x86_64", "560.35.03").reason

@@ -46,11 +46,11 @@ class TorchChoice:
         return [self.requirement] + (["--index-url", self.index_url] if self.index_url else [])
 
 
-def _version(text: str) -> tuple[int, ...]:
+def _version(text: str, what: str) -> tuple[int, ...]:
     try:
         return tuple(int(part) for part in text.strip().split("."))
     except ValueError:
-        raise TorchChoiceError(f"the NVIDIA driver version {text!r} is not numbers separated by dots") from None
+        raise TorchChoiceError(f"the {what} version {text!r} is not numbers separated by dots") from None
 
 
 def _cuda(tag: str, why: str) -> TorchChoice:
@@ -64,11 +64,11 @@ def _cpu(why: str) -> TorchChoice:
 
 def _auto_cuda(system: str, driver: str) -> TorchChoice | None:
     """The newest CUDA build the driver runs, or None when it is too old for any."""
-    have = _version(driver)
+    have = _version(driver, "NVIDIA driver")
     for tag, _, needs in reversed(CUDA_BUILDS):
-        if have >= _version(needs[system]):
+        if have >= _version(needs[system], "NVIDIA driver"):
             return _cuda(tag, f"NVIDIA driver {driver} found")
-    if have >= _version(CUDA12_COMPAT_DRIVER[system]):
+    if have >= _version(CUDA12_COMPAT_DRIVER[system], "NVIDIA driver"):
         tag = CUDA_BUILDS[0][0]
         return _cuda(tag, f"NVIDIA driver {driver} found, older than this build's {CUDA_BUILDS[0][2][system]}: "
                           "it runs through CUDA minor-version compatibility; update the driver if generation fails")
@@ -87,8 +87,8 @@ def choose_torch(system: str, machine: str, nvidia_driver: str | None, override:
     if system == "Darwin":
         if arch not in ("arm64", "aarch64"):
             raise TorchChoiceError(f"torch {TORCH_VERSION} has no build for Intel Macs ({machine}): the backend "
-                                   "needs a Mac with Apple silicon (M1 or newer) and macOS 14 or newer")
-        if macos_version and _version(macos_version)[:2] < _version(MACOS_MIN)[:2]:
+                                   f"needs a Mac with Apple silicon (M1 or newer) and macOS {MACOS_MIN} or newer")
+        if macos_version and _version(macos_version, "macOS")[:2] < _version(MACOS_MIN, "macOS")[:2]:
             raise TorchChoiceError(f"torch {TORCH_VERSION} needs macOS {MACOS_MIN} or newer and this Mac runs "
                                    f"macOS {macos_version}: update macOS")
         if override not in ("auto", "macos"):
