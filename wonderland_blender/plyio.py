@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from .atomic_write import atomic_file
 
 SH_C0 = 0.28209479177387814
 
@@ -283,7 +284,6 @@ def _header(n: int, k: int, comments: list[str] = ()) -> bytes:
 
 def write_ply(path: str | os.PathLike, splats: Splats, comments: list[str] = ()) -> None:
     """Write the standard binary little-endian 3DGS layout (normals zero) atomically."""
-    path = Path(path)
     n, k = len(splats), splats.sh_rest_count
     row = np.empty((n, 6 + 3 + 3 * k + 1 + 3 + 4), np.dtype("<f4"))
     row[:, 0:3] = splats.means
@@ -293,13 +293,6 @@ def write_ply(path: str | os.PathLike, splats: Splats, comments: list[str] = ())
     row[:, 9 + 3 * k] = splats.opacity_logits
     row[:, 10 + 3 * k:13 + 3 * k] = splats.log_scales
     row[:, 13 + 3 * k:] = splats.quats
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(_header(n, k, comments))
-            row.tofile(f)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_file(path) as f:
+        f.write(_header(n, k, comments))
+        row.tofile(f)
