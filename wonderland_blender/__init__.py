@@ -12,6 +12,7 @@ MODULE_NAMES = (
     "properties",
     "preferences",
     "ops_io",
+    "ops_edit",
     "render_engine",
     "ops_trajectory",
     "previews",
