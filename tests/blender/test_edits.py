@@ -150,3 +150,32 @@ def test_add_refuses_a_camera_cull_without_a_camera(cloud):
     with pytest.raises(RuntimeError, match="no camera"):
         bpy.ops.wonderland.edit_add(kind='CAMERA_CULL')
     assert not cloud.modifiers
+
+
+def test_f12_with_the_wonderland_engine_shows_a_crop(cloud, make_camera, tmp_path):
+    """The render engine reads the evaluated cloud: cropping away x > 0 empties the right of the frame."""
+    from wonderland_blender import render_engine
+    scene = bpy.context.scene
+    scene.render.engine = render_engine.ENGINE_ID
+    scene.render.resolution_x, scene.render.resolution_y, scene.render.resolution_percentage = 64, 48, 100
+    scene.render.film_transparent = True
+    make_camera("Cam", (0.0, -6.0, 0.0), (math.pi / 2, 0.0, 0.0))  # looks along +Y: image right is +x
+    cloud.data.attributes["scale"].data.foreach_set("vector", np.full(3 * N, 0.04, np.float32))  # no bleeding
+    cloud.update_tag()
+
+    def f12_alpha(name):
+        scene.render.filepath = str(tmp_path / name)
+        bpy.ops.render.render(write_still=True)
+        image = bpy.data.images.load(str(tmp_path / name))
+        pixels = np.empty(64 * 48 * 4, np.float32)
+        image.pixels.foreach_get(pixels)
+        return pixels.reshape(48, 64, 4)[..., 3]
+
+    before = f12_alpha("before.png")
+    add(cloud, 'CROP_BOX')
+    box = bpy.data.objects[f"{cloud.name} Crop Box"]
+    box.location, box.scale = (-1.0, 0.0, 0.0), (1.0, 2.0, 2.0)  # keeps x ≤ 0
+    after = f12_alpha("after.png")
+    left, right = slice(8, 28), slice(36, 56)  # columns clear of the cut at x = 0
+    assert before[:, right].mean() > 0.3 and before[:, left].mean() > 0.3
+    assert after[:, right].max() < 0.02 and abs(after[:, left].mean() - before[:, left].mean()) < 0.02
