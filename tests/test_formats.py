@@ -147,6 +147,8 @@ def test_gaussians_reader_picks_the_format_by_content(tmp_path):
     (tmp_path / "renamed.ply").write_bytes((FIXTURES / "source.spz").read_bytes())
     np.testing.assert_array_equal(read_gaussians(tmp_path / "renamed.ply").splats.means,
                                   read_spz(FIXTURES / "source.spz").splats.means)
+    with pytest.raises(FormatError, match="Cannot open"):
+        read_gaussians(tmp_path / "missing.spz")
     (tmp_path / "x.obj").write_bytes(b"v 0 0 0\n")
     with pytest.raises(FormatError, match="not a splat file"):
         read_gaussians(tmp_path / "x.obj")

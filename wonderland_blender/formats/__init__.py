@@ -27,6 +27,13 @@ def logit(alpha: np.ndarray) -> np.ndarray:
     return np.log(a / (1 - a))
 
 
+def read_bytes(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as e:
+        raise FormatError(f"Cannot open {path}: {e.strerror or e}.") from e
+
+
 def finite_result(splats: Splats) -> ReadResult:
     """Drop (and count) rows holding NaN or infinity, as the PLY reader does."""
     finite = _finite_rows([splats.means, splats.f_dc, splats.f_rest, splats.opacity_logits,

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from ..plyio import SH_C0, ReadResult, Splats
-from . import FormatError, finite_result, logit
+from . import FormatError, finite_result, logit, read_bytes
 
 RECORD = np.dtype([("position", "<f4", 3), ("scale", "<f4", 3), ("rgba", "u1", 4), ("rotation", "u1", 4)])
 
@@ -20,10 +20,7 @@ RECORD = np.dtype([("position", "<f4", 3), ("scale", "<f4", 3), ("rgba", "u1", 4
 def read_splat(path: str | os.PathLike) -> ReadResult:
     """Gaussians of a .splat file; rows with non-finite values (or zero scales) are dropped and counted."""
     path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except OSError as e:
-        raise FormatError(f"Cannot open {path}: {e.strerror or e}.") from e
+    raw = read_bytes(path)
     if len(raw) % RECORD.itemsize:
         raise FormatError(f"{path.name} is {len(raw)} bytes, not a whole number of 32-byte .splat records: "
                           "it is truncated or not an antimatter15 .splat file.")

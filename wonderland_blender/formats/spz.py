@@ -24,7 +24,7 @@ import numpy as np
 
 from ..atomic_write import atomic_file
 from ..plyio import ReadResult, Splats
-from . import FormatError, finite_result, logit
+from . import FormatError, finite_result, logit, read_bytes
 
 MAGIC = 0x5053474E  # "NGSP"
 WRITE_VERSION = 3
@@ -94,10 +94,7 @@ def _decode_rotations(raw: np.ndarray, n: int, version: int) -> np.ndarray:
 def read_spz(path: str | os.PathLike) -> ReadResult:
     """Gaussians of an .spz file (versions 1-3), in the PLY frame. Raises FormatError."""
     path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except OSError as e:
-        raise FormatError(f"Cannot open {path}: {e.strerror or e}.") from e
+    raw = read_bytes(path)
     if raw[:4] == b"NGSP":
         raise FormatError(f"{path.name} is an SPZ version 4 file (ZSTD-compressed), which Blender's Python "
                           "cannot decompress. Convert it to version 3 first, e.g. `npx @playcanvas/splat-transform "
