@@ -206,16 +206,20 @@ def edit_modifiers(obj) -> list:
     return [m for m in obj.modifiers if edit_of(m) is not None]
 
 
-def input_path(modifier, name: str) -> str:
-    """The modifier's property path of a node-group input, for layout.prop, drivers and tests."""
-    item = next(i for i in modifier.node_group.interface.items_tree
+def input_identifier(modifier, name: str) -> str:
+    """The modifier's ID-property key ("Socket_N") of the node-group input called `name`."""
+    return next(i.identifier for i in modifier.node_group.interface.items_tree
                 if i.item_type == 'SOCKET' and i.in_out == 'INPUT' and i.name == name)
-    return f'["{item.identifier}"]'
+
+
+def input_path(modifier, name: str) -> str:
+    """The property path of a node-group input on the modifier, for layout.prop and drivers."""
+    return f'["{input_identifier(modifier, name)}"]'
 
 
 def set_input(modifier, name: str, value) -> None:
     """Set a node-group input on the modifier and re-evaluate its object (ID properties do not tag it)."""
-    modifier[input_path(modifier, name)[2:-2]] = value
+    modifier[input_identifier(modifier, name)] = value
     modifier.id_data.update_tag()
 
 

@@ -134,7 +134,7 @@ class WONDERLAND_PT_edit(bpy.types.Panel):
             row.operator(WONDERLAND_OT_edit_remove.bl_idname, text="", icon='X').modifier = modifier.name
             for spec in edit.inputs:
                 box.prop(modifier, edits.input_path(modifier, spec.name), text=spec.name)
-            if edit.key == 'CROP_BOX' and modifier.get(edits.input_path(modifier, "Box")[2:-2]) is None:
+            if edit.key == 'CROP_BOX' and modifier.get(edits.input_identifier(modifier, "Box")) is None:
                 box.label(text="No box object: every Gaussian is tested against the unit cube", icon='ERROR')
         layout.operator(WONDERLAND_OT_edit_apply.bl_idname, icon='CHECKMARK')
 

@@ -148,8 +148,8 @@ def _check_gaussian_vertex(elements: list[_Element], path: Path) -> _Element:
     props = {p for p, _ in vertex.properties} if vertex else set()
     if "chunk" in names or "packed_position" in props:
         raise PlyError(f"{path.name} is a compressed PLY (SuperSplat / gsplat 'ply_compressed'): its "
-                       "Gaussians are quantized in packed chunks, which this importer does not decode. "
-                       "Open it in SuperSplat and export an uncompressed .ply, then import that.")
+                       "Gaussians are quantized in packed chunks; read it with formats.read_gaussians "
+                       "(as File ▸ Import does), not read_ply.")
     if vertex is None:
         raise PlyError(f"{path.name} has no 'vertex' element, so it holds no Gaussians "
                        f"(elements: {', '.join(sorted(names)) or 'none'}).")
