@@ -98,7 +98,7 @@ class WONDERLAND_OT_export_gaussians(bpy.types.Operator, _ExportGaussians):
 
 @orientation_helper(axis_forward='Y', axis_up='Z')
 class WONDERLAND_OT_export_spz(bpy.types.Operator, _ExportGaussians):
-    """Export Wonderland Gaussian point clouds as a Niantic SPZ (version 3: about a tenth of the PLY's size, quantized)"""
+    """Export Wonderland Gaussian point clouds as a Niantic SPZ (version 3: a fraction of the PLY, quantized)"""
     bl_idname = "wonderland.export_spz"
     bl_label = "Export Gaussians (SPZ)"
 

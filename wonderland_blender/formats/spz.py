@@ -166,10 +166,9 @@ def encode_spz(splats: Splats) -> bytes:
     positions = (fixed[..., None] >> np.array([0, 8, 16])) & 0xFF
     with np.errstate(over="ignore"):
         alpha = np.float32(1) / (np.float32(1) + np.exp(-s.opacity_logits))
-    sh = s.f_rest.copy()
-    sh_codes = np.empty(sh.shape, np.uint8)
-    sh_codes[:, :3] = _quantize_sh(sh[:, :3], SH1_BITS)
-    sh_codes[:, 3:] = _quantize_sh(sh[:, 3:], SH_REST_BITS)
+    sh_codes = np.empty(s.f_rest.shape, np.uint8)
+    sh_codes[:, :3] = _quantize_sh(s.f_rest[:, :3], SH1_BITS)
+    sh_codes[:, 3:] = _quantize_sh(s.f_rest[:, 3:], SH_REST_BITS)
     parts = [positions.astype(np.uint8), _to_uint8(alpha * np.float32(255)),
              _to_uint8(s.f_dc * np.float32(COLOR_SCALE * 255) + np.float32(0.5 * 255)),
              _to_uint8((s.log_scales + np.float32(10)) * np.float32(16)),
