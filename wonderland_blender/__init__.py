@@ -13,6 +13,7 @@ MODULE_NAMES = (
     "preferences",
     "ops_io",
     "ops_edit",
+    "migrate",
     "render_engine",
     "ops_trajectory",
     "previews",
