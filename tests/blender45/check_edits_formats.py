@@ -63,7 +63,7 @@ def main(out: Path) -> int:
         edits.add_edit(obj, "COLOR")
         report["applied"] = edits.apply_edits(obj)
         report["after_apply"] = len(obj.data.points)
-        report["modifiers_left"] = len(obj.modifiers)
+        report["modifiers_left"] = [m.name for m in obj.modifiers]
         with tempfile.TemporaryDirectory() as folder:
             bpy.ops.object.select_all(action='DESELECT')
             bpy.ops.wonderland.import_gaussians(filepath=str(FIXTURES / "source.ply"))
