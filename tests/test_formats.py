@@ -12,7 +12,7 @@ import pytest
 from wonderland_blender.formats import FormatError, read_gaussians
 from wonderland_blender.formats.compressed_ply import read_compressed_ply
 from wonderland_blender.formats.splat import read_splat
-from wonderland_blender.formats.spz import encode_spz, read_spz, write_spz
+from wonderland_blender.formats.spz import swap_rdf_rub, encode_spz, read_spz, write_spz
 from wonderland_blender.plyio import SH_C0, Splats, read_ply
 
 FIXTURES = Path(__file__).parent / "fixtures" / "splat_formats"
@@ -88,22 +88,15 @@ def test_spz_write_then_read_round_trip(tmp_path, source):
     assert [p.name for p in tmp_path.iterdir()] == ["a.spz"]  # no temporary file left
 
 
-def test_spz_version_2_rotations_decode(tmp_path, source):
-    """Version 2 stores x y z of the w ≥ 0 quaternion in 8 bits each (packQuaternionFirstThree); w is
-    derived, so its error grows as w nears 0 (why version 3 changed the encoding)."""
+def test_spz_version_2_from_spz_js_reads_within_quantization(source):
+    """spz-js writes version 2: x y z of the w ≥ 0 quaternion in 8 bits each, w derived (so its error grows as
+    w nears 0, why version 3 changed the encoding); like Niantic's early code it stores the PLY frame
+    without turning it to RUB, so the reader's RUB → PLY turn is undone here (the turn is its own inverse)."""
+    got = swap_rdf_rub(read_spz(FIXTURES / "spzjs_v2.spz").splats)
+    assert_close(got, source, rest=SH_REST, **{**SPZ_TOLERANCE, "rot": 0.05})
     q = source.quats / np.linalg.norm(source.quats, axis=1, keepdims=True)
-    q = q * np.where(q[:, :1] < 0, -1, 1) * np.array([1, 1, -1, -1])  # to SPZ's RUB frame, w ≥ 0
-    packed = bytearray(gzip.decompress((FIXTURES / "source.spz").read_bytes()))
-    n = len(source)
-    start = 16 + 9 * n + n + 3 * n + 3 * n
-    xyz = np.clip(np.round(q[:, 1:] * 127.5 + 127.5), 0, 255).astype(np.uint8).tobytes()
-    packed[start:start + 4 * n] = xyz
-    packed[4:8] = struct.pack("<I", 2)
-    (tmp_path / "v2.spz").write_bytes(gzip.compress(bytes(packed)))
-    got = read_spz(tmp_path / "v2.spz").splats.quats
     upright = np.abs(q[:, 0]) > 0.5
-    same_rotation(got[upright], source.quats[upright], 1.5 / 127.5)
-    same_rotation(got, source.quats, 0.05)
+    same_rotation(got.quats[upright], source.quats[upright], 1.5 / 127.5)
 
 
 def test_spz_refuses_what_it_cannot_read_with_a_reason(tmp_path, source):

@@ -49,7 +49,7 @@ def _to_uint8(x: np.ndarray) -> np.ndarray:
     return np.clip(_round(x), 0, 255).astype(np.uint8)
 
 
-def _to_rub(splats: Splats) -> Splats:
+def swap_rdf_rub(splats: Splats) -> Splats:
     """The PLY (RDF) frame ⇄ SPZ's RUB frame; the map is its own inverse."""
     k = splats.sh_rest_count
     flip = np.array([1, -1, -1], np.float32)
@@ -127,7 +127,7 @@ def read_spz(path: str | os.PathLike) -> ReadResult:
         opacity_logits=logit(alphas.astype(np.float32) / 255),
         log_scales=scales.reshape(n, 3).astype(np.float32) / 16 - 10,
         quats=_decode_rotations(rotations, n, version))
-    return finite_result(_to_rub(splats))
+    return finite_result(swap_rdf_rub(splats))
 
 
 def _quantize_sh(x: np.ndarray, bits: int) -> np.ndarray:
@@ -158,7 +158,7 @@ def encode_spz(splats: Splats) -> bytes:
     n, k = len(splats), splats.sh_rest_count
     if k not in _SH_DIMS:
         raise FormatError(f"SPZ stores SH degrees 0-4; these Gaussians have {k} coefficients per channel.")
-    s = _to_rub(splats)
+    s = swap_rdf_rub(splats)
     fixed = _round(s.means.astype(np.float64) * (1 << FRACTIONAL_BITS)).astype(np.int64)
     if np.abs(fixed).max(initial=0) >= 1 << 23:
         raise FormatError(f"A Gaussian lies {np.abs(s.means).max():.0f} units from the origin; SPZ stores "
