@@ -12,7 +12,7 @@ import pytest
 from wonderland_blender.formats import FormatError, read_gaussians
 from wonderland_blender.formats.compressed_ply import read_compressed_ply
 from wonderland_blender.formats.splat import read_splat
-from wonderland_blender.formats.spz import swap_rdf_rub, encode_spz, read_spz, write_spz
+from wonderland_blender.formats.spz import encode_spz, read_spz, swap_rdf_rub, write_spz
 from wonderland_blender.plyio import SH_C0, Splats, read_ply
 
 FIXTURES = Path(__file__).parent / "fixtures" / "splat_formats"

@@ -52,3 +52,12 @@ def test_export_spz_writes_what_niantic_encodes(io_ops, tmp_path):
     assert gzip.decompress(out.read_bytes()) == encode_spz(source)
     assert gzip.decompress(out.read_bytes()) == gzip.decompress((FIXTURES / "source.spz").read_bytes())
     assert len(read_spz(out).splats) == 40
+
+
+def test_forward_minus_y_up_minus_z_turns_an_early_spz_back(io_ops):
+    """spz-js (like Niantic's early code) stored the PLY's axes; the README's import options undo our turn."""
+    bpy.ops.wonderland.import_gaussians(filepath=str(FIXTURES / "spzjs_v2.spz"), axis_forward='-Y', axis_up='-Z')
+    got = read_splats(bpy.context.active_object)
+    source = read_ply(FIXTURES / "source.ply").splats
+    np.testing.assert_allclose(got.means, source.means, atol=0.5 / 4096 + 1e-6)
+    np.testing.assert_allclose(got.f_rest, source.f_rest, atol=8.5 / 128 + 1e-6)

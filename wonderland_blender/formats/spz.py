@@ -7,7 +7,9 @@ positions, 8-bit opacities (after sigmoid), 8-bit colours (f_dc·0.15 + 0.5), 8-
 in 10 bits plus the index of the largest) and 8-bit SH coefficients (x·128 + 128, 5 bits kept for
 degree 1 and 4 for higher, as the reference writer does). Files store the RUB frame (x right, y up,
 z back); like PlayCanvas' splat-transform we convert to and from the PLY frame (RDF: y down, z forward,
-a 180° turn about x), so an .spz and the .ply it was made from import alike.
+a 180° turn about x), so an .spz and the .ply it was made from import alike. Early writers (spz-js,
+Niantic's code before it had coordinate systems) stored the PLY frame as is: such files come in turned
+180° about x, and the importer's Forward −Y / Up −Z options turn them back.
 
 Version 4 (ZSTD streams) needs a zstd decoder, which Python's standard library lacks before 3.14; such
 files are refused with a message saying how to convert them.
