@@ -236,23 +236,34 @@ def add_edit(obj, key: str):
     return modifier
 
 
+# tan(half angle of view) per axis from the sensor fit (AUTO 0, HORIZONTAL 1, VERTICAL 2): the fitted sensor
+# size spans the width, the height, or (AUTO) the longer side of the frame.
+_TAN_EXPRESSIONS = {
+    "Tan X": "sw / (2 * lens) * min(1, rx / ry) if fit == 0 else (sw / (2 * lens) if fit == 1 "
+             "else sh / (2 * lens) * rx / ry)",
+    "Tan Y": "sw / (2 * lens) * min(1, ry / rx) if fit == 0 else (sw / (2 * lens) * ry / rx if fit == 1 "
+             "else sh / (2 * lens))",
+}
+
+
 def drive_camera_frustum(modifier, scene, camera) -> None:
-    """Tan X / Tan Y follow the camera's lens and sensor and the scene's resolution (sensor fit Auto:
-    the sensor width spans the longer side; lens shift is not followed)."""
-    for name, ratio in (("Tan X", "min(1, rx / ry)"), ("Tan Y", "min(1, ry / rx)")):
+    """Tan X / Tan Y follow the camera's lens, sensor and sensor fit and the scene's resolution (pixel
+    aspect and lens shift are not followed: the Margin absorbs small shifts)."""
+    for name, expression in _TAN_EXPRESSIONS.items():
         path = input_path(modifier, name)
         modifier.driver_remove(path)
         driver = modifier.driver_add(path).driver
         driver.type = 'SCRIPTED'
         for var_name, id_type, target, data_path in (
                 ("lens", 'CAMERA', camera.data, "lens"), ("sw", 'CAMERA', camera.data, "sensor_width"),
+                ("sh", 'CAMERA', camera.data, "sensor_height"), ("fit", 'CAMERA', camera.data, "sensor_fit"),
                 ("rx", 'SCENE', scene, "render.resolution_x"), ("ry", 'SCENE', scene, "render.resolution_y")):
             var = driver.variables.new()
             var.name, var.type = var_name, 'SINGLE_PROP'
             var.targets[0].id_type = id_type
             var.targets[0].id = target
             var.targets[0].data_path = data_path
-        driver.expression = f"sw / (2 * lens) * {ratio}"  # a simple expression: no Python auto-run needed
+        driver.expression = expression  # a simple expression: no Python auto-run needed
 
 
 def apply_edits(obj) -> int:

@@ -68,26 +68,34 @@ def test_crop_box_keeps_the_inside_and_export_agrees(cloud, tmp_path):
     assert len(evaluated(cloud)) == N - 500
 
 
-def test_camera_cull_follows_the_camera_and_its_lens(cloud, make_camera):
+def test_camera_cull_follows_the_camera_its_lens_and_sensor_fit(cloud, make_camera):
     camera = make_camera("Cam", (0.0, -3.0, 0.0), (math.pi / 2, 0.0, math.pi / 8))  # looks along +Y, turned left
     scene = bpy.context.scene
     scene.render.resolution_x, scene.render.resolution_y = 1920, 1080
     modifier = add(cloud, 'CAMERA_CULL')
+    assert all(fcurve.driver.is_simple_expression for fcurve in cloud.animation_data.drivers)
     edits.set_input(modifier, "Margin", 0.0)
     original = read_splats(cloud)
 
     def expected():
         bpy.context.view_layer.update()
         local = (np.c_[original.means, np.ones(N)] @ np.array(camera.matrix_world.inverted()).T)[:, :3]
-        tan_x = camera.data.sensor_width / (2 * camera.data.lens)
+        cam = camera.data
+        if cam.sensor_fit == 'VERTICAL':
+            tan_y = cam.sensor_height / (2 * cam.lens)
+            tan_x = tan_y * 1920 / 1080
+        else:  # AUTO and HORIZONTAL agree for a landscape frame
+            tan_x = cam.sensor_width / (2 * cam.lens)
+            tan_y = tan_x * 1080 / 1920
         depth = -local[:, 2]
-        return ((depth > 0) & (np.abs(local[:, 0]) <= depth * tan_x)
-                & (np.abs(local[:, 1]) <= depth * tan_x * 1080 / 1920)).sum()
+        return ((depth > 0) & (np.abs(local[:, 0]) <= depth * tan_x) & (np.abs(local[:, 1]) <= depth * tan_y)).sum()
 
     kept = len(evaluated(cloud))
     assert 0 < kept == expected() < N
     camera.data.lens = 20.0  # wider: the driver widens the cull
     assert len(evaluated(cloud)) == expected() > kept
+    camera.data.sensor_fit, camera.data.sensor_height = 'VERTICAL', 8.0  # narrower again, set by the height
+    assert len(evaluated(cloud)) == expected() < kept
 
 
 def test_filter_removes_faint_and_large(cloud, tmp_path):
