@@ -71,7 +71,8 @@ def test_old_file_gets_the_new_attributes_from_the_raw_twins(scene, tmp_path):
 
 def test_current_files_are_left_alone(scene, tmp_path):
     z = np.zeros((N, 3), np.float32)
-    src = Splats(z, z, np.zeros((N, 0, 3), np.float32), np.zeros(N, np.float32), z - 2, np.tile(np.float32([1, 0, 0, 0]), (N, 1)))
+    identity = np.tile(np.float32([1, 0, 0, 0]), (N, 1))
+    src = Splats(z, z, np.zeros((N, 0, 3), np.float32), np.zeros(N, np.float32), z - 2, identity)
     obj = create_object(bpy.context, "new", src)
     obj.data.attributes["opacity"].data.foreach_set("value", np.full(N, 0.25, np.float32))  # an edit
     bpy.ops.wm.save_as_mainfile(filepath=str(tmp_path / "new.blend"))
