@@ -106,9 +106,9 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 @pytest.fixture
 def splat_shot(scene, make_camera):
-    """300 Gaussians in front of a camera, black World, Standard view transform, W×H."""
+    """300 Gaussians in front of a camera, black World, Standard view transform, W×H (the add-on enabled, so
+    its render engine is registered)."""
     PICTURES.mkdir(exist_ok=True)
-    render_engine.register()
     create_object(bpy.context, "G", random_splats(300))
     make_camera(location=(0.0, -4.0, 0.0), rotation=(math.pi / 2, 0.0, 0.0))
     scene.render.resolution_x, scene.render.resolution_y = W, H
@@ -122,7 +122,6 @@ def splat_shot(scene, make_camera):
     scene.cycles.samples, scene.cycles.device = 16, 'CPU'
     yield scene
     render_engine.shutdown()
-    render_engine.unregister()
 
 
 def test_eevee_and_cycles_render_the_splats_as_the_wonderland_engine_does(splat_shot):
