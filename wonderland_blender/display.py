@@ -6,8 +6,9 @@ splatting rasterizer draws, to first order: the perspective Jacobian ignores the
 wide, with a material whose alpha is opacity·exp(-r²/2) in those σ units. The quads are realized into one
 mesh (1M instances would make 1M object instances for the renderers; one mesh draws fast) and the input
 points are kept beside them, so the evaluated object's point-cloud component still holds the Gaussians
-for `pointcloud.read_splats`; the points get a material that renders nothing in EEVEE and Cycles and
-shows their colour in Solid view.
+for `pointcloud.read_splats`. The points get a transparent material (and a zero radius in final renders):
+Solid view shows them (spheres of their 1σ radius, the material's viewport colour: Blender 5.0 point clouds
+have no active colour attribute for Workbench), while its quads are hidden there by a zero viewport alpha.
 
 Transparency: EEVEE (5.0) blends "Blended" surfaces per object in primitive order, and "Dithered"
 surfaces are order-free stochastic coverage that converges over samples to correct back-to-front
@@ -30,6 +31,7 @@ SIGMAS = 3.0  # quads reach 3σ, where exp(-r²/2) = 1.1% of the peak
 MIN_ALPHA = 1.0 / 255.0  # the rasterizers skip fainter Gaussians; so do we (fewer quads)
 MAX_ALPHA = 0.99  # as 3DGS clamps alpha
 VIEWPORT_SPLATS = 200_000
+CYCLES_TRANSPARENT_BOUNCES = 128  # a ray crosses this many quads before Cycles stops it (8 by default)
 UV_NAME = "UVMap"
 
 
@@ -164,7 +166,8 @@ def _drawn(t: _Tree, viewport_splats, geometry):
     """Which points get a quad: opacity ≥ 1/255, and in the viewport a random subset of at most
     `viewport_splats`."""
     opacity = t.out("GeometryNodeInputNamedAttribute", "opacity", props={"data_type": 'FLOAT'})
-    visible = t.out("FunctionNodeCompare", opacity, MIN_ALPHA, props={"data_type": 'FLOAT', "operation": 'GREATER_EQUAL'})
+    visible = t.out("FunctionNodeCompare", opacity, MIN_ALPHA,
+                    props={"data_type": 'FLOAT', "operation": 'GREATER_EQUAL'})
     count = t.out("GeometryNodeAttributeDomainSize", geometry, props={"component": 'POINTCLOUD'}, index="Point Count")
     share = t.math('DIVIDE', viewport_splats, t.math('MAXIMUM', count, 1.0))
     sampled = t.out("FunctionNodeRandomValue", props={"data_type": 'BOOLEAN'}, Probability=share, index=3)
@@ -193,9 +196,20 @@ def splat_node_group():
                  props={"data_type": 'FLOAT2', "domain": 'CORNER'})
     instances = t.out("GeometryNodeInstanceOnPoints", far_first, _drawn(t, inputs.outputs["Viewport Splats"], points),
                       quad, Rotation=quad_rotation, Scale=size)
+    for name in ("sh_rest_*", "scale", "rotation", "radius"):  # not needed on the quads: memory at 1M
+        remove = t.node("GeometryNodeRemoveAttribute", instances, Name=name)
+        if "Pattern Mode" in remove.inputs:  # a menu socket in 5.0, a property in 4.5
+            remove.inputs["Pattern Mode"].default_value = 'Wildcard'
+        else:
+            remove.pattern_mode = 'WILDCARD'
+        instances = remove.outputs[0]
     quads = t.out("GeometryNodeRealizeInstances", instances)
     quads = t.out("GeometryNodeSetMaterial", quads, None, splat_material())
-    shown_points = t.out("GeometryNodeSetMaterial", points, None, point_material())
+    # Points show in Solid view (radius: their 1σ core); in renders their radius is 0, so Cycles does not
+    # spend transparent bounces on them.
+    final_render = t.out("FunctionNodeBooleanMath", t.out("GeometryNodeIsViewport"), props={"operation": 'NOT'})
+    shown_points = t.out("GeometryNodeSetPointRadius", points, final_render, 0.0)
+    shown_points = t.out("GeometryNodeSetMaterial", shown_points, None, point_material())
     joined = t.out("GeometryNodeJoinGeometry")
     group.links.new(shown_points, joined.node.inputs[0])
     group.links.new(quads, joined.node.inputs[0])
@@ -204,7 +218,12 @@ def splat_node_group():
 
 
 def add_display(obj):
-    """Give `obj` the display modifier, last in its stack (edit modifiers go before it); returns it."""
+    """Give `obj` the display modifier, last in its stack (edit modifiers go before it); returns it. The
+    scenes holding `obj` get enough Cycles transparent bounces for overlapping quads."""
+    for scene in obj.users_scene:
+        cycles = getattr(scene, "cycles", None)
+        if cycles is not None and cycles.transparent_max_bounces < CYCLES_TRANSPARENT_BOUNCES:
+            cycles.transparent_max_bounces = CYCLES_TRANSPARENT_BOUNCES
     modifier = obj.modifiers.get(MODIFIER_NAME)
     if modifier is None:
         modifier = obj.modifiers.new(MODIFIER_NAME, 'NODES')

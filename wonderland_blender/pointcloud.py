@@ -19,7 +19,7 @@ from .display import add_display
 from .plyio import SH_C0, Splats
 
 COLLECTION_NAME = "Wonderland"
-RADIUS_PER_SCALE = 2.0  # display radius = this × mean axis std-dev, so points show their size
+RADIUS_PER_SCALE = 1.0  # display radius = this × mean axis std-dev: Solid view shows each Gaussian's core
 # The attributes that make a point cloud a Gaussian one, and their types.
 GAUSSIAN_ATTRIBUTES = {"splat_color": 'FLOAT_COLOR', "opacity": 'FLOAT', "scale": 'FLOAT_VECTOR',
                        "rotation": 'QUATERNION'}
@@ -167,7 +167,8 @@ def is_similarity(matrix) -> bool:
     """Whether the linear part of a 4×4 transform is a rotation times a positive uniform scale."""
     a = np.array(matrix, np.float64).reshape(4, 4)[:3, :3]
     gram = a.T @ a
-    return np.linalg.det(a) > 0 and np.allclose(gram, np.eye(3) * np.trace(gram) / 3, rtol=0, atol=1e-6 * np.trace(gram))
+    uniform = np.eye(3) * np.trace(gram) / 3
+    return np.linalg.det(a) > 0 and np.allclose(gram, uniform, rtol=0, atol=1e-6 * np.trace(gram))
 
 
 def transform_warning(matrix, splats: Splats) -> str | None:

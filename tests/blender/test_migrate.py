@@ -1,10 +1,11 @@
 """Files saved with the old attribute layout (raw twins, `color`) are brought to the contract when they load."""
 from __future__ import annotations
 
+import addon_utils
 import bpy
 import numpy as np
 
-from wonderland_blender import display
+from wonderland_blender import display, migrate
 from wonderland_blender.plyio import SH_C0, Splats
 from wonderland_blender.pointcloud import create_object, read_splats
 
@@ -71,7 +72,8 @@ def test_old_file_gets_the_new_attributes_from_the_raw_twins(scene, tmp_path):
 
 def test_current_files_are_left_alone(scene, tmp_path):
     z = np.zeros((N, 3), np.float32)
-    src = Splats(z, z, np.zeros((N, 0, 3), np.float32), np.zeros(N, np.float32), z - 2, np.tile(np.float32([1, 0, 0, 0]), (N, 1)))
+    identity = np.tile(np.float32([1, 0, 0, 0]), (N, 1))
+    src = Splats(z, z, np.zeros((N, 0, 3), np.float32), np.zeros(N, np.float32), z - 2, identity)
     obj = create_object(bpy.context, "new", src)
     obj.data.attributes["opacity"].data.foreach_set("value", np.full(N, 0.25, np.float32))  # an edit
     bpy.ops.wm.save_as_mainfile(filepath=str(tmp_path / "new.blend"))
@@ -80,3 +82,11 @@ def test_current_files_are_left_alone(scene, tmp_path):
     bpy.data.objects["new"].data.attributes["opacity"].data.foreach_get("value", opacity)
     assert (opacity == 0.25).all()
     assert [m.name for m in bpy.data.objects["new"].modifiers] == [display.MODIFIER_NAME]
+
+
+def test_the_load_handler_lives_as_long_as_the_add_on():
+    for _ in range(2):
+        addon_utils.enable("wonderland_blender", default_set=True, handle_error=None)
+        assert list(bpy.app.handlers.load_post).count(migrate._on_load) == 1
+        addon_utils.disable("wonderland_blender", default_set=True)
+        assert migrate._on_load not in bpy.app.handlers.load_post

@@ -87,7 +87,7 @@ def test_import_holds_one_attribute_per_quantity_and_leaves_no_helpers(io_ops, g
                                rtol=1e-6, atol=1e-7)
     assert (color[:, :3] > 1).any() and (color[:, :3] < 0).any() and (color[:, 3] == 1).all()
     radius = attribute(obj, "radius", "value", 1)
-    np.testing.assert_allclose(radius, 2 * np.exp(src.log_scales).mean(axis=1), rtol=1e-5)
+    np.testing.assert_allclose(radius, np.exp(src.log_scales).mean(axis=1), rtol=1e-5)
     # No leftovers: the converted mesh is gone, no helper attributes.
     assert len(bpy.data.meshes) == meshes_before
     assert [m.name for m in obj.modifiers] == [MODIFIER_NAME]  # the display (tests/blender/test_display.py)

@@ -132,12 +132,15 @@ def check_ply(folder: Path) -> dict:
     obj = bpy.context.active_object
     attributes = {a.name: a.data_type for a in obj.data.attributes} if obj is not None else {}
     points = len(obj.data.points) if obj is not None and obj.type == 'POINTCLOUD' else None
+    depsgraph = bpy.context.evaluated_depsgraph_get()
+    quads = [len(i.object.data.polygons) for i in depsgraph.object_instances if i.object.type == 'MESH']
     status_out = bpy.ops.wonderland.export_gaussians(filepath=str(folder / "out.ply"))
     out = read_ply(folder / "out.ply").splats
     result = {"import_status": sorted(status_in), "export_status": sorted(status_out),
               "object_type": obj.type if obj is not None else None, "points": points, "expected_points": n,
               "attributes": attributes, "meshes_left": len(bpy.data.meshes),
-              "max_difference": _differences(out, src)}
+              "max_difference": _differences(out, src), "modifiers": [m.name for m in obj.modifiers],
+              "display_quads": quads, "expected_quads": int((src.opacity_logits >= np.log(1 / 254)).sum())}
     addon_utils.disable(ADDON, default_set=True)
     return result
 

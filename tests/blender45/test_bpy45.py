@@ -112,5 +112,7 @@ def test_ply_import_makes_a_point_cloud_and_exports_within_float_tolerance(repor
                 **{f"sh_rest_{k:02d}": "FLOAT_VECTOR" for k in range(8)}}
     assert attributes == expected
     assert result["meshes_left"] == 0
+    assert result["modifiers"] == ["Wonderland Splats"]  # the splat display evaluates on 4.5 too
+    assert result["display_quads"] == [result["expected_quads"]] and result["expected_quads"] > 50
     assert result["max_difference"] == pytest.approx({"means": 0, "f_dc": 0, "f_rest": 0, "opacity_logits": 0,
                                                       "log_scales": 0, "quats": 0}, abs=1e-6)
