@@ -12,6 +12,8 @@ MODULE_NAMES = (
     "properties",
     "preferences",
     "ops_io",
+    "ops_edit",
+    "migrate",
     "render_engine",
     "ops_trajectory",
     "previews",
