@@ -18,6 +18,33 @@ def render_size(resolution_x: int, resolution_y: int, percentage: int) -> tuple[
     return resolution_x * percentage // 100, resolution_y * percentage // 100
 
 
+def border_region(width: int, height: int, border: tuple[float, float, float, float] | None
+                  ) -> tuple[int, int, int, int]:
+    """(x0, y0, w, h) in pixels, y0 counted from the TOP row, of the Render Region `border` =
+    (min_x, min_y, max_x, max_y) in 0..1 (Blender's, y up) of a width × height frame; the whole frame for None.
+
+    Blender truncates border × size in single precision (render_init_from_main), and so do we: the
+    region must be exactly the size of the render result Blender hands the engine.
+    """
+    if border is None:
+        return 0, 0, width, height
+    min_x, min_y, max_x, max_y = (np.float32(v) for v in border)
+    x0, x1 = int(min_x * np.float32(width)), int(max_x * np.float32(width))
+    y0, y1 = int(min_y * np.float32(height)), int(max_y * np.float32(height))
+    if x1 <= x0 or y1 <= y0:
+        raise ValueError(f"the Render Region is empty ({x1 - x0}×{y1 - y0} pixels): draw a larger region "
+                         "(Ctrl+B in the camera view) or turn Render Region off")
+    return x0, height - y1, x1 - x0, y1 - y0
+
+
+def region_intrinsics(K: np.ndarray, x0: int, y0: int) -> np.ndarray:
+    """K of the sub-image whose top-left pixel corner is (x0, y0) in the full frame (same focal length)."""
+    out = np.array(K, np.float64)
+    out[0, 2] -= x0
+    out[1, 2] -= y0
+    return out
+
+
 def resolve_sensor_fit(sensor_fit: str, width: int, height: int,
                        pixel_aspect_x: float = 1.0, pixel_aspect_y: float = 1.0) -> str:
     """'HORIZONTAL' or 'VERTICAL': AUTO follows the wider side of the frame, counted in aspect-corrected pixels."""
