@@ -13,6 +13,7 @@ MODULE_NAMES = (
     "preferences",
     "ops_io",
     "render_engine",
+    "mixing",
     "ops_trajectory",
     "previews",
     "ops_generate",
