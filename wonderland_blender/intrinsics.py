@@ -10,7 +10,8 @@ import numpy as np
 SENSOR_FITS = ("AUTO", "HORIZONTAL", "VERTICAL")
 # Blender camera axes (x right, y up, looking down -z) to OpenCV axes (x right, y down, z forward).
 BLENDER_TO_OPENCV = np.diag([1.0, -1.0, -1.0, 1.0])
-ORTHONORMAL_TOLERANCE = 1e-4  # max |RᵀR - I| accepted after removing the object scale
+ORTHONORMAL_TOLERANCE = 1e-4
+ASPECT_TOLERANCE = 0.01  # the backend warns when image and camera aspects differ by more (pipelines/wonderland.py)  # max |RᵀR - I| accepted after removing the object scale
 
 
 def render_size(resolution_x: int, resolution_y: int, percentage: int) -> tuple[int, int]:
@@ -114,6 +115,24 @@ def center_crop_size(src_w: int, src_h: int, dst_w: int, dst_h: int) -> tuple[fl
     if src_w * dst_h >= dst_w * src_h:
         return src_h * dst_w / dst_h, float(src_h)
     return float(src_w), src_w * dst_h / dst_w
+
+
+def model_crop(image_w: int, image_h: int, camera_w: int, camera_h: int, model_w: int, model_h: int
+               ) -> tuple[tuple[float, float, float, float], bool]:
+    """((x0, y0, w, h) of the input image the model sees, whether the image's aspect differs from the
+    camera's): the backend's crop policy (pipelines/wonderland.py `model_inputs`), computed the same way.
+
+    The image is first centre-cropped to the cameras' aspect, then image and cameras take the same centred
+    crop to the model's aspect, so a 720×477 photo with a 1920×1080 camera and a 96×64 model shows
+    607.5×405 pixels of the photo.
+    """
+    aspect_w, aspect_h = center_crop_size(image_w, image_h, camera_w, camera_h)
+    cam_w, cam_h = center_crop_size(camera_w, camera_h, model_w, model_h)
+    s = aspect_w / camera_w
+    x0 = (image_w - aspect_w) / 2 + (camera_w - cam_w) / 2 * s
+    y0 = (image_h - aspect_h) / 2 + (camera_h - cam_h) / 2 * s
+    differs = abs((image_w / image_h) / (camera_w / camera_h) - 1.0) > ASPECT_TOLERANCE
+    return (x0, y0, cam_w * s, cam_h * s), differs
 
 
 def relative_motion(c2ws) -> tuple[float, float]:

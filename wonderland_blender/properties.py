@@ -51,6 +51,7 @@ class WonderlandSceneSettings(bpy.types.PropertyGroup):
     last_count: IntProperty(name="Gaussians", min=0, default=0)
     last_seconds: FloatProperty(name="Seconds", min=0.0, default=0.0)
     last_error: StringProperty(name="Last Error")
+    last_warnings: StringProperty(name="Backend Warnings", description="The last job's warnings, one a line")
 
 
 def settings(context) -> WonderlandSceneSettings:
