@@ -108,6 +108,16 @@ def check_trajectory(folder: Path) -> dict:
     return results
 
 
+def _differences(out: Splats, src: Splats) -> dict:
+    """Largest |exported − source| per field; opacity as sigmoid, rotations against the normalized source."""
+    sigmoid = lambda x: 1 / (1 + np.exp(-x.astype(np.float64)))  # noqa: E731
+    unit = src.quats / np.linalg.norm(src.quats, axis=1, keepdims=True)
+    pairs = {name: (getattr(out, name), getattr(src, name)) for name in RAW_FIELDS}
+    pairs["opacity_logits"] = (sigmoid(out.opacity_logits), sigmoid(src.opacity_logits))
+    pairs["quats"] = (out.quats, unit)
+    return {name: float(np.abs(a.astype(np.float64) - b).max()) for name, (a, b) in pairs.items()}
+
+
 def check_ply(folder: Path) -> dict:
     """A PLY from the add-on's writer → import_gaussians (mesh, then object.convert to POINTCLOUD) →
     export_gaussians."""
@@ -127,8 +137,7 @@ def check_ply(folder: Path) -> dict:
     result = {"import_status": sorted(status_in), "export_status": sorted(status_out),
               "object_type": obj.type if obj is not None else None, "points": points, "expected_points": n,
               "attributes": attributes, "meshes_left": len(bpy.data.meshes),
-              "bitwise_equal": {name: getattr(out, name).tobytes() == getattr(src, name).tobytes()
-                                for name in RAW_FIELDS}}
+              "max_difference": _differences(out, src)}
     addon_utils.disable(ADDON, default_set=True)
     return result
 
