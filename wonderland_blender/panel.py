@@ -12,6 +12,7 @@ from .model_info import ModelSpec, find_model_config, read_model_spec, weights_d
 from .preferences import DEFAULT_MODEL, SOURCE_ROOT, get_preferences, resolve_backend_python
 from .presets import PRESETS
 from .properties import effective_camera, effective_frame_range
+from .render_engine import ENGINE_ID
 from .trajectory import TrajectoryError, check_camera, recorded_range
 
 SCALE_TEXT = "Scale follows the camera move: a move twice as long makes the scene twice as large"
@@ -204,6 +205,8 @@ class WONDERLAND_PT_main(bpy.types.Panel):
             for warning in filter(None, s.last_warnings.split("\n")):
                 box.label(text=f"Backend: {warning}", icon='ERROR')
             box.label(text=SCALE_TEXT, icon='INFO')
+        if context.scene.render.engine == ENGINE_ID and operator_available("WONDERLAND_OT_setup_mesh_mixing"):
+            layout.operator("wonderland.setup_mesh_mixing", icon='NODE_COMPOSITING')
             if operator_available("WONDERLAND_OT_open_preview"):
                 box.operator("wonderland.open_preview", icon='IMAGE_DATA')
 
