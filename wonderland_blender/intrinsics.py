@@ -10,8 +10,8 @@ import numpy as np
 SENSOR_FITS = ("AUTO", "HORIZONTAL", "VERTICAL")
 # Blender camera axes (x right, y up, looking down -z) to OpenCV axes (x right, y down, z forward).
 BLENDER_TO_OPENCV = np.diag([1.0, -1.0, -1.0, 1.0])
-ORTHONORMAL_TOLERANCE = 1e-4
-ASPECT_TOLERANCE = 0.01  # the backend warns when image and camera aspects differ by more (pipelines/wonderland.py)  # max |RᵀR - I| accepted after removing the object scale
+ORTHONORMAL_TOLERANCE = 1e-4  # max |RᵀR - I| accepted after removing the object scale
+ASPECT_TOLERANCE = 0.01  # the backend warns when image and camera aspects differ by more (pipelines/wonderland.py)
 
 
 def render_size(resolution_x: int, resolution_y: int, percentage: int) -> tuple[int, int]:

@@ -7,21 +7,13 @@ import math
 import bpy
 import numpy as np
 import pytest
+from test_render_engine import engine_registered  # noqa: F401 - module fixture: ops_io and the engine
 
-from wonderland_blender import ops_io, render_engine
+from wonderland_blender import render_engine
 from wonderland_blender.intrinsics import border_region
 from wonderland_blender.plyio import Splats, write_ply
 
 W, H = 64, 48
-
-
-@pytest.fixture(scope="module", autouse=True)
-def engine_registered():
-    ops_io.register()
-    render_engine.register()
-    yield
-    render_engine.unregister()
-    ops_io.unregister()
 
 
 def make_splats(n: int = 300, seed: int = 5) -> Splats:
@@ -32,22 +24,28 @@ def make_splats(n: int = 300, seed: int = 5) -> Splats:
                   rng.normal(size=(n, 4)).astype(np.float32))
 
 
-@pytest.fixture
-def gaussian_scene(tmp_path):
-    """A cube of opaque Gaussians at the origin, a camera 5 units in front of it on -y, W × H, transparent."""
-    write_ply(tmp_path / "g.ply", make_splats())
-    assert bpy.ops.wonderland.import_gaussians(filepath=str(tmp_path / "g.ply")) == {'FINISHED'}
+def wonderland_scene(ply, splats: Splats, width: int, height: int, distance: float):
+    """`splats` imported from `ply`, rendered by the Wonderland engine at width × height into transparent
+    32-bit EXRs, seen by a 50 mm camera `distance` units away on -y looking at +y. The Gaussian object."""
+    write_ply(ply, splats)
+    assert bpy.ops.wonderland.import_gaussians(filepath=str(ply)) == {'FINISHED'}
     scene = bpy.context.scene
     scene.render.engine = render_engine.ENGINE_ID
-    scene.render.resolution_x, scene.render.resolution_y, scene.render.resolution_percentage = W, H, 100
+    scene.render.resolution_x, scene.render.resolution_y, scene.render.resolution_percentage = width, height, 100
     scene.render.film_transparent = True
     scene.render.image_settings.file_format = 'OPEN_EXR'
     scene.render.image_settings.color_depth = '32'
     cam = bpy.data.objects.new("Cam", bpy.data.cameras.new("Cam"))
-    cam.location, cam.rotation_euler = (0.0, -5.0, 0.0), (math.radians(90), 0.0, 0.0)
+    cam.location, cam.rotation_euler = (0.0, -distance, 0.0), (math.radians(90), 0.0, 0.0)
     scene.collection.objects.link(cam)
     scene.camera = cam
     return bpy.context.active_object
+
+
+@pytest.fixture
+def gaussian_scene(tmp_path):
+    """A cube of opaque Gaussians at the origin, a camera 5 units in front of it on -y, W × H, transparent."""
+    return wonderland_scene(tmp_path / "g.ply", make_splats(), W, H, 5.0)
 
 
 def f12(path) -> np.ndarray:

@@ -6,9 +6,10 @@ import math
 import bpy
 import numpy as np
 import pytest
+from test_engine_scene import f12, wonderland_scene
 
 from wonderland_blender import mixing, ops_io, render_engine
-from wonderland_blender.plyio import Splats, write_ply
+from wonderland_blender.plyio import Splats
 
 W, H = 72, 48
 SH_C0 = 0.28209479177387814
@@ -62,32 +63,34 @@ def pixel(image: np.ndarray, x: float, z: float, depth: float) -> np.ndarray:
 
 
 def test_a_mesh_in_front_hides_the_gaussians_and_one_behind_is_hidden(tmp_path):
-    write_ply(tmp_path / "wall.ply", wall_of_green_gaussians())
-    assert bpy.ops.wonderland.import_gaussians(filepath=str(tmp_path / "wall.ply")) == {'FINISHED'}
+    wonderland_scene(tmp_path / "wall.ply", wall_of_green_gaussians(), W, H, 6.0)
     scene = bpy.context.scene
-    scene.render.engine = render_engine.ENGINE_ID
-    scene.render.resolution_x, scene.render.resolution_y, scene.render.resolution_percentage = W, H, 100
-    scene.render.film_transparent = True
     scene.view_settings.view_transform = 'Standard'
-    cam = bpy.data.objects.new("Cam", bpy.data.cameras.new("Cam"))
-    cam.location, cam.rotation_euler = (0.0, -6.0, 0.0), (math.radians(90), 0.0, 0.0)
-    scene.collection.objects.link(cam)
-    scene.camera = cam
     emissive_box("Front", (-0.5, -3.0, 0.0), (0.5, 0.2, 0.5), (1.0, 0.0, 0.0))  # between camera and wall
     emissive_box("Back", (1.0, 2.0, 0.0), (3.0, 0.2, 0.6), (0.0, 0.0, 1.0))  # behind it, wider on the right
 
     assert bpy.ops.wonderland.setup_mesh_mixing() == {'FINISHED'}
     meshes = bpy.data.scenes[scene.name + mixing.MESH_SCENE_SUFFIX]
     assert {o.name for o in meshes.collection.objects} == {"Cam", "Front", "Back"}  # no Gaussians there
-    scene.render.image_settings.file_format = 'OPEN_EXR'
-    scene.render.filepath = str(tmp_path / "mix.exr")
-    bpy.ops.render.render(write_still=True)
-    image = bpy.data.images.load(str(tmp_path / "mix.exr"))
-    pixels = np.empty(W * H * 4, np.float32)
-    image.pixels.foreach_get(pixels)
-    mix = pixels.reshape(H, W, 4)[::-1]
+    mix = f12(tmp_path / "mix.exr")
 
     np.testing.assert_allclose(pixel(mix, -0.5, 0.0, 3.0), (1, 0, 0, 1), atol=0.05)  # the front box hides the wall
     np.testing.assert_allclose(pixel(mix, 0.5, 0.0, 6.0), (0, 1, 0, 1), atol=0.05)  # the wall hides the back box
     np.testing.assert_allclose(pixel(mix, 2.1, 0.0, 8.0), (0, 0, 1, 1), atol=0.05)  # the back box beside the wall
     np.testing.assert_allclose(mix[2, 2], 0.0, atol=1e-4)  # nothing at the top corner
+
+
+def test_the_world_goes_behind_the_mix_when_the_scene_was_not_transparent(tmp_path):
+    wonderland_scene(tmp_path / "wall.ply", wall_of_green_gaussians(), W, H, 6.0)
+    scene = bpy.context.scene
+    scene.render.film_transparent = False
+    scene.world = bpy.data.worlds.new("Grey")
+    scene.world.node_tree.nodes["Background"].inputs["Color"].default_value = (0.3, 0.3, 0.3, 1.0)
+    for _ in range(2):  # a second set-up (after adding objects) keeps the World behind the mix
+        assert bpy.ops.wonderland.setup_mesh_mixing() == {'FINISHED'}
+    assert scene.render.film_transparent
+    over = next(n for n in scene.compositing_node_group.nodes if n.bl_idname == 'CompositorNodeAlphaOver')
+    assert tuple(over.inputs["Background"].default_value) == pytest.approx((0.3, 0.3, 0.3, 1.0))
+    scene.render.engine = 'BLENDER_EEVEE'
+    with pytest.raises(RuntimeError, match="does not render with Wonderland Gaussians"):
+        bpy.ops.wonderland.setup_mesh_mixing()
