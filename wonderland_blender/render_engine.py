@@ -38,6 +38,7 @@ POLL_SECONDS = 0.1
 WORKER_START_SECONDS = 300.0  # first start imports torch (and may compile gsplat kernels)
 _STDERR_LINES = 40
 WORKER_IDLE_SECONDS = 120.0  # a worker without a frame for this long is closed (Render Animation keeps it busy)
+IDLE_CHECK_SECONDS = 15.0
 
 
 class RenderError(RuntimeError):
@@ -57,6 +58,7 @@ class _Worker:
         self.next_id = 1
         self.ready = False
         self.last_used = time.monotonic()
+        self.busy = False  # a request is waiting for its answer: never idle then
         threading.Thread(target=self._read_stdout, daemon=True).start()
         threading.Thread(target=self._read_stderr, daemon=True).start()
 
@@ -87,6 +89,13 @@ class _Worker:
         """
         request_id = self.next_id
         self.next_id += 1
+        self.busy = True
+        try:
+            return self._answer(request_id, payload, should_stop)
+        finally:
+            self.busy, self.last_used = False, time.monotonic()
+
+    def _answer(self, request_id: int, payload: dict, should_stop) -> dict | None:
         try:
             self.proc.stdin.write(json.dumps({"id": request_id, **payload}) + "\n")
             self.proc.stdin.flush()
@@ -110,7 +119,6 @@ class _Worker:
             if message.get("event") == "ready":
                 self.ready = True
             elif message.get("id") == request_id:
-                self.last_used = time.monotonic()
                 return message
 
     def close(self) -> None:
@@ -168,23 +176,17 @@ def close_idle_worker(max_idle: float = WORKER_IDLE_SECONDS) -> bool:
     """Close the worker when it has had no request for `max_idle` seconds (frees its memory: the next F12
     starts a new one). True when it was closed."""
     global _worker
-    if _worker is None or time.monotonic() - _worker.last_used < max_idle:
+    if _worker is None or _worker.busy or time.monotonic() - _worker.last_used < max_idle:
         return False
     _worker.close()
     _worker = None
     return True
 
 
-def _idle_timer() -> float | None:
-    """bpy.app.timers callback: check again later while a worker runs, stop once it is closed."""
-    if _worker is None or close_idle_worker():
-        return None
-    return max(1.0, WORKER_IDLE_SECONDS - (time.monotonic() - _worker.last_used))
-
-
-def _watch_idle() -> None:
-    if not bpy.app.timers.is_registered(_idle_timer):
-        bpy.app.timers.register(_idle_timer, first_interval=WORKER_IDLE_SECONDS, persistent=True)
+def _idle_timer() -> float:
+    """bpy.app.timers callback on the main thread (registered once, as renders run on another thread)."""
+    close_idle_worker()
+    return IDLE_CHECK_SECONDS
 
 
 def gather_splats(depsgraph) -> Splats | None:
@@ -343,7 +345,6 @@ class WonderlandRenderEngine(bpy.types.RenderEngine):
         region = border_region(width, height, border if render.use_border and border != (0, 0, 1, 1) else None)
         self.update_stats("", "Wonderland: rendering Gaussians")
         arrays = render_arrays(depsgraph, width, height, self.test_break, region)
-        _watch_idle()
         if arrays is None:
             return  # cancelled
         rgba, depth = arrays
@@ -411,9 +412,12 @@ def register():
     for panel in _compatible_panels():
         panel.COMPAT_ENGINES.add(ENGINE_ID)
     atexit.register(shutdown)
+    bpy.app.timers.register(_idle_timer, first_interval=IDLE_CHECK_SECONDS, persistent=True)
 
 
 def unregister():
+    if bpy.app.timers.is_registered(_idle_timer):
+        bpy.app.timers.unregister(_idle_timer)
     atexit.unregister(shutdown)
     shutdown()
     for panel in _compatible_panels():

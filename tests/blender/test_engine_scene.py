@@ -152,5 +152,9 @@ def test_threads_follow_the_render_settings_and_an_idle_worker_is_closed(gaussia
     worker = render_engine._worker
     assert worker.alive()
     assert not render_engine.close_idle_worker(max_idle=60.0)  # just used: kept
+    assert bpy.app.timers.is_registered(render_engine._idle_timer)  # checks every IDLE_CHECK_SECONDS
+    worker.busy = True  # a frame in flight (renders wait on another thread) is never cut off
+    assert not render_engine.close_idle_worker(max_idle=0.0)
+    worker.busy = False
     assert render_engine.close_idle_worker(max_idle=0.0)
     assert render_engine._worker is None and worker.proc.returncode is not None
