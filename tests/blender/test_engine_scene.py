@@ -158,3 +158,25 @@ def test_threads_follow_the_render_settings_and_an_idle_worker_is_closed(gaussia
     worker.busy = False
     assert render_engine.close_idle_worker(max_idle=0.0)
     assert render_engine._worker is None and worker.proc.returncode is not None
+
+
+def test_display_instances_of_a_gaussian_cloud_are_not_gathered(gaussian_scene):
+    """A cloud's own geometry-nodes instances (how the splat display draws) are not more Gaussians."""
+    obj = gaussian_scene
+    n = len(render_engine.gather_splats(bpy.context.evaluated_depsgraph_get()))
+    tree = bpy.data.node_groups.new("Display-like", 'GeometryNodeTree')
+    tree.interface.new_socket("Geometry", in_out='INPUT', socket_type='NodeSocketGeometry')
+    tree.interface.new_socket("Geometry", in_out='OUTPUT', socket_type='NodeSocketGeometry')
+    group_in, group_out = tree.nodes.new('NodeGroupInput'), tree.nodes.new('NodeGroupOutput')
+    instance = tree.nodes.new('GeometryNodeInstanceOnPoints')
+    join = tree.nodes.new('GeometryNodeJoinGeometry')
+    tree.links.new(group_in.outputs[0], instance.inputs["Points"])
+    tree.links.new(group_in.outputs[0], instance.inputs["Instance"])  # copies of the cloud itself
+    tree.links.new(group_in.outputs[0], join.inputs[0])
+    tree.links.new(instance.outputs[0], join.inputs[0])
+    tree.links.new(join.outputs[0], group_out.inputs[0])
+    obj.modifiers.new("Wonderland Splats", 'NODES').node_group = tree
+    depsgraph = bpy.context.evaluated_depsgraph_get()
+    copies = sum(1 for i in depsgraph.object_instances if i.is_instance and i.parent.name == obj.name)
+    assert copies == n  # the modifier did make an instance per point
+    assert len(render_engine.gather_splats(depsgraph)) == n
