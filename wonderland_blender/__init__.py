@@ -12,6 +12,7 @@ MODULE_NAMES = (
     "properties",
     "preferences",
     "ops_io",
+    "migrate",
     "render_engine",
     "mixing",
     "ops_trajectory",

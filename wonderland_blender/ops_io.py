@@ -13,7 +13,7 @@ from bpy.props import BoolProperty, StringProperty
 from bpy_extras.io_utils import ExportHelper, ImportHelper, axis_conversion, orientation_helper
 
 from .plyio import PlyError, Splats, read_ply, write_ply
-from .pointcloud import create_object, is_gaussian_object, read_splats, transform_splats
+from .pointcloud import create_object, is_gaussian_object, read_splats, transform_splats, transform_warning
 
 
 @orientation_helper(axis_forward='Y', axis_up='Z')
@@ -73,12 +73,15 @@ class WONDERLAND_OT_export_gaussians(bpy.types.Operator, ExportHelper):
         from_blender = axis_conversion(to_forward=self.axis_forward, to_up=self.axis_up).to_4x4()
         try:
             parts = [read_splats(o.evaluated_get(depsgraph)) for o in objects]
+            inexact = [f"'{o.name}': {w}" for o, p in zip(objects, parts)
+                       if (w := transform_warning(o.matrix_world, p))]
             splats = transform_splats(Splats.concatenate(parts), from_blender)
             write_ply(self.filepath, splats)
         except (ValueError, OSError) as e:
             self.report({'ERROR'}, f"Cannot export {Path(self.filepath).name}: {e}")
             return {'CANCELLED'}
-        self.report({'INFO'}, f"Exported {len(splats):,} Gaussians from {len(objects)} object(s)")
+        message = f"Exported {len(splats):,} Gaussians from {len(objects)} object(s)"
+        self.report({'WARNING'} if inexact else {'INFO'}, "; ".join([message, *inexact]))
         return {'FINISHED'}
 
 

@@ -15,10 +15,10 @@ import bpy
 import numpy as np
 from mathutils import Matrix
 
+from .display import add_display
 from .plyio import SH_C0, Splats
 
 COLLECTION_NAME = "Wonderland"
-MATERIAL_NAME = "Wonderland Gaussians"
 RADIUS_PER_SCALE = 2.0  # display radius = this × mean axis std-dev, so points show their size
 # The attributes that make a point cloud a Gaussian one, and their types.
 GAUSSIAN_ATTRIBUTES = {"splat_color": 'FLOAT_COLOR', "opacity": 'FLOAT', "scale": 'FLOAT_VECTOR',
@@ -132,29 +132,85 @@ def rotate_sh_rest(f_rest: np.ndarray, rot: np.ndarray) -> np.ndarray:
     return np.einsum("ji,nic->njc", x, f_rest.astype(np.float64)).astype(np.float32)
 
 
+def _matrices_to_quats(m: np.ndarray) -> np.ndarray:
+    """[N, 3, 3] rotation matrices → [N, 4] unit wxyz quaternions (Shepperd's method, branch per row)."""
+    trace = np.trace(m, axis1=1, axis2=2)
+    diagonal = np.diagonal(m, axis1=1, axis2=2)
+    pick = np.where(trace > diagonal.max(axis=1), 3, diagonal.argmax(axis=1))  # largest of 4|w|², 4|x|²…
+    q = np.empty((len(m), 4))
+    w = pick == 3
+    r = np.sqrt(np.maximum(1.0 + trace[w], 1e-300)) * 2
+    q[w] = np.stack([r / 4, (m[w, 2, 1] - m[w, 1, 2]) / r, (m[w, 0, 2] - m[w, 2, 0]) / r,
+                     (m[w, 1, 0] - m[w, 0, 1]) / r], axis=1)
+    for i, j, k in ((0, 1, 2), (1, 2, 0), (2, 0, 1)):
+        sel = pick == i
+        mm = m[sel]
+        r = np.sqrt(np.maximum(1.0 + mm[:, i, i] - mm[:, j, j] - mm[:, k, k], 1e-300)) * 2
+        out = np.empty((len(mm), 4))
+        out[:, 0] = (mm[:, k, j] - mm[:, j, k]) / r
+        out[:, 1 + i] = r / 4
+        out[:, 1 + j] = (mm[:, j, i] + mm[:, i, j]) / r
+        out[:, 1 + k] = (mm[:, k, i] + mm[:, i, k]) / r
+        q[sel] = out
+    return q
+
+
+def _quats_to_matrices(q: np.ndarray) -> np.ndarray:
+    """[N, 4] unit wxyz quaternions → [N, 3, 3] rotation matrices."""
+    w, x, y, z = np.moveaxis(np.asarray(q, np.float64), -1, 0)
+    return np.stack([1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
+                     2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
+                     2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)], axis=-1).reshape(-1, 3, 3)
+
+
+def is_similarity(matrix) -> bool:
+    """Whether the linear part of a 4×4 transform is a rotation times a positive uniform scale."""
+    a = np.array(matrix, np.float64).reshape(4, 4)[:3, :3]
+    gram = a.T @ a
+    return np.linalg.det(a) > 0 and np.allclose(gram, np.eye(3) * np.trace(gram) / 3, rtol=0, atol=1e-6 * np.trace(gram))
+
+
+def transform_warning(matrix, splats: Splats) -> str | None:
+    """What a transform cannot carry over exactly, or None: shapes always are exact (the covariance
+    A·Σ·Aᵀ is re-diagonalized), but view-dependent colour (SH beyond degree 0) follows only the nearest
+    rotation or mirror when the transform also stretches or shears."""
+    if splats.sh_rest_count and not is_similarity(matrix):
+        return ("its non-uniform scale or shear is applied exactly to the Gaussians' shapes, but their "
+                "view-dependent colour (SH) only follows the nearest rotation; apply a uniform scale "
+                "for an exact result")
+    return None
+
+
 def transform_splats(splats: Splats, matrix) -> Splats:
-    """Apply a 4×4 affine transform: positions fully; rotations and SH coefficients by its rotation
-    part; log-scales by its uniform scale (cube root of the determinant: a non-uniform scale cannot be
-    expressed on rotated Gaussians exactly). Identity returns the input unchanged, so untransformed
-    objects keep every bit."""
+    """Apply a 4×4 affine transform: positions fully; SH coefficients by its nearest rotation (or mirror);
+    shapes exactly: a similarity turns the quaternions and shifts the log-scales, anything else (non-uniform
+    scale, shear, mirror) re-diagonalizes each covariance A·R·S²·Rᵀ·Aᵀ. Identity returns the input
+    unchanged, so untransformed objects keep every bit."""
     m = np.array(matrix, np.float64).reshape(4, 4)
     if np.array_equal(m, np.eye(4)):
         return splats
     a, t = m[:3, :3], m[:3, 3]
     det = np.linalg.det(a)
-    if not det > 0:
-        raise ValueError("The object transform mirrors or flattens the Gaussians (negative or zero "
-                         "scale); apply a positive scale to the object and try again.")
-    s = det ** (1.0 / 3.0)
+    if abs(det) < 1e-12:
+        raise ValueError("The object transform flattens the Gaussians (a zero scale); give the object a "
+                         "non-zero scale on every axis and try again.")
     u, _, vt = np.linalg.svd(a)
-    rot = u @ vt  # nearest rotation (polar decomposition); proper since det > 0
-    q_rot = np.array(Matrix(rot.tolist()).to_quaternion(), np.float64)
-    return Splats(
-        means=(splats.means.astype(np.float64) @ a.T + t).astype(np.float32),
-        f_dc=splats.f_dc, f_rest=rotate_sh_rest(splats.f_rest, rot) if splats.sh_rest_count else splats.f_rest,
-        opacity_logits=splats.opacity_logits,
-        log_scales=(splats.log_scales.astype(np.float64) + np.log(s)).astype(np.float32),
-        quats=_quat_multiply(q_rot, splats.quats).astype(np.float32))
+    orthogonal = u @ vt  # nearest rotation or mirror (polar decomposition)
+    f_rest = rotate_sh_rest(splats.f_rest, orthogonal) if splats.sh_rest_count else splats.f_rest
+    if is_similarity(m):
+        q_rot = np.array(Matrix(orthogonal.tolist()).to_quaternion(), np.float64)
+        log_scales = splats.log_scales.astype(np.float64) + np.log(det) / 3
+        quats = _quat_multiply(q_rot, splats.quats)
+    else:
+        rot = _quats_to_matrices(_normalized_quats(splats.quats.astype(np.float64)))
+        axes = a @ rot * np.exp(splats.log_scales.astype(np.float64))[:, None, :]  # A·R·S
+        variances, vectors = np.linalg.eigh(axes @ axes.transpose(0, 2, 1))
+        vectors[np.linalg.det(vectors) < 0, :, 0] *= -1  # a proper rotation
+        log_scales = 0.5 * np.log(np.maximum(variances, 1e-300))
+        quats = _matrices_to_quats(vectors)
+    return Splats(means=(splats.means.astype(np.float64) @ a.T + t).astype(np.float32), f_dc=splats.f_dc,
+                  f_rest=f_rest, opacity_logits=splats.opacity_logits, log_scales=log_scales.astype(np.float32),
+                  quats=quats.astype(np.float32))
 
 
 def is_gaussian_object(obj) -> bool:
@@ -185,28 +241,6 @@ def ensure_collection(scene, view_layer) -> bpy.types.Collection:
     layer.exclude = False
     layer.hide_viewport = False
     return coll
-
-
-def ensure_material() -> bpy.types.Material:
-    """Emission from the `splat_color` attribute: material preview and Cycles show the Gaussians' colours."""
-    mat = bpy.data.materials.get(MATERIAL_NAME)
-    if mat is not None:
-        return mat
-    mat = bpy.data.materials.new(MATERIAL_NAME)
-    if mat.node_tree is None:  # Blender 4.5; 5.0 materials always have nodes
-        mat.use_nodes = True
-    nodes, links = mat.node_tree.nodes, mat.node_tree.links
-    nodes.clear()
-    attr = nodes.new("ShaderNodeAttribute")
-    attr.attribute_type = 'GEOMETRY'
-    attr.attribute_name = "splat_color"
-    attr.location = (-400, 0)
-    emission = nodes.new("ShaderNodeEmission")
-    out = nodes.new("ShaderNodeOutputMaterial")
-    out.location = (250, 0)
-    links.new(attr.outputs["Color"], emission.inputs["Color"])
-    links.new(emission.outputs["Emission"], out.inputs["Surface"])
-    return mat
 
 
 def _set(attributes, name: str, kind: str, prop: str, values: np.ndarray) -> None:
@@ -292,7 +326,7 @@ def create_object(context, name: str, splats: Splats) -> bpy.types.Object:
     cloud.name = name
     for helper in [a.name for a in cloud.attributes if a.name.startswith(".")]:
         cloud.attributes.remove(cloud.attributes[helper])
-    cloud.materials.append(ensure_material())
+    add_display(obj)
     ensure_collection(context.scene, view_layer).objects.link(obj)
     context.scene.collection.objects.unlink(obj)
     _select_only(view_layer, obj)

@@ -107,7 +107,7 @@ def test_generate_end_to_end_imports_gaussians_and_previews(job_scene, tmp_path,
     after = snapshot()
     assert {k: sorted(set(after[k]) - set(before[k])) for k in DATA_KINDS if after[k] != before[k]} == {
         "objects": [obj.name], "collections": ["Wonderland"], "pointclouds": [obj.data.name],
-        "images": [preview.name], "materials": ["Wonderland Gaussians"]}
+        "images": [preview.name], "materials": ["Wonderland Gaussians", "Wonderland Points"]}
     out = capsys.readouterr().out
     assert "Wonderland: denoise 1/2 (42%)" in out and "Wonderland: write 4/4 (100%)" in out  # progress lines
 

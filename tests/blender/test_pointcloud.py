@@ -10,7 +10,8 @@ from mathutils import Euler, Quaternion
 
 from wonderland_blender import ops_io
 from wonderland_blender.plyio import SH_C0, Splats, read_ply, write_ply
-from wonderland_blender.pointcloud import COLLECTION_NAME, MATERIAL_NAME, read_splats
+from wonderland_blender.display import MODIFIER_NAME
+from wonderland_blender.pointcloud import COLLECTION_NAME, read_splats
 
 N, K = 64, 8  # SH degree 2
 
@@ -89,12 +90,7 @@ def test_import_holds_one_attribute_per_quantity_and_leaves_no_helpers(io_ops, g
     np.testing.assert_allclose(radius, 2 * np.exp(src.log_scales).mean(axis=1), rtol=1e-5)
     # No leftovers: the converted mesh is gone, no helper attributes.
     assert len(bpy.data.meshes) == meshes_before
-    # A material shows the colour attribute.
-    mat = obj.data.materials[0]
-    assert mat.name == MATERIAL_NAME
-    attr_nodes = [n for n in mat.node_tree.nodes if n.type == 'ATTRIBUTE']
-    assert attr_nodes and attr_nodes[0].attribute_name == "splat_color"
-    assert attr_nodes[0].outputs["Color"].is_linked
+    assert [m.name for m in obj.modifiers] == [MODIFIER_NAME]  # the display (tests/blender/test_display.py)
 
 
 def test_export_gives_the_file_back_within_float_tolerance(io_ops, gsplat_ply, tmp_path):
@@ -209,3 +205,44 @@ def test_import_into_an_existing_hidden_collection_and_export_all(io_ops, gsplat
     out = read_ply(tmp_path / "all.ply").splats
     assert len(out) == 2 * N
     np.testing.assert_array_equal(np.sort(out.means[:, 0]), np.sort(np.r_[src.means[:, 0], src.means[:, 0] + 10.0]))
+
+
+def covariances(splats):
+    q = splats.quats / np.linalg.norm(splats.quats, axis=1, keepdims=True)
+    rot = np.array([np.array(Quaternion(v).to_matrix()) for v in q])
+    axes = rot * np.exp(splats.log_scales.astype(np.float64))[:, None, :]
+    return axes @ axes.transpose(0, 2, 1)
+
+
+@pytest.mark.parametrize("scale", [(2.0, 1.0, 0.5), (-1.0, 1.5, 1.0)], ids=["stretched", "mirrored"])
+def test_non_uniform_scale_is_exact_on_shapes_and_warns_about_sh(io_ops, gsplat_ply, tmp_path, capsys, scale):
+    """Each exported covariance is A·Σ·Aᵀ (exact for any rotation); SH only follow the nearest rotation or
+    mirror, which the operator reports as a warning."""
+    path, src = gsplat_ply
+    obj = import_file(path)
+    obj.scale, obj.rotation_euler = scale, Euler((0.3, -0.7, 1.1))
+    bpy.context.view_layer.update()
+    assert bpy.ops.wonderland.export_gaussians(filepath=str(tmp_path / "out.ply")) == {'FINISHED'}
+    assert "Warning: Exported 64 Gaussians from 1 object(s); 'gsplat': its non-uniform scale" in capsys.readouterr().out
+    out = read_ply(tmp_path / "out.ply").splats
+    a = np.array(obj.matrix_world)[:3, :3]
+    expect = a @ covariances(src) @ a.T
+    np.testing.assert_allclose(covariances(out), expect, rtol=1e-5, atol=1e-6 * np.abs(expect).max())
+    np.testing.assert_allclose(out.means, src.means @ a.T, atol=1e-5)
+
+
+def test_axis_aligned_gaussians_under_a_non_uniform_scale_without_sh_export_without_warning(io_ops, tmp_path, capsys):
+    n = 16
+    rng = np.random.default_rng(2)
+    src = Splats(rng.normal(size=(n, 3)).astype(np.float32), np.zeros((n, 3), np.float32),
+                 np.zeros((n, 0, 3), np.float32), np.zeros(n, np.float32),
+                 rng.normal(-2, 0.5, (n, 3)).astype(np.float32), np.tile(np.float32([1, 0, 0, 0]), (n, 1)))
+    write_ply(tmp_path / "aligned.ply", src)
+    obj = import_file(tmp_path / "aligned.ply")
+    obj.scale = (2.0, 1.0, 0.5)
+    bpy.context.view_layer.update()
+    bpy.ops.wonderland.export_gaussians(filepath=str(tmp_path / "out.ply"))
+    assert "Info: Exported 16 Gaussians" in capsys.readouterr().out
+    out = read_ply(tmp_path / "out.ply").splats
+    expect = covariances(src) * np.outer([2, 1, 0.5], [2, 1, 0.5])
+    np.testing.assert_allclose(covariances(out), expect, rtol=1e-5, atol=1e-6 * np.abs(expect).max())
