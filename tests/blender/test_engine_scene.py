@@ -136,10 +136,10 @@ def test_world_colour_is_the_background(gaussian_scene, tmp_path):
 
 
 def test_a_failing_frame_is_an_error_not_an_empty_image(gaussian_scene, tmp_path):
-    gaussian_scene.scale = (1.0, 1.0, -1.0)  # mirrored Gaussians cannot be rendered
-    with pytest.raises(RuntimeError, match="mirrors or flattens"):
-        f12(tmp_path / "mirrored.exr")
-    assert not (tmp_path / "mirrored.exr").exists()
+    gaussian_scene.scale = (1.0, 1.0, 0.0)  # flattened Gaussians cannot be rendered
+    with pytest.raises(RuntimeError, match="flattens the Gaussians"):
+        f12(tmp_path / "flat.exr")
+    assert not (tmp_path / "flat.exr").exists()
 
 
 def test_threads_follow_the_render_settings_and_an_idle_worker_is_closed(gaussian_scene):
@@ -163,7 +163,9 @@ def test_threads_follow_the_render_settings_and_an_idle_worker_is_closed(gaussia
 def test_display_instances_of_a_gaussian_cloud_are_not_gathered(gaussian_scene):
     """A cloud's own geometry-nodes instances (how the splat display draws) are not more Gaussians."""
     obj = gaussian_scene
-    n = len(render_engine.gather_splats(bpy.context.evaluated_depsgraph_get()))
+    depsgraph = bpy.context.evaluated_depsgraph_get()
+    n = len(render_engine.gather_splats(depsgraph))
+    before = sum(1 for i in depsgraph.object_instances if i.is_instance and i.parent.name == obj.name)
     tree = bpy.data.node_groups.new("Display-like", 'GeometryNodeTree')
     tree.interface.new_socket("Geometry", in_out='INPUT', socket_type='NodeSocketGeometry')
     tree.interface.new_socket("Geometry", in_out='OUTPUT', socket_type='NodeSocketGeometry')
@@ -175,8 +177,8 @@ def test_display_instances_of_a_gaussian_cloud_are_not_gathered(gaussian_scene):
     tree.links.new(group_in.outputs[0], join.inputs[0])
     tree.links.new(instance.outputs[0], join.inputs[0])
     tree.links.new(join.outputs[0], group_out.inputs[0])
-    obj.modifiers.new("Wonderland Splats", 'NODES').node_group = tree
+    obj.modifiers.new("Display-like", 'NODES').node_group = tree
     depsgraph = bpy.context.evaluated_depsgraph_get()
     copies = sum(1 for i in depsgraph.object_instances if i.is_instance and i.parent.name == obj.name)
-    assert copies == n  # the modifier did make an instance per point
+    assert copies - before >= n  # the modifier did make an instance per point
     assert len(render_engine.gather_splats(depsgraph)) == n
