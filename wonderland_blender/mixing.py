@@ -38,13 +38,19 @@ def mesh_objects(scene, view_layer) -> list:
     return [obj for obj in view_layer.objects if not is_gaussian_object(obj)]
 
 
-def companion_scene(scene, view_layer, engine: str = 'BLENDER_EEVEE'):
-    """The mesh scene of `scene`, made when missing; its settings and objects follow `scene` again."""
+def eevee_id() -> str:
+    """EEVEE's engine name: BLENDER_EEVEE_NEXT in Blender 4.2–4.5, BLENDER_EEVEE again from 5.0."""
+    engines = {item.identifier for item in bpy.types.RenderSettings.bl_rna.properties["engine"].enum_items}
+    return 'BLENDER_EEVEE_NEXT' if 'BLENDER_EEVEE_NEXT' in engines else 'BLENDER_EEVEE'
+
+
+def companion_scene(scene, view_layer):
+    """The mesh scene of `scene` (EEVEE when new), made when missing; its settings and objects follow `scene`."""
     name = scene.get(COMPANION_KEY) or f"{scene.name}{MESH_SCENE_SUFFIX}"
     meshes = bpy.data.scenes.get(name)
     if meshes is None:
         meshes = bpy.data.scenes.new(name)
-        meshes.render.engine = engine
+        meshes.render.engine = eevee_id()
     scene[COMPANION_KEY] = meshes.name
     for key in _COPIED_RENDER_SETTINGS:
         setattr(meshes.render, key, getattr(scene.render, key))
@@ -61,13 +67,27 @@ def companion_scene(scene, view_layer, engine: str = 'BLENDER_EEVEE'):
     return meshes
 
 
-def build_compositor(scene, meshes, over_world: bool) -> bpy.types.NodeTree:
-    """The Gaussian scene's compositor: Z Combine of its own Render Layers and the mesh scene's."""
-    tree = bpy.data.node_groups.get(NODE_GROUP_NAME) or bpy.data.node_groups.new(NODE_GROUP_NAME,
-                                                                                 'CompositorNodeTree')
+def _compositor(scene) -> tuple[bpy.types.NodeTree, bpy.types.Node]:
+    """An emptied compositor tree of `scene` and its output node: Blender 5 composites through a node
+    group (and a Group Output), 4.5 through the scene's own tree (and a Composite node)."""
+    if hasattr(scene, "compositing_node_group"):
+        tree = bpy.data.node_groups.get(NODE_GROUP_NAME) or bpy.data.node_groups.new(NODE_GROUP_NAME,
+                                                                                     'CompositorNodeTree')
+        tree.nodes.clear()
+        if not any(item.item_type == 'SOCKET' and item.in_out == 'OUTPUT' for item in tree.interface.items_tree):
+            tree.interface.new_socket("Image", in_out='OUTPUT', socket_type='NodeSocketColor')
+        scene.compositing_node_group = tree
+        return tree, tree.nodes.new('NodeGroupOutput')
+    scene.use_nodes = True
+    tree = scene.node_tree
     tree.nodes.clear()
-    if not any(item.item_type == 'SOCKET' and item.in_out == 'OUTPUT' for item in tree.interface.items_tree):
-        tree.interface.new_socket("Image", in_out='OUTPUT', socket_type='NodeSocketColor')
+    return tree, tree.nodes.new('CompositorNodeComposite')
+
+
+def build_compositor(scene, meshes, over_world: bool) -> bpy.types.NodeTree:
+    """The Gaussian scene's compositor: Z Combine of its own Render Layers and the mesh scene's.
+    Sockets are taken by position where 4.5 and 5 name them differently."""
+    tree, output = _compositor(scene)
     gaussians = tree.nodes.new('CompositorNodeRLayers')
     gaussians.scene, gaussians.location = scene, (-500, 200)
     mesh_layer = tree.nodes.new('CompositorNodeRLayers')
@@ -76,19 +96,20 @@ def build_compositor(scene, meshes, over_world: bool) -> bpy.types.NodeTree:
     combine.inputs["Use Alpha"].default_value = True
     combine.inputs["Anti-Alias"].default_value = True
     links = tree.links
-    links.new(gaussians.outputs["Image"], combine.inputs["A"])
-    links.new(gaussians.outputs["Depth"], combine.inputs["Depth A"])
-    links.new(mesh_layer.outputs["Image"], combine.inputs["B"])
-    links.new(mesh_layer.outputs["Depth"], combine.inputs["Depth B"])
-    result = combine.outputs["Result"]
+    links.new(gaussians.outputs["Image"], combine.inputs[0])
+    links.new(gaussians.outputs["Depth"], combine.inputs[1])
+    links.new(mesh_layer.outputs["Image"], combine.inputs[2])
+    links.new(mesh_layer.outputs["Depth"], combine.inputs[3])
+    result = combine.outputs[0]
     if over_world and scene.world is not None:
         over = tree.nodes.new('CompositorNodeAlphaOver')
         over.location = (200, 0)
+        background = over.inputs.get("Background") or over.inputs[1]  # 4.5: Fac, Image, Image
+        foreground = over.inputs.get("Foreground") or over.inputs[2]
         rgb, _ = world_background(scene.world)
-        over.inputs["Background"].default_value = (*rgb.tolist(), 1.0)
-        links.new(result, over.inputs["Foreground"])
+        background.default_value = (*rgb.tolist(), 1.0)
+        links.new(result, foreground)
         result = over.outputs["Image"]
-    output = tree.nodes.new('NodeGroupOutput')
     output.location = (400, 0)
     links.new(result, output.inputs[0])
     return tree
@@ -109,9 +130,8 @@ def setup_mesh_mixing(context) -> bpy.types.Scene:
     # when the scene was not transparent before the first set-up.
     if WORLD_KEY not in scene:
         scene[WORLD_KEY] = not scene.render.film_transparent
-    tree = build_compositor(scene, meshes, bool(scene[WORLD_KEY]))
+    build_compositor(scene, meshes, bool(scene[WORLD_KEY]))
     scene.render.film_transparent = True
-    scene.compositing_node_group = tree
     scene.render.use_compositing = True
     return meshes
 
