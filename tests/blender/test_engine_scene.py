@@ -7,6 +7,7 @@ import math
 import bpy
 import numpy as np
 import pytest
+from mixing_scene import render as f12
 from test_render_engine import engine_registered  # noqa: F401 - module fixture: ops_io and the engine
 
 from wonderland_blender import render_engine
@@ -46,19 +47,6 @@ def wonderland_scene(ply, splats: Splats, width: int, height: int, distance: flo
 def gaussian_scene(tmp_path):
     """A cube of opaque Gaussians at the origin, a camera 5 units in front of it on -y, W × H, transparent."""
     return wonderland_scene(tmp_path / "g.ply", make_splats(), W, H, 5.0)
-
-
-def f12(path) -> np.ndarray:
-    """Render and save a still; the image as [H, W, 4] top row first."""
-    scene = bpy.context.scene
-    scene.render.filepath = str(path)
-    bpy.ops.render.render(write_still=True)
-    image = bpy.data.images.load(str(path))
-    w, h = image.size
-    pixels = np.empty(w * h * 4, np.float32)
-    image.pixels.foreach_get(pixels)
-    bpy.data.images.remove(image)
-    return pixels.reshape(h, w, 4)[::-1]
 
 
 def test_border_region_matches_blender_truncation():
