@@ -71,12 +71,17 @@ def keep_previews_beside(blend_path: str | os.PathLike) -> list[bpy.types.Image]
         if os.path.normcase(str(first.parent.parent)) == os.path.normcase(str(folder)) or not first.is_file():
             continue
         target = folder / bpy.path.clean_name(image.name)
-        target.mkdir(parents=True, exist_ok=True)
         digits = len(first.stem)
-        for i in range(int(first.stem), int(first.stem) + preview_count(image)):
-            name = f"{i:0{digits}d}{first.suffix}"
-            if (first.parent / name).is_file():
-                _copy_atomic(first.parent / name, target / name)
+        try:
+            target.mkdir(parents=True, exist_ok=True)
+            for i in range(int(first.stem), int(first.stem) + preview_count(image)):
+                name = f"{i:0{digits}d}{first.suffix}"
+                if (first.parent / name).is_file():
+                    _copy_atomic(first.parent / name, target / name)
+        except OSError as e:  # the .blend still saves; its previews stay in the job folder, which is kept
+            print(f"Wonderland: could not copy the previews of '{image.name}' beside the .blend ({e}); "
+                  f"they stay in {first.parent}")
+            continue
         image.filepath = bpy.path.relpath(str(target / first.name), start=str(Path(blend_path).parent))
         moved.append(image)
     return moved
