@@ -13,7 +13,8 @@ import torch
 from backend.cameras import CameraBatch
 from backend.pipelines.wonderland import model_inputs
 from wonderland_blender.intrinsics import model_crop
-from wonderland_blender.model_info import ModelSpec, find_model_config, job_warnings, read_model_spec, weights_dirs
+from wonderland_blender.model_info import (ModelSpec, find_model_config, job_warnings, move_length, read_model_spec,
+                                           scale_text, weights_dirs)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -73,3 +74,12 @@ def test_job_warnings_from_meta_and_stderr(tmp_path):
     assert job_warnings(tmp_path) == ["the image is 720x477 but the cameras are 1920x1080: the image was "
                                       "centre-cropped", "--model x has no trained weights"]
     assert job_warnings(tmp_path / "absent") == []
+
+
+def test_the_scale_line_measures_the_camera_move(tmp_path):
+    c2w = [np.eye(4) for _ in range(3)]
+    c2w[1][:3, 3], c2w[2][:3, 3] = (0.1, 0.0, 0.0), (0.0, 0.3, 0.4)
+    (tmp_path / "cameras.json").write_text(json.dumps({"frames": [{"c2w": m.tolist()} for m in c2w]}))
+    assert move_length(tmp_path / "cameras.json") == pytest.approx(0.5)
+    assert scale_text(0.5) == "Scale follows the camera move (0.5 units here): twice the move, twice the scene"
+    assert "only turns" in scale_text(0.0)

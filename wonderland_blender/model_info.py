@@ -12,6 +12,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from .intrinsics import relative_motion
+
 CONFIG_FILE = "wonderland.json"
 WARNING_PREFIX = "warning: "  # how the backend starts a warning line on stderr
 
@@ -70,3 +72,17 @@ def job_warnings(out_dir: Path, meta: str | None = None) -> list[str]:
         lines = []
     found += [line[len(WARNING_PREFIX):].strip() for line in lines if line.startswith(WARNING_PREFIX)]
     return list(dict.fromkeys(w for w in found if w))
+
+
+def move_length(cameras_json: str | os.PathLike) -> float:
+    """How far the job's camera moved from its first position (scene units). The backend scales the
+    trajectory to a fixed size and back, so this length sets the size of the scene it makes."""
+    frames = json.loads(Path(cameras_json).read_text(encoding="utf-8"))["frames"]
+    return relative_motion([frame["c2w"] for frame in frames])[0]
+
+
+def scale_text(length: float) -> str:
+    """The panel's line on where the result's scale comes from."""
+    if length < 1e-6:
+        return "Scale: the camera only turns, so the scene's size is arbitrary (no move to measure it by)"
+    return f"Scale follows the camera move ({length:.3g} units here): twice the move, twice the scene"

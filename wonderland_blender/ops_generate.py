@@ -24,7 +24,7 @@ from bpy.props import StringProperty
 
 from .housekeeping import RESULT_KEY, clean_job_folders, retire_previous_results, used_paths
 from .job import Job, JobState, build_command, stage_progress
-from .model_info import job_warnings
+from .model_info import job_warnings, move_length
 from .plyio import PlyError, read_ply
 from .pointcloud import create_object
 from .preferences import (SOURCE_ROOT, WonderlandPreferences, get_preferences, output_root,
@@ -265,6 +265,7 @@ def _import_result(context, job: Job) -> str:
     if not final.get("ply"):
         raise PlyError("the backend's done event names no PLY file")
     result = read_ply(final["ply"])
+    length = move_length(job.out_dir / "cameras.json")
     if len(result.splats) == 0:
         raise PlyError(f"{final['ply']} holds no Gaussians")
     name = f"Wonderland {job.out_dir.name}"
@@ -284,6 +285,7 @@ def _import_result(context, job: Job) -> str:
     obj[RESULT_KEY] = str(job.out_dir)
     retired = retire_previous_results(context, obj)
     settings.last_warnings = "\n".join(job_warnings(job.out_dir, final.get("meta")))
+    settings.last_move_length = length
     settings.last_result_path = str(final["ply"])
     settings.last_count = len(result.splats)
     settings.last_seconds = job.seconds

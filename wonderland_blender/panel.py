@@ -8,14 +8,13 @@ import struct
 import bpy
 
 from .intrinsics import model_crop, render_size
-from .model_info import ModelSpec, find_model_config, read_model_spec, weights_dirs
+from .model_info import ModelSpec, find_model_config, read_model_spec, scale_text, weights_dirs
 from .preferences import DEFAULT_MODEL, SOURCE_ROOT, get_preferences, resolve_backend_python
 from .presets import PRESETS
 from .properties import effective_camera, effective_frame_range
 from .render_engine import ENGINE_ID
 from .trajectory import TrajectoryError, check_camera, recorded_range
 
-SCALE_TEXT = "Scale follows the camera move: a move twice as long makes the scene twice as large"
 JPEG_SOF_MARKERS = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
 
 
@@ -204,7 +203,7 @@ class WONDERLAND_PT_main(bpy.types.Panel):
             box.label(text=s.last_result_path)
             for warning in filter(None, s.last_warnings.split("\n")):
                 box.label(text=f"Backend: {warning}", icon='ERROR')
-            box.label(text=SCALE_TEXT, icon='INFO')
+            box.label(text=scale_text(s.last_move_length), icon='INFO')
         if context.scene.render.engine == ENGINE_ID and operator_available("WONDERLAND_OT_setup_mesh_mixing"):
             layout.operator("wonderland.setup_mesh_mixing", icon='NODE_COMPOSITING')
             if operator_available("WONDERLAND_OT_open_preview"):

@@ -32,6 +32,7 @@ def test_regenerating_hides_the_previous_result_and_shows_backend_warnings(job_s
     first = next(o for o in scene.objects if RESULT_KEY in o)
     assert scene.wonderland.last_warnings.startswith("--model tiny has no trained weights")  # stderr's warning
     assert "aspect" not in scene.wonderland.last_warnings  # picture and camera are both 64×48
+    assert scene.wonderland.last_move_length == pytest.approx(0.3, abs=1e-5)  # the camera's x went 0 → 0.3
     scene.render.resolution_x = 96  # a 2:1 camera for a 4:3 picture: the backend crops and says so
     assert bpy.ops.wonderland.generate(extra_args=FAST_PREVIEWS) == {'FINISHED'}
     second = next(o for o in scene.objects if RESULT_KEY in o and o != first)
