@@ -15,6 +15,7 @@ MODULE_NAMES = (
     "ops_edit",
     "migrate",
     "render_engine",
+    "mixing",
     "ops_trajectory",
     "previews",
     "ops_generate",
