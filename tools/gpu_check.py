@@ -25,7 +25,7 @@ Each row runs in a child process with its own budget (killed at it, its whole pr
 and a share of the overall --budget (rows that find too little of it left are skipped with a reason);
 a row whose needs (gsplat_build) failed is skipped. Every measurement is written to --out as soon as
 the child reports it: the file is rewritten atomically each time, so a kill at any moment leaves a
-valid JSON file with every row measured so far. Children die with this process (PR_SET_PDEATHSIG).
+valid JSON file with every row measured so far. Children die with this process (tools/budgeted.py).
 
 --dry-run runs every row at the tiny shape on the CPU (gsplat's place taken by the torch rasterizer,
 labelled so) to test the plumbing; see tests/test_gpu_check.py.
@@ -33,13 +33,10 @@ labelled so) to test the plumbing; see tests/test_gpu_check.py.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import datetime
 import json
 import os
 import platform
-import selectors
-import signal
 import subprocess
 import sys
 import time
@@ -49,15 +46,15 @@ from types import SimpleNamespace
 from typing import Callable
 
 ROOT = Path(__file__).resolve().parents[1]
-for _path in (ROOT, ROOT / "benchmarks"):
+for _path in (ROOT, ROOT / "benchmarks", ROOT / "tools"):
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
 
 from backend.atomic import atomic_write_text  # noqa: E402  (backend/__init__.py imports nothing heavy)
+from budgeted import child_env, run_budgeted  # noqa: E402
 
 REPORT = "@@gpu_check "  # a child's stdout lines that carry a measurement (JSON after the prefix)
 PACKAGES = ("torch", "diffusers", "gsplat", "peft", "transformers", "accelerate", "safetensors", "numpy", "plyfile")
-PDEATHSIG = 1  # prctl(PR_SET_PDEATHSIG, ...)
 MIN_ROW_S = 5  # a row is not started with less of the overall budget left
 
 
@@ -234,14 +231,6 @@ ROWS = (Row("environment", 40, row_environment),
 BY_NAME = {row.name: row for row in ROWS}
 
 
-def _die_with_parent() -> None:
-    """In the child before exec: SIGKILL it when this process dies, even by SIGKILL (Linux)."""
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(PDEATHSIG, signal.SIGKILL)
-    except (OSError, AttributeError):
-        pass  # not Linux: the budget still kills it, and a killed driver's child finishes its row alone
-
-
 class Results:
     """The results file, rewritten atomically after every change."""
 
@@ -265,46 +254,26 @@ def run_row(row: Row, budget: float, args, results: Results) -> dict:
     command = [sys.executable, str(Path(__file__).resolve()), "--child", row.name, "--steps", str(args.steps)]
     if args.dry_run:
         command.append("--dry-run")
-    env = dict(os.environ, PYTHONUNBUFFERED="1", PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-    env.setdefault("MAX_JOBS", str(os.cpu_count() or 4))  # gsplat's compile: ninja's parallel jobs
     start = time.monotonic()
-    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=ROOT, env=env,
-                             start_new_session=True, preexec_fn=_die_with_parent)
-    entry["pid"] = child.pid
-    results.save()
-    log: list[str] = []
-    selector = selectors.DefaultSelector()
-    selector.register(child.stdout, selectors.EVENT_READ)
-    pending = b""
-    timed_out = False
-    while True:
-        left = budget - (time.monotonic() - start)
-        if left <= 0:
-            timed_out = True
-            break
-        if not selector.select(timeout=min(left, 1.0)):
-            continue
-        chunk = os.read(child.stdout.fileno(), 65536)
-        if not chunk:
-            break
-        pending += chunk
-        *lines, pending = pending.split(b"\n")
-        for line in (raw.decode("utf-8", "replace") for raw in lines):
-            if line.startswith(REPORT):
-                entry["measurements"].append(json.loads(line[len(REPORT):]))
-                entry["seconds"] = round(time.monotonic() - start, 2)
-                results.save()
-            else:
-                log.append(line)
-    if timed_out:
-        os.killpg(child.pid, signal.SIGKILL)
-    returncode = child.wait()
-    selector.close()
-    child.stdout.close()
-    entry.update(seconds=round(time.monotonic() - start, 2), log_tail="\n".join(log[-40:])[-4000:],
-                 status="timeout" if timed_out else "ok" if returncode == 0 else "failed")
-    if entry["status"] == "failed":
-        entry["returncode"] = returncode
+
+    def started(pid: int) -> None:
+        entry["pid"] = pid
+        results.save()
+
+    def measured(line: str) -> bool:
+        if not line.startswith(REPORT):
+            return False
+        entry["measurements"].append(json.loads(line[len(REPORT):]))
+        entry["seconds"] = round(time.monotonic() - start, 2)
+        results.save()
+        return True
+
+    env = child_env()
+    env.setdefault("MAX_JOBS", str(os.cpu_count() or 4))  # gsplat's compile: ninja's parallel jobs
+    outcome = run_budgeted(command, budget, ROOT, measured, started, env)
+    entry.update(status=outcome.status, seconds=outcome.seconds, log_tail=outcome.log_tail)
+    if outcome.status == "failed":
+        entry["returncode"] = outcome.returncode
     results.save()
     return entry
 

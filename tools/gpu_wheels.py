@@ -1,13 +1,14 @@
 """Fetch the wheels a lent GPU machine lacks into .whl/ (git-ignored, sent with the device's `carry`), and say
 how much would travel.
 
-    .venv/bin/python tools/gpu_wheels.py [--dest .whl] [--carry .whl .burst]
+    .venv/bin/python tools/gpu_wheels.py [--burst] [--dest .whl] [--carry .whl .burst]
 
 The GPU machine (tools/gpu_check.py, tools/gpu_burst.py) runs its own Python 3.12 with torch, accelerate,
 transformers, safetensors, numpy, jaxtyping, rich and ninja already installed, and no package index. The
 backend imports diffusers, peft and plyfile at module level on these paths, and gsplat renders on CUDA;
 each is pure Python (gsplat compiles its kernels on first use), so --no-deps wheels for any platform do.
-peft travels though the image has one: its LoRA injection must be the version we test. On the machine:
+peft travels though the image has one: its LoRA injection must be the version we test. --burst leaves
+gsplat out (tools/gpu_burst.py trains with --renderer torch), 6 MiB more for the training data. On the machine:
 
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl
     export PYTHONPATH=/tmp/site:$PWD
@@ -28,14 +29,17 @@ TRAVEL_LIMIT = 64 * 2 ** 20
 PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64")
 
 
-def fetch(dest: Path) -> list[Path]:
-    """pip download the wheels for CPython 3.12 on x86-64 Linux; already fetched ones are kept."""
+def fetch(dest: Path, wheels: tuple[str, ...]) -> list[Path]:
+    """pip download `wheels` for CPython 3.12 on x86-64 Linux into `dest`, and remove any other wheel there
+    (everything in it travels and is installed)."""
     platforms = [arg for p in PLATFORMS for arg in ("--platform", p)]
     subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
-                    "--python-version", "3.12", "--implementation", "cp", *platforms, "-d", str(dest), *WHEELS],
+                    "--python-version", "3.12", "--implementation", "cp", *platforms, "-d", str(dest), *wheels],
                    check=True)
-    names = {w.split("==")[0].replace("-", "_").lower() for w in WHEELS}
-    return sorted(p for p in dest.glob("*.whl") if p.name.split("-")[0].lower() in names)
+    names = {w.split("==")[0].replace("-", "_").lower() for w in wheels}
+    for other in (p for p in dest.glob("*.whl") if p.name.split("-")[0].lower() not in names):
+        other.unlink()
+    return sorted(dest.glob("*.whl"))
 
 
 def travelling_bytes(carry: list[Path]) -> tuple[int, int]:
@@ -60,10 +64,11 @@ def size_report(carry: list[Path]) -> tuple[str, bool]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dest", type=Path, default=ROOT / ".whl")
+    parser.add_argument("--burst", action="store_true", help="for tools/gpu_burst.py: without gsplat")
     parser.add_argument("--carry", type=Path, nargs="*", help="every path the device call will carry "
                         "(default: --dest), to check the total")
     args = parser.parse_args(argv)
-    wheels = fetch(args.dest)
+    wheels = fetch(args.dest, tuple(w for w in WHEELS if not (args.burst and w.startswith("gsplat"))))
     for wheel in wheels:
         print(f"{wheel.stat().st_size / 2 ** 20:6.2f} MiB  {wheel.name}")
     line, fits = size_report(args.carry if args.carry is not None else [args.dest])
