@@ -45,7 +45,8 @@ def test_dry_run_measures_every_row_at_the_tiny_shape(tmp_path):
                           "render_bench"]
     assert all(row["status"] == "ok" for row in rows.values()), rows
     whats = [m["what"] for m in rows["models"]["measurements"]]
-    assert whats[:2] == ["1 step, stock CogVideoX transformer (CFG batch 2)", "2 steps, stock CogVideoXImageToVideoPipeline"]
+    assert whats[:2] == ["1 step, stock CogVideoX transformer (CFG batch 2)",
+                         "2 steps, stock CogVideoXImageToVideoPipeline"]
     assert "2 steps, ours: ControlNet 40% + CFG first 20% + pyramid attention broadcast" in whats
     assert any(w.startswith("LaLRM forward") for w in whats)
     assert all(m["seconds"] > 0 for m in rows["models"]["measurements"])

@@ -225,7 +225,7 @@ ROWS = (Row("environment", 40, row_environment),
         Row("models", 200, row_models),
         Row("gsplat_build", 170, row_gsplat_build),
         Row("training", 80, row_training, needs=("gsplat_build",)),
-        Row("generate_offload", 70, row_generate_offload, needs=("gsplat_build",)),
+        Row("generate_offload", 100, row_generate_offload, needs=("gsplat_build",)),
         Row("gsplat_parity", 30, row_gsplat_parity, needs=("gsplat_build",)),
         Row("render_bench", 40, row_render_bench, needs=("gsplat_build",)))
 BY_NAME = {row.name: row for row in ROWS}
@@ -326,6 +326,8 @@ def main(argv: list[str] | None = None) -> int:
             entry = run_row(row, min(budgets.get(row.name, row.budget_s), left), args, results)
             status[row.name] = entry["status"]
         print(f"{row.name:>16}: {status[row.name]}", flush=True)
+        for measurement in (results.data["rows"][-1].get("measurements") or []):  # the device returns the tail
+            print(f"{'':>18}{json.dumps(measurement, default=str)}", flush=True)
     results.data["finished"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     results.save()
     print(f"results: {args.out}")
