@@ -72,13 +72,13 @@ def test_pack_run_unpack_round_trip_on_the_cpu(tmp_path):
         "burst.json", "lalrm.safetensors", "logs.tar", "lrm_step_00000001.tar", "lrm_step_00000002.tar", "video.tar"]
     assert all(p.stat().st_size <= 16 * 2 ** 20 for p in out.iterdir())  # the device's limit on files sent back
 
-    # the stage cut short: the latest video checkpoint becomes the model's video part
-    (work / "model" / "camera_branches.safetensors").unlink()
-    assert gpu_burst.export_latest_video_checkpoint(work) == "step_00000002"
-    checkpoint = load_state_dict(work / "runs" / "video" / "checkpoints" / "step_00000002" / "model.safetensors")
-    exported = load_state_dict(work / "model" / "camera_branches.safetensors")
-    for name, value in exported.items():
-        torch.testing.assert_close(value, checkpoint[name], msg=name)
+    # a stage cut short: its latest checkpoint becomes the model's part, as its --export would have written it
+    for part, file in (("video", "camera_branches.safetensors"), ("lrm", "lalrm.safetensors")):
+        (work / "model" / file).unlink()
+        assert gpu_burst.export_latest_checkpoint(work, part) == "step_00000002"
+        checkpoint = load_state_dict(work / "runs" / part / "checkpoints" / "step_00000002" / "model.safetensors")
+        for name, value in load_state_dict(work / "model" / file).items():
+            torch.testing.assert_close(value, checkpoint[name], msg=name)
 
     model, run = tmp_path / "models" / "burst", tmp_path / "runs" / "burst-lrm"
     result = tool("unpack", "--results", out, "--out", model, "--run", run)

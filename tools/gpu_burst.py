@@ -18,8 +18,8 @@ frames of the first --lrm-scenes scenes (~100 KiB a clip) for the LaLRM: frames 
 `run` has three stages, each a backend command in its own process with a share of --budget (killed at
 it; tools/budgeted.py): train-video --init (the packed model's video model, whole model trained, on all
 clips' latents), generate-latents (the new video model's samples of the clips with frames), train-lrm
---init on their VAE and generated latents (--renderer torch: no gsplat build). A video stage cut short
-is exported from its latest checkpoint. The results, written as they come: burst.json (stages, steps,
+--init on their VAE and generated latents (--renderer torch: no gsplat build). A training stage cut
+short is exported from its latest checkpoint (burst.json names it). The results, written as they come: burst.json (stages, steps,
 seconds per step, losses, the device), video.tar (the video model), lalrm.safetensors (the LaLRM at the
 end), lrm_step_*.tar (the LaLRM checkpoints, for bench_checkpoints) and logs.tar (the runs' metrics).
 --dry-run runs every stage for 2 steps on the CPU (tests/test_gpu_burst.py).
@@ -171,19 +171,27 @@ def run_metrics(run_dir: Path) -> dict:
             "median_step_s": times[len(times) // 2] if times else None}
 
 
-def export_latest_video_checkpoint(work: Path) -> str | None:
-    """A video stage cut short: write its latest checkpoint into work/model as train-video --export would."""
-    from backend.models.model_dir import write_video
+def export_latest_checkpoint(work: Path, part: str) -> str | None:
+    """A stage cut short ("video" or "lrm"): write its run's latest checkpoint into work/model as its --export
+    would have; returns the checkpoint's name, or None when it wrote none (work/model keeps the packed part)."""
+    from backend.models.lalrm import LaLRM, LaLRMConfig
+    from backend.models.model_dir import write_lalrm, write_video
     from backend.models.video import CameraControlledTransformer, VideoModelConfig, build_scheduler
     from backend.models.weights import load_state_dict
     from backend.training.engine import checkpoint_weights, latest_checkpoint
-    checkpoint = latest_checkpoint(work / "runs" / "video")
+    checkpoint = latest_checkpoint(work / "runs" / part)
     if checkpoint is None:
         return None
-    config = VideoModelConfig.from_dict(json.loads((work / "video_config.json").read_text()))
-    model = CameraControlledTransformer(config)
-    model.load_state_dict(load_state_dict(checkpoint_weights(checkpoint)))
-    write_video(work / "model", model, build_scheduler(config))
+    weights = load_state_dict(checkpoint_weights(checkpoint))
+    if part == "video":
+        config = VideoModelConfig.from_dict(json.loads((work / "video_config.json").read_text()))
+        model = CameraControlledTransformer(config)
+        model.load_state_dict(weights)
+        write_video(work / "model", model, build_scheduler(config))
+    else:
+        lalrm = LaLRM(LaLRMConfig.from_dict(json.loads((work / "lalrm_config.json").read_text())))
+        lalrm.load_state_dict(weights)
+        write_lalrm(work / "model", lalrm)
     return checkpoint.name
 
 
@@ -231,8 +239,8 @@ def run(args) -> int:
         stage.update(status=outcome.status, seconds=outcome.seconds, log_tail=outcome.log_tail)
         if name in ("video", "lrm"):
             stage.update(run_metrics(work / "runs" / name))
-        if name == "video" and outcome.status != "ok":
-            stage["exported_checkpoint"] = export_latest_video_checkpoint(work)
+        if name in ("video", "lrm") and outcome.status != "ok":
+            stage["exported_checkpoint"] = export_latest_checkpoint(work, name)
         save()
         print(f"{name:>8}: {outcome.status} in {outcome.seconds:.0f} s", flush=True)
     results["files"] = send_back(work, args.out)
