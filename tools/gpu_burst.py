@@ -13,8 +13,9 @@ Back on the CPU (FILES = the folder the device's files came back in):
     .venv/bin/python tools/gpu_burst.py unpack --results FILES --out models/burst --run runs/burst-lrm
     .venv/bin/python benchmarks/bench_checkpoints.py --model models/burst --run runs/burst-lrm --data data/val
 
-`pack` sends every training clip's VAE latents (~17 KiB a clip compressed) for the video model, and the
-frames of the first --lrm-scenes scenes (~100 KiB a clip) for the LaLRM: frames are what fills 64 MiB.
+`pack` sends every training clip's VAE latents (17 KiB a clip xz-compressed) for the video model, and the
+frames of the first --lrm-scenes scenes (110 KiB a clip) for the LaLRM: frames are what fills 64 MiB.
+1,000 scenes with 150 of them framed pack into ~34 MiB; with the 20 MiB tree and 7 MiB of wheels, 61 MiB.
 `run` has three stages, each a backend command in its own process with a share of --budget (killed at
 it; tools/budgeted.py): train-video --init (the packed model's video model, whole model trained, on all
 clips' latents), generate-latents (the new video model's samples of the clips with frames), train-lrm
@@ -68,9 +69,8 @@ def model_folder(model: str) -> Path:
 # --- pack (CPU) --------------------------------------------------------------------------------------
 def pack(args) -> int:
     """Build the VAE latent caches of the training scenes (train-video's split and clips) and compress them
-    into .burst/: every clip's latents (what the video model trains on, ~17 KiB a clip) and, for the first
-    --lrm-scenes scenes, latents with frames (the LaLRM's targets, ~100 KiB a clip); note the model; check
-    what would travel."""
+    into .burst/: every clip's latents (what the video model trains on) and, for the first --lrm-scenes
+    scenes, latents with frames (the LaLRM's targets); note the model; check what would travel."""
     from backend.data.latent_cache import build_latent_cache
     from backend.data.scenes import DataOptions
     from backend.models.config import ModelConfig
@@ -286,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work", type=Path, default=ROOT / "runs" / "burst-pack", help="where the cache is built")
     p.add_argument("--max-scenes", type=int, help="pack at most this many training scenes (to fit 64 MiB)")
     p.add_argument("--lrm-scenes", type=int, default=150,
-                   help="scenes whose frames travel, for the LaLRM (~100 KiB each compressed; default 150)")
+                   help="scenes whose frames travel, for the LaLRM (110 KiB each compressed; default 150)")
     p.add_argument("--val-fraction", type=float, default=0.05, help="as train-video's: held-out scenes")
     p.add_argument("--seed", type=int, default=0, help="the split and clips' seed (the default's runs: 0)")
     p = sub.add_parser("run", help="GPU: the three stages within --budget seconds, results into --out")

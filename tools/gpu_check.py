@@ -223,7 +223,7 @@ def row_render_bench(ctx) -> None:
 
 ROWS = (Row("environment", 40, row_environment),
         Row("models", 200, row_models),
-        Row("gsplat_build", 170, row_gsplat_build),
+        Row("gsplat_build", 240, row_gsplat_build),
         Row("training", 80, row_training, needs=("gsplat_build",)),
         Row("generate_offload", 100, row_generate_offload, needs=("gsplat_build",)),
         Row("gsplat_parity", 30, row_gsplat_parity, needs=("gsplat_build",)),
