@@ -111,3 +111,10 @@ def test_size_report_refuses_more_than_the_device_takes(tmp_path):
 def test_pack_refuses_a_folder_that_is_no_model(tmp_path):
     result = tool("pack", "--data", tmp_path, "--model", tmp_path, "--out", tmp_path / "pack")
     assert result.returncode != 0 and "not a model folder" in result.stderr
+
+
+def test_run_and_unpack_say_what_is_missing(tmp_path):
+    result = tool("run", "--pack", tmp_path / "nothing", "--out", tmp_path / "out", "--work", tmp_path / "work")
+    assert result.returncode != 0 and "holds no pack" in result.stderr and "carry" in result.stderr
+    result = tool("unpack", "--results", tmp_path, "--out", tmp_path / "m", "--run", tmp_path / "r")
+    assert result.returncode != 0 and "lacks burst.json, video.tar, lalrm.safetensors" in result.stderr

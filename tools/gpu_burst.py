@@ -147,6 +147,9 @@ def stage_commands(args, work: Path) -> dict[str, list[str]]:
 
 def prepare_work(args, work: Path) -> dict:
     """Unpack the cache, copy the packed model into work/model, write its two part configs."""
+    if not (args.pack / MANIFEST).is_file() or not (args.pack / CACHE_ARCHIVE).is_file():
+        raise SystemExit(f"--pack {args.pack} holds no pack ({MANIFEST}, {CACHE_ARCHIVE}): run `tools/gpu_burst.py "
+                         "pack` on the CPU first, and name .burst in the device call's carry")
     manifest = json.loads((args.pack / MANIFEST).read_text())
     source = args.pack / "model" if manifest["model"] == "model" else ROOT / manifest["model"]
     if work.exists():
@@ -253,6 +256,10 @@ def run(args) -> int:
 def unpack(args) -> int:
     """The burst's model folder (the packed model with the new video model and LaLRM) and a train-lrm-like
     run folder of its LaLRM checkpoints, which bench_checkpoints.py scores."""
+    missing = [name for name in (MANIFEST, "video.tar", "lalrm.safetensors") if not (args.results / name).is_file()]
+    if missing:
+        raise SystemExit(f"--results {args.results} lacks {', '.join(missing)}: point it at the folder the device "
+                         "call's files came back in (its files_at)")
     results = json.loads((args.results / MANIFEST).read_text())
     source = model_folder(args.model or results["pack"]["model"])
     if args.out.exists():
