@@ -210,13 +210,18 @@ def row_gsplat_parity(ctx) -> None:
 
 
 def row_render_bench(ctx) -> None:
+    """bench_render.py's scene, seconds per frame (median after a warm-up, synchronized): ours vs gsplat."""
     import bench_render
-    counts, size, repeat = ([3_000], 64, 1) if ctx.dry_run else ([100_000, 1_000_000], 512, 3)
+    from bench_models import timed
+    torch = bench_render.torch
+    from backend.render import render
+    counts, size, repeat = ([3_000], 64, 1) if ctx.dry_run else ([100_000, 1_000_000], 512, 5)
     for count in counts:
         gaussians, cameras = bench_render.scene(count, size)
         gaussians, cameras = gaussians.to(ctx.device), cameras.to(ctx.device)
-        ours = bench_render.time_render(gaussians, cameras, "torch", repeat)[0]
-        theirs = bench_render.time_render(gaussians, cameras, ctx.gsplat, repeat)[0]
+        with torch.no_grad():
+            ours, theirs = (timed(lambda: render(gaussians, cameras, backend=backend), ctx.device, repeat)
+                            for backend in ("torch", ctx.gsplat))
         emit(gaussians=count, size=f"{size}x{size}", torch_s=ours, gsplat_s=theirs, vs=ctx.stand_in or "gsplat",
              torch_over_gsplat=ours / theirs)
 
