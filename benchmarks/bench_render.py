@@ -43,8 +43,10 @@ from machine import cpu_name  # noqa: E402
 ROOM_FRAMES = 9
 
 
-def scene(count: int, width: int, height: int | None = None, seed: int = 0) -> tuple[Gaussians, CameraBatch]:
-    """The random benchmark scene described at the top of this file."""
+def scene(count: int, width: int, height: int | None = None, seed: int = 0,
+          same_pixel_size: bool = False) -> tuple[Gaussians, CameraBatch]:
+    """The random benchmark scene described at the top of this file; same_pixel_size: the Gaussians shrink
+    with 512 / width so that each covers as many pixels as at 512 (the resolution rows)."""
     height = height or width
     gen = torch.Generator().manual_seed(seed)
     slope = (torch.rand(count, 2, generator=gen) * 2 - 1) * 0.6
@@ -52,7 +54,8 @@ def scene(count: int, width: int, height: int | None = None, seed: int = 0) -> t
     means = torch.cat([slope * z, z], dim=1)
     gaussians = Gaussians(
         means=means,
-        log_scales=math.log(0.004 * 512 / width) + 0.3 * torch.randn(count, 3, generator=gen),
+        log_scales=math.log(0.004 * (512 / width if same_pixel_size else 1))
+        + 0.3 * torch.randn(count, 3, generator=gen),
         quats=torch.randn(count, 4, generator=gen),
         opacity_logits=1.5 * torch.randn(count, generator=gen),
         sh0=torch.randn(count, 3, generator=gen),
@@ -101,7 +104,7 @@ def measure(row: dict) -> dict:
         result, cameras = room_generate()
         gaussians, cameras = result.gaussians, cameras[0]
     else:
-        gaussians, cameras = scene(row["count"], row["width"], row["height"])
+        gaussians, cameras = scene(row["count"], row["width"], row["height"], same_pixel_size=True)
     with torch.no_grad():
         render(gaussians, cameras, row["width"], row["height"], backend=row["backend"])
         start, start_cpu = time.perf_counter(), cpu_seconds()
