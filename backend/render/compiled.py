@@ -1,7 +1,7 @@
 """The compiled CPU rasterizer: numba kernels (compiled_kernels.py) behind reference.py's conventions.
 
-Why numba: it ships prebuilt wheels for every Python and OS Blender runs on (numba 0.61.2: CPython 3.11 and
-3.13 on Linux x86_64, macOS arm64 from 11.0 and Windows x86_64; numpy 1.24-2.2), so users need no compiler.
+Why numba: it ships prebuilt wheels for every Python and OS Blender runs on (numba 0.63.1: CPython 3.11 and
+3.13 on Linux x86_64, macOS arm64 (12+) and Windows x86_64; numpy 1.22-2.3), so users need no compiler.
 Its JIT costs seconds once per machine: kernels are cached (`cache=True`) in a user-writable folder, never
 the package folder (it may be read-only), and `python -m backend warm-render` fills that cache at install.
 Threads: numba's "workqueue" layer, its own plain threads, so that it never loads a second OpenMP runtime
@@ -22,7 +22,7 @@ from torch import Tensor
 from backend.gaussians import Gaussians
 from backend.render.sh import sh_to_rgb
 
-NUMBA_PIN = "numba==0.61.2"
+NUMBA_PIN = "numba==0.63.1"
 _kernels = None
 _missing: str | None = None
 
