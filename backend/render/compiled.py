@@ -61,6 +61,8 @@ def unavailable_reason() -> str | None:
             os.environ.setdefault("NUMBA_CACHE_DIR", str(_writable_cache_dir()))
             os.environ.setdefault("NUMBA_THREADING_LAYER", "workqueue")
             import numba
+            # numba reads its environment when first imported; someone may have imported it before us.
+            numba.config.CACHE_DIR = os.environ["NUMBA_CACHE_DIR"]
             numba.config.THREADING_LAYER = os.environ["NUMBA_THREADING_LAYER"]
             from backend.render import compiled_kernels
             _kernels = compiled_kernels
