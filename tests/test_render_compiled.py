@@ -58,7 +58,7 @@ def assert_close(ours, ref, rgb_p99=2e-3, depth_p99=1e-3):
 @pytest.mark.parametrize("sh_degree", [0, 1, 2, 3])
 def test_compiled_matches_reference_sh_degrees_odd_size(sh_degree):
     gaussians = random_scene(3000, sh_degree, seed=sh_degree)
-    # 37x29: not a multiple of the 16-pixel tile; a rotated, translated camera so SH directions vary
+    # 37x29: smaller than a tile and not a multiple of any tile size; a rotated, translated camera so SH directions vary
     c2w = torch.eye(4)
     c2w[:3, :3] = torch.tensor([[math.cos(0.2), 0, math.sin(0.2)], [0, 1, 0], [-math.sin(0.2), 0, math.cos(0.2)]])
     c2w[:3, 3] = torch.tensor([0.1, -0.05, 0.2])

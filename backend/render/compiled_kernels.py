@@ -2,7 +2,7 @@
 numba's cache folder and threading layer first.
 
 Same conventions as reference.py (gsplat's classic 3DGS), laid out as gsplat lays out its CUDA kernels:
-project every Gaussian (one thread per Gaussian), list each 16x16 tile's Gaussians in depth order, then
+project every Gaussian (one thread per Gaussian), list each 32x32 tile's Gaussians in depth order, then
 composite each tile front to back (one thread per tile), each pixel stopping once its transmittance would
 fall to 1e-4 and the tile stopping once all its pixels have. A Gaussian's pixels are found row by row from
 its ellipse (power <= ln(255 opacity), exactly the pixels where alpha can reach 1/255), as reference.py does.
@@ -21,7 +21,7 @@ from backend.gaussians import SH_C0
 from backend.render.reference import (ALPHA_MAX, ALPHA_MIN, EPS2D, FAR_PLANE, FRUSTUM_MARGIN, NEAR_PLANE,
                                       SPAN_PAD, T_MIN)
 
-TILE = 16
+TILE = 32  # 16 (gsplat's) makes more tile-Gaussian pairs: 1.2x the CPU time at 1M/512², 1.3x on the room
 # Columns of the per-Gaussian parameter rows (float32, one 48-byte row per Gaussian).
 MX, MY, CA, CB, CC, OPACITY, LEVEL, DEPTH, RED = range(9)
 N_COLUMNS = 12
@@ -140,7 +140,7 @@ def add_colors(rows, boxes, order, colors, from_dc):
 
 @njit(cache=True)
 def bin_tiles(boxes, order, tiles_x, tiles_y):
-    """List, per 16x16 tile, the Gaussians `order` (front to back, with their boxes) whose box overlaps it,
+    """List, per TILE x TILE tile, the Gaussians `order` (front to back, with their boxes) whose box overlaps it,
     in that order: (offsets [tiles + 1], ids) with tile t's Gaussians ids[offsets[t]:offsets[t + 1]]."""
     offsets = np.zeros(tiles_x * tiles_y + 1, np.int64)
     for k in range(boxes.shape[0]):
