@@ -17,6 +17,7 @@ COMMANDS = {
     "render": ("backend.commands.render", "render a PLY from every camera of a cameras.json"),
     "info": ("backend.commands.info", "summarize a Gaussian PLY file"),
     "render-worker": ("backend.commands.render_worker", "long-lived renderer for Blender's render engine"),
+    "warm-render": ("backend.commands.warm_render", "compile the CPU rasterizer once (run at install)"),
     "train-vae": ("backend.commands.train_vae", "train a small video VAE (small configs only)"),
     "train-video": ("backend.commands.train_video", "train the camera-controlled video model"),
     "train-lrm": ("backend.commands.train_lrm", "train the LaLRM (latents -> Gaussians)"),

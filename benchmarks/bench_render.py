@@ -1,60 +1,85 @@
-"""Renderer benchmark: seconds per frame and peak memory of the torch rasterizer (and gsplat on CUDA).
+"""Renderer benchmark: the compiled CPU rasterizer beside the torch reference (and gsplat on CUDA).
 
-Scene ("pixel-aligned-like"): N Gaussians in front of a SIZE x SIZE pinhole camera at the origin
-looking down +z (fx = fy = SIZE, cx = cy = SIZE/2, a 53 degree field of view): depth z uniform in
-[2, 6], x/z and y/z uniform in [-0.6, 0.6] (the view cone plus a 20% margin, so ~70% land on screen);
-random rotations; log-scales ~ Normal(log 0.004, 0.3) per axis, i.e. a projected std-dev of ~0.3-1
-pixel before gsplat's eps2d blur (median 2D std-dev along x or y, whichever is larger: 0.8 px), so each
-Gaussian covers ~10-30 pixels, like the model's pixel-aligned output; opacity logits ~ Normal(0, 1.5); SH
-degree 0 colours ~ Normal(0, 1). Seeded: every run renders the same scene. At 1M Gaussians and 512x512
-this is ~14M Gaussian-pixel pairs with alpha >= 1/255 (about 55 layers per pixel).
+Scenes:
+- "random" (pixel-aligned-like): N Gaussians in front of a pinhole camera at the origin looking down +z
+  (fx = fy = the image width, centred principal point): depth z uniform in [2, 6], x/z and y/z uniform in
+  [-0.6, 0.6] (the view cone plus a 20% margin, so ~70% land on screen at 512x512); random rotations;
+  log-scales ~ Normal(log 0.004, 0.3) per axis (a projected std-dev of ~0.3-1 pixel at 512 before gsplat's
+  eps2d blur, ~10-30 pixels per Gaussian like the model's pixel-aligned output); opacity logits ~ Normal(0,
+  1.5); SH degree 0 colours ~ Normal(0, 1). Seeded. At 1M Gaussians and 512x512 this is ~14M
+  Gaussian-pixel pairs with alpha >= 1/255 (about 55 per pixel).
+- "room": the shipped default model's Gaussians for tools/demo_inputs/room.png with a dolly-in camera
+  move (the demo's), rendered from the first camera at 1920x1080 as F12 would.
 
-Reported: wall-clock seconds per frame, CPU seconds per frame (the process's user + system time; on a
-shared machine the wall time is inflated by other jobs, the CPU time much less) and the process's
-peak resident memory. On machines shared with other jobs, OMP_WAIT_POLICY=PASSIVE avoids OpenMP
-threads spinning while their sibling waits for a core.
+Each row runs in a child process of its own, so its peak resident memory (the child's high-water mark:
+torch, the scene and the renderer's buffers) is its own. Reported: wall-clock and CPU (user + system)
+seconds per frame after one warm-up frame; on a shared machine wall time is inflated by other jobs, CPU
+time much less. Ratios compare rows measured in this one run.
 
-Usage: python benchmarks/bench_render.py [--counts 100000 1000000] [--size 512] [--repeat 2]
+Usage: python benchmarks/bench_render.py [--quick] [--repeat 2] [--threads N]
 """
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import resource
+import subprocess
 import sys
 import time
 from pathlib import Path
 
-# OpenMP reads its wait policy when torch loads; the backend's own default (PASSIVE, backend/__init__.py)
-# comes too late here, so this script measures what its environment says.
-OMP_POLICY = os.environ.get("OMP_WAIT_POLICY", "unset (spin)")
+import torch
 
-import torch  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
 from backend.cameras import CameraBatch  # noqa: E402
 from backend.gaussians import Gaussians  # noqa: E402
 from backend.render import render  # noqa: E402
 from machine import cpu_name  # noqa: E402
 
+ROOM_FRAMES = 9
 
-def scene(count: int, size: int, seed: int = 0) -> tuple[Gaussians, CameraBatch]:
-    """The benchmark scene described at the top of this file."""
+
+def scene(count: int, width: int, height: int | None = None, seed: int = 0,
+          same_pixel_size: bool = False) -> tuple[Gaussians, CameraBatch]:
+    """The random benchmark scene described at the top of this file; same_pixel_size: the Gaussians shrink
+    with 512 / width so that each covers as many pixels as at 512 (the resolution rows)."""
+    height = height or width
     gen = torch.Generator().manual_seed(seed)
     slope = (torch.rand(count, 2, generator=gen) * 2 - 1) * 0.6
     z = 2 + 4 * torch.rand(count, 1, generator=gen)
     means = torch.cat([slope * z, z], dim=1)
     gaussians = Gaussians(
         means=means,
-        log_scales=math.log(0.004) + 0.3 * torch.randn(count, 3, generator=gen),
+        log_scales=math.log(0.004 * (512 / width if same_pixel_size else 1))
+        + 0.3 * torch.randn(count, 3, generator=gen),
         quats=torch.randn(count, 4, generator=gen),
         opacity_logits=1.5 * torch.randn(count, generator=gen),
         sh0=torch.randn(count, 3, generator=gen),
         sh_rest=None)
-    K = torch.tensor([[size, 0.0, size / 2], [0.0, size, size / 2], [0.0, 0.0, 1.0]])[None]
-    return gaussians, CameraBatch(K, torch.eye(4)[None], size, size)
+    K = torch.tensor([[width, 0.0, width / 2], [0.0, width, height / 2], [0.0, 0.0, 1.0]])[None]
+    return gaussians, CameraBatch(K, torch.eye(4)[None], width, height)
+
+
+def room_cameras(width: int, height: int) -> CameraBatch:
+    """The demo's dolly-in: a 50 mm lens on a 36 mm sensor moving 0.8 units forward (OpenCV axes)."""
+    f = 50 / 36 * width
+    K = torch.tensor([[f, 0.0, width / 2], [0.0, f, height / 2], [0.0, 0.0, 1.0]]).expand(ROOM_FRAMES, 3, 3)
+    c2w = torch.eye(4).repeat(ROOM_FRAMES, 1, 1)
+    c2w[:, 2, 3] = torch.linspace(0, 0.8, ROOM_FRAMES)
+    return CameraBatch(K.clone(), c2w, width, height)
+
+
+def room_generate(preview_count: int = 0):
+    """The default model's result for the demo room picture (pipeline loaded and run in this process)."""
+    from backend.images import load_rgb
+    from backend.pipelines.wonderland import DEFAULT_MODEL, generate, load_pipeline
+    image = load_rgb(ROOT / "tools" / "demo_inputs" / "room.png")
+    cameras = room_cameras(image.shape[1], image.shape[0])
+    return generate(load_pipeline(DEFAULT_MODEL), image, cameras, preview_count=preview_count), cameras
 
 
 def cpu_seconds() -> float:
@@ -62,46 +87,149 @@ def cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def time_render(gaussians, cameras, backend: str, repeat: int) -> tuple[float, float]:
-    """(wall, CPU) seconds per frame, after one warm-up frame."""
-    sync = torch.cuda.synchronize if gaussians.device.type == "cuda" else (lambda: None)
+def peak_gb() -> float:
+    scale = 2**30 if sys.platform == "darwin" else 2**20  # ru_maxrss: bytes on macOS, KiB on Linux
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / scale
+
+
+def measure(row: dict) -> dict:
+    """One row, in this process: seconds per frame (wall, CPU), pairs per pixel of the scene, peak RSS."""
+    from backend.render import compiled
+    if row["backend"] == "compiled":
+        compiled.set_threads(row.get("threads"))
+        compiled.warm()
+    else:
+        torch.set_num_threads(row.get("threads") or torch.get_num_threads())
+    if row["scene"] == "room":
+        result, cameras = room_generate()
+        gaussians, cameras = result.gaussians, cameras[0]
+    else:
+        gaussians, cameras = scene(row["count"], row["width"], row["height"], same_pixel_size=True)
     with torch.no_grad():
-        render(gaussians, cameras, backend=backend)
-        sync()
+        render(gaussians, cameras, row["width"], row["height"], backend=row["backend"])
         start, start_cpu = time.perf_counter(), cpu_seconds()
-        for _ in range(repeat):
-            render(gaussians, cameras, backend=backend)
-        sync()
-    return (time.perf_counter() - start) / repeat, (cpu_seconds() - start_cpu) / repeat
+        for _ in range(row["repeat"]):
+            render(gaussians, cameras, row["width"], row["height"], backend=row["backend"])
+    return {**row, "count": len(gaussians), "seconds": (time.perf_counter() - start) / row["repeat"],
+            "cpu": (cpu_seconds() - start_cpu) / row["repeat"], "peak_gb": peak_gb(),
+            "pairs_per_pixel": pairs_per_pixel(gaussians, cameras, row["width"], row["height"])}
+
+
+def pairs_per_pixel(gaussians: Gaussians, cameras: CameraBatch, width: int, height: int) -> float:
+    """Mean number of Gaussians per pixel whose alpha reaches 1/255 (before early termination), roughly:
+    each centred on screen covers its ellipse power <= ln(255 opacity), of area 2 pi ln(255 opacity)
+    sqrt(det cov), with det cov = 1 / det conic."""
+    from backend.render.reference import project
+    scale = torch.tensor([[width / cameras.width], [height / cameras.height], [1.0]])
+    with torch.no_grad():
+        p = project(gaussians.means, gaussians.quats, gaussians.scales, gaussians.opacities,
+                    torch.linalg.inv(cameras.c2w[0]), cameras.K[0] * scale, width, height)
+        on_screen = (p.mean_x >= 0) & (p.mean_x < width) & (p.mean_y >= 0) & (p.mean_y < height)
+        level = torch.log(p.opacity * 255).clamp_min(0)
+        area = 2 * math.pi * level / torch.sqrt(p.conic_a * p.conic_c - p.conic_b ** 2)
+    return float((area * on_screen).sum()) / (width * height)
+
+
+def run_row(row: dict, timeout: float) -> dict | None:
+    """measure(row) in a child process; None when it ran past `timeout` seconds."""
+    try:
+        out = subprocess.run([sys.executable, __file__, "--row", json.dumps(row)], capture_output=True,
+                             text=True, timeout=timeout, env=dict(os.environ, PYTHONPATH=os.pathsep.join(
+                                 [str(ROOT), os.environ.get("PYTHONPATH", "")])))
+    except subprocess.TimeoutExpired:
+        return None
+    if out.returncode != 0:
+        raise RuntimeError(f"row {row} failed:\n{out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def preview_share() -> tuple[float, float, float]:
+    """A default generate with its 8 previews (256 px, fast path): (total s, previews s, the same 8
+    previews rendered by the torch reference s)."""
+    from backend.cameras import resample
+    start = time.perf_counter()
+    result, cameras = room_generate(preview_count=8)
+    total = time.perf_counter() - start
+    views = resample(cameras, 8)
+    scale = 256 / max(cameras.width, cameras.height)
+    size = (round(cameras.width * scale), round(cameras.height * scale))
+    ref_start = time.perf_counter()
+    with torch.no_grad():
+        for i in range(8):
+            render(result.gaussians, views[i], *size, backend="torch")
+    return total, result.info["timings_s"]["render"], time.perf_counter() - ref_start
+
+
+def fmt(row: dict | None, key: str, spec: str) -> str:
+    return "—" if row is None else format(row[key], spec)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--counts", type=int, nargs="+", default=[100_000, 1_000_000])
-    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--row", help=argparse.SUPPRESS)
+    parser.add_argument("--quick", action="store_true", help="small counts and sizes only (a smoke run)")
     parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--threads", type=int, help="render threads (default: all cores)")
+    parser.add_argument("--reference-timeout", type=float, default=300,
+                        help="seconds after which a reference row is given up (default 300)")
     args = parser.parse_args()
+    if args.row:
+        print(json.dumps(measure(json.loads(args.row))))
+        return
 
-    print(f"CPU: {cpu_name()}, {os.cpu_count()} cores, torch threads: {torch.get_num_threads()}, "
-          f"torch {torch.__version__}, OMP_WAIT_POLICY {OMP_POLICY}, "
+    print(f"CPU: {cpu_name()}, {os.cpu_count()} cores, threads: {args.threads or 'all'}, torch {torch.__version__}, "
           f"load average before: {os.getloadavg()[0]:.1f}")
-    print(f"{'count':>9} {'resolution':>10} {'s/frame':>8} {'CPU s/frame':>11} {'peak RSS GB':>11}")
-    for count in args.counts:
-        gaussians, cameras = scene(count, args.size)
-        seconds, cpu = time_render(gaussians, cameras, "torch", args.repeat)
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-        print(f"{count:>9} {args.size:>4}x{args.size:<5} {seconds:>8.3f} {cpu:>11.3f} {peak:>11.2f}")
+    counts = [10_000, 100_000] if args.quick else [10_000, 100_000, 1_000_000, 4_200_000]
+    sizes = [(128, 128), (256, 256)] if args.quick else [(512, 512), (1024, 1024), (1920, 1080), (3840, 2160)]
+    base = {"repeat": args.repeat, "threads": args.threads}
+    count_rows = [{**base, "scene": "random", "count": n, "width": sizes[0][0], "height": sizes[0][1]}
+                  for n in counts]
+    size_rows = [{**base, "scene": "random", "count": counts[-2], "width": w, "height": h} for w, h in sizes[1:]]
+    room = {**base, "scene": "room", "count": 0, "width": 1920, "height": 1080}
+    if args.quick:
+        room.update(width=192, height=108)
 
+    print(f"\n{'scene':>6} {'Gaussians':>10} {'resolution':>10} {'pairs/px':>8} {'compiled s':>10} {'CPU s':>7} "
+          f"{'peak GB':>7} {'torch s':>8} {'CPU s':>7} {'peak GB':>7} {'ratio':>6}")
+    for row in count_rows + size_rows + [room]:
+        ours = run_row({**row, "backend": "compiled"}, timeout=600)
+        # The reference only where it finishes in reasonable time: up to 1M Gaussians at 512x512, and the room.
+        small = row["count"] <= 1_000_000 and row["width"] * row["height"] <= 512 * 512
+        ref = run_row({**row, "backend": "torch", "repeat": 1}, args.reference_timeout) \
+            if small or row["scene"] == "room" else None
+        ratio = f"{ref['seconds'] / ours['seconds']:.1f}x" if ref and ours else "—"
+        print(f"{row['scene']:>6} {ours['count']:>10,} {row['width']:>5}x{row['height']:<4} "
+              f"{ours['pairs_per_pixel']:>8.0f} {fmt(ours, 'seconds', '10.3f')} {fmt(ours, 'cpu', '7.2f')} "
+              f"{fmt(ours, 'peak_gb', '7.2f')} {fmt(ref, 'seconds', '8.3f')} {fmt(ref, 'cpu', '7.2f')} "
+              f"{fmt(ref, 'peak_gb', '7.2f')} {ratio:>6}", flush=True)
+
+    total, previews, reference = preview_share()
+    print(f"\ndefault generate of the room with 8 previews at 256 px: {total:.1f} s, previews {previews:.2f} s "
+          f"({100 * previews / total:.0f}%); the same previews with the torch reference: {reference:.2f} s "
+          f"(would be {100 * reference / (total - previews + reference):.0f}%)")
+    print(f"load average after: {os.getloadavg()[0]:.1f}")
     if torch.cuda.is_available():
-        print(f"\nGPU: {torch.cuda.get_device_name()}")
-        print(f"{'count':>9} {'resolution':>10} {'torch s':>8} {'gsplat s':>9} {'ratio':>7}")
-        for count in args.counts:
-            gaussians, cameras = scene(count, args.size)
-            gaussians, cameras = gaussians.to("cuda"), cameras.to("cuda")
-            ours = time_render(gaussians, cameras, "torch", args.repeat)[0]
-            theirs = time_render(gaussians, cameras, "gsplat", args.repeat)[0]
-            print(f"{count:>9} {args.size:>4}x{args.size:<5} {ours:>8.4f} {theirs:>9.5f} "
-                  f"{ours / theirs:>7.1f}")
+        gpu_table(counts[:-1], args.repeat)
+
+
+def gpu_table(counts: list[int], repeat: int) -> None:
+    """On CUDA: the torch reference vs gsplat, same scene, in this process."""
+    print(f"\nGPU: {torch.cuda.get_device_name()}")
+    print(f"{'count':>9} {'resolution':>10} {'torch s':>8} {'gsplat s':>9} {'ratio':>7}")
+    for count in counts:
+        gaussians, cameras = scene(count, 512)
+        gaussians, cameras = gaussians.to("cuda"), cameras.to("cuda")
+        times = []
+        for backend in ("torch", "gsplat"):
+            with torch.no_grad():
+                render(gaussians, cameras, backend=backend)
+                torch.cuda.synchronize()
+                start = time.perf_counter()
+                for _ in range(repeat):
+                    render(gaussians, cameras, backend=backend)
+                torch.cuda.synchronize()
+            times.append((time.perf_counter() - start) / repeat)
+        print(f"{count:>9} {512:>4}x{512:<5} {times[0]:>8.4f} {times[1]:>9.5f} {times[0] / times[1]:>7.1f}")
 
 
 if __name__ == "__main__":

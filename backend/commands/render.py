@@ -21,6 +21,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--background", default="0,0,0", help="R,G,B in 0..1 behind the Gaussians (default 0,0,0)")
     p.add_argument("--rgba", action="store_true", help="write RGBA PNGs with straight alpha instead")
     p.add_argument("--device", choices=DEVICES, default="auto")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads for rendering (default 0: one per core)")
 
 
 def parse_background(text: str) -> tuple[float, float, float]:
@@ -51,9 +52,10 @@ def run(args) -> int:
     from backend.cameras import load_cameras
     from backend.images import save_png
     from backend.ply import read_ply
-    from backend.render import render
+    from backend.render import render, set_threads
 
     background = parse_background(args.background)
+    set_threads(args.threads)
     cameras = load_cameras(args.cameras)
     width, height = output_size(args, cameras)
     gaussians, report = read_ply(args.ply)
