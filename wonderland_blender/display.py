@@ -189,13 +189,16 @@ def splat_node_group():
     points = inputs.outputs["Geometry"]
     quad_rotation, size, ray = _footprint(t)
     distance = t.vmath('LENGTH', ray, index="Value")
-    far_first = t.out("GeometryNodeSortElements", points, None, None, t.math('MULTIPLY', distance, -1.0),
+    # Drop the points without a quad first: the random subset then follows the points' own order (stable
+    # while the camera moves), and only the drawn ones are sorted.
+    drawn = t.out("GeometryNodeSeparateGeometry", points, _drawn(t, inputs.outputs["Viewport Splats"], points),
+                  props={"domain": 'POINT'}, index="Selection")
+    far_first = t.out("GeometryNodeSortElements", drawn, None, None, t.math('MULTIPLY', distance, -1.0),
                       props={"domain": 'POINT'})
     grid = t.node("GeometryNodeMeshGrid", 2.0, 2.0, 2, 2)
     quad = t.out("GeometryNodeStoreNamedAttribute", grid.outputs["Mesh"], None, UV_NAME, grid.outputs["UV Map"],
                  props={"data_type": 'FLOAT2', "domain": 'CORNER'})
-    instances = t.out("GeometryNodeInstanceOnPoints", far_first, _drawn(t, inputs.outputs["Viewport Splats"], points),
-                      quad, Rotation=quad_rotation, Scale=size)
+    instances = t.out("GeometryNodeInstanceOnPoints", far_first, None, quad, Rotation=quad_rotation, Scale=size)
     for name in ("sh_rest_*", "scale", "rotation", "radius"):  # not needed on the quads: memory at 1M
         remove = t.node("GeometryNodeRemoveAttribute", instances, Name=name)
         if "Pattern Mode" in remove.inputs:  # a menu socket in 5.0, a property in 4.5

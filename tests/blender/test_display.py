@@ -80,16 +80,29 @@ def test_quads_span_three_sigma_of_the_projected_gaussian(scene, make_camera):
         assert abs(normal @ ray) == pytest.approx(np.linalg.norm(normal) * np.linalg.norm(ray), rel=1e-5)
 
 
-def test_viewport_draws_at_most_the_viewport_splats(scene):
-    """The background depsgraph is a viewport one: a 2000-Gaussian cloud capped at 200 draws about 200 quads;
-    faint Gaussians (opacity < 1/255) get none; the point cloud keeps all."""
+def quad_centres(obj) -> np.ndarray:
+    mesh = quad_mesh(obj)
+    corners = np.empty(len(mesh.vertices) * 3, np.float32)
+    mesh.attributes["position"].data.foreach_get("vector", corners)
+    return np.sort(corners.reshape(-1, 4, 3).mean(axis=1).round(5), axis=0)
+
+
+def test_viewport_draws_at_most_the_viewport_splats(scene, make_camera):
+    """The background depsgraph is a viewport one: a 2000-Gaussian cloud capped at 200 draws about 200 quads,
+    the same ones wherever the camera goes; faint Gaussians (opacity < 1/255) get none; the point cloud
+    keeps all."""
     splats = random_splats(2000)
     splats.opacity_logits[:100] = -8.0
+    cam = make_camera(location=(0.0, -4.0, 0.0), rotation=(math.pi / 2, 0.0, 0.0))
     obj = create_object(bpy.context, "G", splats)
     assert len(quad_mesh(obj).polygons) == 1900
     obj.modifiers[display.MODIFIER_NAME]["Socket_1"] = 200
     obj.update_tag()
     assert 150 <= len(quad_mesh(obj).polygons) <= 250
+    before = quad_centres(obj)
+    cam.location = (3.0, 1.0, 2.0)
+    bpy.context.view_layer.update()
+    np.testing.assert_allclose(quad_centres(obj), before, atol=1e-4)
     assert len(evaluated(obj).data.points) == 2000
 
 
