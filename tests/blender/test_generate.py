@@ -303,11 +303,13 @@ def test_the_base_python_for_the_venv_is_3_11_or_newer(install_op):
                          capture_output=True, text=True, check=True).stdout.split()
     assert tuple(map(int, out)) >= (3, 11)
     venv = Path("/nonexistent/venv")
-    steps = install_op.install_steps(exe, venv, install_op.BACKEND_SRC)
-    assert [label for label, _ in steps] == ["Making the virtual environment", "pip install of the backend",
-                                             "Checking the backend"]
+    torch = install_op.choose_torch("Linux", "x86_64", None)
+    steps = install_op.install_steps(exe, venv, install_op.BACKEND_SRC, torch)
+    assert [label for label, _ in steps] == ["Making the virtual environment", f"pip install of {torch.reason}",
+                                             "pip install of the backend", "Checking the backend"]
     assert steps[0][1] == [exe, "-m", "venv", str(venv)]
-    assert steps[1][1][-1] == str(install_op.BACKEND_SRC)
+    assert steps[1][1][-3:] == torch.pip_args()
+    assert steps[2][1][-1] == str(install_op.BACKEND_SRC)
 
 
 def test_an_unedited_image_file_datablock_is_copied_byte_for_byte(job_scene, tmp_path):
