@@ -54,8 +54,8 @@ def child_compare(blend: str, out: str) -> dict:
     import bpy
     import numpy as np
     from wonderland_blender import render_engine
-    bpy.ops.wm.open_mainfile(filepath=blend)
     addon_utils.enable("wonderland_blender", default_set=True, handle_error=None)
+    bpy.ops.wm.open_mainfile(filepath=blend)  # with the add-on on: an older display is brought up to date
     scene = bpy.context.scene
     scene.frame_set(scene.frame_start)
     _black_standard_scene(scene)
