@@ -50,8 +50,8 @@ def _render(scene, engine: str, path: Path):
 
 
 def child_compare(blend: str, out: str) -> dict:
+    import bpy  # first: it puts addon_utils on sys.path
     import addon_utils
-    import bpy
     import numpy as np
     from wonderland_blender import render_engine
     addon_utils.enable("wonderland_blender", default_set=True, handle_error=None)
