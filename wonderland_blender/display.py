@@ -101,6 +101,7 @@ def refresh(objects) -> list[str]:
         modifier = obj.modifiers.get(MODIFIER_NAME)
         if modifier is not None and (modifier.node_group is None or _outdated(modifier.node_group)):
             modifier.node_group = splat_node_group()
+            _prepare_scenes(obj)
             changed.append(obj.name)
     for blocks in (bpy.data.node_groups, bpy.data.materials):
         for block in [b for b in blocks if _outdated(b) and b.users == 0]:
@@ -269,13 +270,17 @@ def splat_node_group():
     return group
 
 
-def add_display(obj):
-    """Give `obj` the display modifier, last in its stack (edit modifiers go before it); returns it. The
-    scenes holding `obj` get enough Cycles transparent bounces for overlapping quads."""
+def _prepare_scenes(obj) -> None:
+    """The scenes holding `obj` get enough Cycles transparent bounces for overlapping quads."""
     for scene in obj.users_scene:
         cycles = getattr(scene, "cycles", None)
         if cycles is not None and cycles.transparent_max_bounces < CYCLES_TRANSPARENT_BOUNCES:
             cycles.transparent_max_bounces = CYCLES_TRANSPARENT_BOUNCES
+
+
+def add_display(obj):
+    """Give `obj` the display modifier, last in its stack (edit modifiers go before it); returns it."""
+    _prepare_scenes(obj)
     modifier = obj.modifiers.get(MODIFIER_NAME)
     if modifier is None:
         modifier = obj.modifiers.new(MODIFIER_NAME, 'NODES')
