@@ -20,7 +20,7 @@ from pathlib import Path
 
 import bpy
 import numpy as np
-from bpy.props import StringProperty
+from bpy.props import FloatProperty, StringProperty
 
 from .housekeeping import RESULT_KEY, clean_job_folders, retire_previous_results, used_paths
 from .job import Job, JobState, build_command, stage_progress
@@ -323,6 +323,9 @@ class WONDERLAND_OT_generate(bpy.types.Operator):
 
     extra_args: StringProperty(name="Extra Backend Arguments", options={'HIDDEN', 'SKIP_SAVE'},
                                description="More `python -m backend generate` options, e.g. '--previews 4'")
+    timeout: FloatProperty(name="Timeout (s)", default=0.0, min=0.0, options={'HIDDEN', 'SKIP_SAVE'},
+                           description="Background mode and scripts: stop the backend and fail after this many "
+                                       "seconds (0: wait as long as it takes)")
 
     _timer = None
     _job: Job | None = None
@@ -363,7 +366,7 @@ class WONDERLAND_OT_generate(bpy.types.Operator):
             printed[0] = len(state.events)
 
         try:
-            self._job.wait(on_update=on_update)
+            self._job.wait(on_update=on_update, timeout=self.timeout or None)
         except KeyboardInterrupt:
             self._job.abort()
         return self._report_end(context)

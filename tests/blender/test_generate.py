@@ -323,3 +323,18 @@ def test_an_unedited_image_file_datablock_is_copied_byte_for_byte(job_scene, tmp
     job_scene.wonderland.image.pixels[0] = 1.0   # painted in Blender: now its pixels are what counts
     written = ops_generate.write_input_image(job_scene.wonderland, folder)
     assert written == folder / "image.png" and np.asarray(Image.open(written))[-1, 0, 0] == 255
+
+
+def test_a_background_generate_with_a_timeout_stops_a_hung_backend_with_a_clear_message(job_scene, tmp_path,
+                                                                                       monkeypatch):
+    fake = tmp_path / "hung-python"
+    fake.write_text("#!/bin/sh\necho 'loading the model' >&2\nexec sleep 60\n")
+    fake.chmod(fake.stat().st_mode | stat.S_IXUSR)
+    monkeypatch.setenv(ENV_BACKEND_PYTHON, str(fake))
+    before, started = snapshot(), time.monotonic()
+    with pytest.raises(RuntimeError, match="ran longer than the 1.5 s timeout"):
+        bpy.ops.wonderland.generate(timeout=1.5)
+    assert time.monotonic() - started < 20
+    assert snapshot() == before
+    assert "timeout" in job_scene.wonderland.last_error
+    assert not job_scene.wonderland.is_running and ops_generate.active_job() is None
