@@ -27,12 +27,16 @@ MODIFIER_NAME = "Wonderland Splats"
 GROUP_NAME = "Wonderland Splats"
 SPLAT_MATERIAL = "Wonderland Gaussians"
 POINT_MATERIAL = "Wonderland Points"
-SIGMAS = 3.0  # quads reach 3σ, where exp(-r²/2) = 1.1% of the peak
+SIGMAS = 3.0  # quads reach at most 3σ, where exp(-r²/2) = 1.1% of the peak
 MIN_ALPHA = 1.0 / 255.0  # the rasterizers skip fainter Gaussians; so do we (fewer quads)
 MAX_ALPHA = 0.99  # as 3DGS clamps alpha
 VIEWPORT_SPLATS = 200_000
 CYCLES_TRANSPARENT_BOUNCES = 128  # a ray crosses this many quads before Cycles stops it (8 by default)
 UV_NAME = "UVMap"
+EXTENT_NAME = "splat_extent"  # a quad's half-size in σ, on the quads only
+VERSION = 2  # of the group and materials; a .blend's older ones are replaced when it loads (migrate.py)
+_VERSION_KEY = "wonderland_display_version"
+_NAMES = (GROUP_NAME, SPLAT_MATERIAL, POINT_MATERIAL)
 
 
 class _Tree:
@@ -62,8 +66,8 @@ class _Tree:
     def math(self, op: str, a, b=None):
         return self.out("ShaderNodeMath", a, b, props={"operation": op})
 
-    def vmath(self, op: str, *inputs, index=0):
-        return self.out("ShaderNodeVectorMath", *inputs, props={"operation": op}, index=index)
+    def vmath(self, op: str, *inputs, index=0, **named):
+        return self.out("ShaderNodeVectorMath", *inputs, props={"operation": op}, index=index, **named)
 
 
 def _set_alpha_method(mat) -> None:
@@ -76,8 +80,38 @@ def _set_alpha_method(mat) -> None:
         mat.use_transparency_overlap = True  # overlapping quads of one object blend with each other
 
 
+def _current(blocks, name: str):
+    """The data-block `name` if this version made it, else None; an older one is renamed out of the way."""
+    block = blocks.get(name)
+    if block is None or block.get(_VERSION_KEY) == VERSION:
+        return block
+    block.name = f"{name} (old)"
+    return None
+
+
+def _outdated(block) -> bool:
+    return block.get(_VERSION_KEY) != VERSION and block.name.startswith(_NAMES)
+
+
+def refresh(objects) -> list[str]:
+    """Give display modifiers made by an older version the current group, and remove older groups and
+    materials nothing uses any more; returns the names of the objects changed."""
+    changed = []
+    for obj in objects:
+        modifier = obj.modifiers.get(MODIFIER_NAME)
+        if modifier is not None and (modifier.node_group is None or _outdated(modifier.node_group)):
+            modifier.node_group = splat_node_group()
+            _prepare_scenes(obj)
+            changed.append(obj.name)
+    for blocks in (bpy.data.node_groups, bpy.data.materials):
+        for block in [b for b in blocks if _outdated(b) and b.users == 0]:
+            blocks.remove(block)
+    return changed
+
+
 def _new_material(name: str):
     mat = bpy.data.materials.new(name)
+    mat[_VERSION_KEY] = VERSION
     if mat.node_tree is None:  # Blender 4.5; 5.0 materials always have nodes
         mat.use_nodes = True
     mat.node_tree.nodes.clear()
@@ -89,13 +123,15 @@ def _attribute(t: _Tree, name: str, output: str):
 
 
 def splat_material():
-    """Emission of `splat_color` with alpha opacity·exp(-r²/2) over the quad (r in σ from its UV)."""
-    mat = bpy.data.materials.get(SPLAT_MATERIAL)
+    """Emission of `splat_color` with alpha opacity·exp(-r²/2) over the quad (r in σ: its UV times its
+    extent)."""
+    mat = _current(bpy.data.materials, SPLAT_MATERIAL)
     if mat is not None:
         return mat
     mat, t = _new_material(SPLAT_MATERIAL)
     uv = _attribute(t, UV_NAME, "Vector")
-    r = t.vmath('MULTIPLY_ADD', uv, (2 * SIGMAS, 2 * SIGMAS, 0.0), (-SIGMAS, -SIGMAS, 0.0))
+    centred = t.vmath('MULTIPLY_ADD', uv, (2.0, 2.0, 0.0), (-1.0, -1.0, 0.0))
+    r = t.vmath('SCALE', centred, Scale=_attribute(t, EXTENT_NAME, "Fac"))
     r2 = t.vmath('DOT_PRODUCT', r, r, index="Value")
     falloff = t.math('EXPONENT', t.math('MULTIPLY', r2, -0.5))
     alpha = t.math('MINIMUM', t.math('MULTIPLY', falloff, _attribute(t, "opacity", "Fac")), MAX_ALPHA)
@@ -109,7 +145,7 @@ def splat_material():
 
 def point_material():
     """Nothing in EEVEE and Cycles (the quads are the Gaussians there); the colour in Solid view."""
-    mat = bpy.data.materials.get(POINT_MATERIAL)
+    mat = _current(bpy.data.materials, POINT_MATERIAL)
     if mat is not None:
         return mat
     mat, t = _new_material(POINT_MATERIAL)
@@ -127,9 +163,19 @@ def _interface(group) -> None:
     new("Geometry", in_out='OUTPUT', socket_type='NodeSocketGeometry')
 
 
-def _footprint(t: _Tree):
+def _extent(t: _Tree):
+    """Each quad's half-size in σ: where opacity·exp(-r²/2) falls below 1/255, the rasterizers' cut-off,
+    at most 3σ. The shipped model's faint Gaussians (opacity 0.025) need 1.9σ: 2.4× fewer fragments."""
+    opacity = t.out("GeometryNodeInputNamedAttribute", "opacity", props={"data_type": 'FLOAT'})
+    ratio = t.math('MAXIMUM', t.math('MULTIPLY', opacity, 1.0 / MIN_ALPHA), 1.0)
+    log_ratio = t.math('LOGARITHM', ratio, 2.718281828459045)
+    return t.math('MINIMUM', t.math('SQRT', t.math('MULTIPLY', log_ratio, 2.0)), SIGMAS)
+
+
+def _footprint(t: _Tree, extent):
     """(rotation, scale) of each point's quad: normal along the view ray from the scene camera, axes and
-    half-sizes from the eigen-decomposition of the covariance R·diag(s²)·Rᵀ projected across the ray."""
+    half-sizes (`extent` σ) from the eigen-decomposition of the covariance R·diag(s²)·Rᵀ projected across
+    the ray."""
     camera = t.out("GeometryNodeObjectInfo", t.out("GeometryNodeInputActiveCamera"),
                    props={"transform_space": 'RELATIVE'}, index="Location")
     ray = t.vmath('SUBTRACT', t.out("GeometryNodeInputPosition"), camera)
@@ -154,8 +200,8 @@ def _footprint(t: _Tree):
     turn = t.out("FunctionNodeAxisAngleToRotation", (0.0, 0.0, 1.0), angle)
     quad_rotation = t.out("FunctionNodeRotateRotation", facing, turn, props={"rotation_space": 'LOCAL'})
 
-    def sigma(variance_value):  # SIGMAS·σ; the quad mesh spans ±1
-        return t.math('MULTIPLY', t.math('SQRT', t.math('MAXIMUM', variance_value, 0.0)), SIGMAS)
+    def sigma(variance_value):  # extent·σ; the quad mesh spans ±1
+        return t.math('MULTIPLY', t.math('SQRT', t.math('MAXIMUM', variance_value, 0.0)), extent)
 
     size = t.out("ShaderNodeCombineXYZ", sigma(t.math('ADD', mean, radius)),
                  sigma(t.math('SUBTRACT', mean, radius)), 1.0)
@@ -178,24 +224,31 @@ def _drawn(t: _Tree, viewport_splats, geometry):
 
 def splat_node_group():
     """The "Wonderland Splats" geometry-nodes group (made once per .blend)."""
-    group = bpy.data.node_groups.get(GROUP_NAME)
+    group = _current(bpy.data.node_groups, GROUP_NAME)
     if group is not None:
         return group
     group = bpy.data.node_groups.new(GROUP_NAME, 'GeometryNodeTree')
+    group[_VERSION_KEY] = VERSION
     group.is_modifier = True
     _interface(group)
     t = _Tree(group)
     inputs = t.node("NodeGroupInput")
     points = inputs.outputs["Geometry"]
-    quad_rotation, size, ray = _footprint(t)
+    extent = _extent(t)
+    quad_rotation, size, ray = _footprint(t, extent)
     distance = t.vmath('LENGTH', ray, index="Value")
-    far_first = t.out("GeometryNodeSortElements", points, None, None, t.math('MULTIPLY', distance, -1.0),
+    # Drop the points without a quad first: the random subset then follows the points' own order (stable
+    # while the camera moves), and only the drawn ones are sorted.
+    drawn = t.out("GeometryNodeSeparateGeometry", points, _drawn(t, inputs.outputs["Viewport Splats"], points),
+                  props={"domain": 'POINT'}, index="Selection")
+    far_first = t.out("GeometryNodeSortElements", drawn, None, None, t.math('MULTIPLY', distance, -1.0),
                       props={"domain": 'POINT'})
+    far_first = t.out("GeometryNodeStoreNamedAttribute", far_first, None, EXTENT_NAME, extent,
+                      props={"data_type": 'FLOAT', "domain": 'POINT'})
     grid = t.node("GeometryNodeMeshGrid", 2.0, 2.0, 2, 2)
     quad = t.out("GeometryNodeStoreNamedAttribute", grid.outputs["Mesh"], None, UV_NAME, grid.outputs["UV Map"],
                  props={"data_type": 'FLOAT2', "domain": 'CORNER'})
-    instances = t.out("GeometryNodeInstanceOnPoints", far_first, _drawn(t, inputs.outputs["Viewport Splats"], points),
-                      quad, Rotation=quad_rotation, Scale=size)
+    instances = t.out("GeometryNodeInstanceOnPoints", far_first, None, quad, Rotation=quad_rotation, Scale=size)
     for name in ("sh_rest_*", "scale", "rotation", "radius"):  # not needed on the quads: memory at 1M
         remove = t.node("GeometryNodeRemoveAttribute", instances, Name=name)
         if "Pattern Mode" in remove.inputs:  # a menu socket in 5.0, a property in 4.5
@@ -217,13 +270,17 @@ def splat_node_group():
     return group
 
 
-def add_display(obj):
-    """Give `obj` the display modifier, last in its stack (edit modifiers go before it); returns it. The
-    scenes holding `obj` get enough Cycles transparent bounces for overlapping quads."""
+def _prepare_scenes(obj) -> None:
+    """The scenes holding `obj` get enough Cycles transparent bounces for overlapping quads."""
     for scene in obj.users_scene:
         cycles = getattr(scene, "cycles", None)
         if cycles is not None and cycles.transparent_max_bounces < CYCLES_TRANSPARENT_BOUNCES:
             cycles.transparent_max_bounces = CYCLES_TRANSPARENT_BOUNCES
+
+
+def add_display(obj):
+    """Give `obj` the display modifier, last in its stack (edit modifiers go before it); returns it."""
+    _prepare_scenes(obj)
     modifier = obj.modifiers.get(MODIFIER_NAME)
     if modifier is None:
         modifier = obj.modifiers.new(MODIFIER_NAME, 'NODES')

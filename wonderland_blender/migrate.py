@@ -3,7 +3,8 @@
 Older point clouds kept raw PLY twins (`f_dc`, `opacity_logit`, `log_scale`, `rot_raw`) beside activated
 views (`color`, `opacity`, `scale`, `rotation`); the twins won over edits, and Cycles renders a `color`
 attribute black (it reserves the name for volumes). On load the values are rebuilt from the twins (they
-are exact), the old attributes removed, and the objects given the "Wonderland Splats" display.
+are exact), the old attributes removed, and the objects given the "Wonderland Splats" display. Display
+modifiers made by an older version of the add-on get the current node group (display.refresh).
 """
 from __future__ import annotations
 
@@ -11,13 +12,12 @@ import bpy
 import numpy as np
 from bpy.app.handlers import persistent
 
-from .display import add_display
+from .display import add_display, refresh
 from .plyio import Splats
 from .pointcloud import attribute_values
 
 OLD_RAW = {"f_dc": ('vector', 3), "opacity_logit": ('value', 1), "log_scale": ('vector', 3), "rot_raw": ('value', 4)}
 OLD_ONLY = ("color",)  # removed with the twins; the other old names are current ones, rewritten
-OLD_MATERIAL_TAG = "Wonderland Gaussians"  # the old emission material reading `color`
 
 
 def _raw(cloud, name: str) -> np.ndarray:
@@ -46,24 +46,20 @@ def migrate_cloud(cloud) -> None:
             attrs.remove(attrs[name])
         attr = attrs.get(name) or attrs.new(name, kind, 'POINT')
         attr.data.foreach_set(prop, values.ravel())
-    old = [m for m in cloud.materials if m is not None and m.name.startswith(OLD_MATERIAL_TAG)]
-    cloud.materials.clear()
-    for mat in old:  # out of the way of the display's material of the same name
-        if mat.users == 0:
-            bpy.data.materials.remove(mat)
-        else:
-            mat.name = f"{OLD_MATERIAL_TAG} (before update)"
+    cloud.materials.clear()  # the old emission material; display.refresh removes it once unused
 
 
 def migrate_file() -> list[str]:
-    """Migrate every old-layout point cloud in the open file; returns the migrated objects' names."""
+    """Migrate every old-layout point cloud in the open file, and displays made by an older version;
+    returns the changed objects' names."""
     clouds = [c for c in bpy.data.pointclouds if needs_migration(c)]
     for cloud in clouds:
         migrate_cloud(cloud)
     objects = [o for o in bpy.data.objects if o.type == 'POINTCLOUD' and o.data in clouds]
     for obj in objects:
         add_display(obj)
-    return [o.name for o in objects]
+    refreshed = refresh([o for o in bpy.data.objects if o.type == 'POINTCLOUD'])
+    return sorted({o.name for o in objects} | set(refreshed))
 
 
 @persistent

@@ -80,16 +80,46 @@ def test_quads_span_three_sigma_of_the_projected_gaussian(scene, make_camera):
         assert abs(normal @ ray) == pytest.approx(np.linalg.norm(normal) * np.linalg.norm(ray), rel=1e-5)
 
 
-def test_viewport_draws_at_most_the_viewport_splats(scene):
-    """The background depsgraph is a viewport one: a 2000-Gaussian cloud capped at 200 draws about 200 quads;
-    faint Gaussians (opacity < 1/255) get none; the point cloud keeps all."""
+def quad_centres(obj) -> np.ndarray:
+    mesh = quad_mesh(obj)
+    corners = np.empty(len(mesh.vertices) * 3, np.float32)
+    mesh.attributes["position"].data.foreach_get("vector", corners)
+    return np.sort(corners.reshape(-1, 4, 3).mean(axis=1).round(5), axis=0)
+
+
+def test_faint_gaussians_get_quads_only_as_wide_as_they_show(scene, make_camera):
+    """Opacity 0.025 falls below 1/255 at r = √(2 ln(255·0.025)) = 1.93σ: the quad stops there, and its
+    material reads the same extent (an opaque one reaches 3σ)."""
+    s = Splats(np.float32([[0, 0, 0]]), np.zeros((1, 3), np.float32), np.zeros((1, 0, 3), np.float32),
+               np.float32([np.log(0.025 / 0.975)]), np.log(np.float32([[0.1, 0.1, 0.1]])), np.float32([[1, 0, 0, 0]]))
+    make_camera(location=(0.0, -5.0, 0.0), rotation=(math.pi / 2, 0.0, 0.0))
+    obj = create_object(bpy.context, "G", s)
+    mesh = quad_mesh(obj)
+    extent = math.sqrt(2 * math.log(255 * 0.025))
+    corners = np.empty(12, np.float32)
+    mesh.attributes["position"].data.foreach_get("vector", corners)
+    np.testing.assert_allclose(np.ptp(corners.reshape(4, 3), axis=0), [0.2 * extent, 0, 0.2 * extent], atol=1e-5)
+    stored = np.empty(4, np.float32)
+    mesh.attributes[display.EXTENT_NAME].data.foreach_get("value", stored)
+    np.testing.assert_allclose(stored, extent, rtol=1e-5)
+
+
+def test_viewport_draws_at_most_the_viewport_splats(scene, make_camera):
+    """The background depsgraph is a viewport one: a 2000-Gaussian cloud capped at 200 draws about 200 quads,
+    the same ones wherever the camera goes; faint Gaussians (opacity < 1/255) get none; the point cloud
+    keeps all."""
     splats = random_splats(2000)
     splats.opacity_logits[:100] = -8.0
+    cam = make_camera(location=(0.0, -4.0, 0.0), rotation=(math.pi / 2, 0.0, 0.0))
     obj = create_object(bpy.context, "G", splats)
     assert len(quad_mesh(obj).polygons) == 1900
     obj.modifiers[display.MODIFIER_NAME]["Socket_1"] = 200
     obj.update_tag()
     assert 150 <= len(quad_mesh(obj).polygons) <= 250
+    before = quad_centres(obj)
+    cam.location = (3.0, 1.0, 2.0)
+    bpy.context.view_layer.update()
+    np.testing.assert_allclose(quad_centres(obj), before, atol=1e-4)
     assert len(evaluated(obj).data.points) == 2000
 
 

@@ -90,3 +90,20 @@ def test_the_load_handler_lives_as_long_as_the_add_on():
         assert list(bpy.app.handlers.load_post).count(migrate._on_load) == 1
         addon_utils.disable("wonderland_blender", default_set=True)
         assert migrate._on_load not in bpy.app.handlers.load_post
+
+
+def test_an_older_display_group_is_replaced_on_load(scene, tmp_path):
+    z = np.zeros((N, 3), np.float32)
+    obj = create_object(bpy.context, "G", Splats(z, z, np.zeros((N, 0, 3), np.float32), np.zeros(N, np.float32), z - 2,
+                                                 np.tile(np.float32([1, 0, 0, 0]), (N, 1))))
+    old = obj.modifiers[display.MODIFIER_NAME].node_group
+    del old["wonderland_display_version"]  # as version 1 made it
+    old.nodes.new("GeometryNodeSetPosition")  # a mark to tell it by
+    scene.cycles.transparent_max_bounces = 8  # Cycles' default, as version 1 left it
+    bpy.ops.wm.save_as_mainfile(filepath=str(tmp_path / "v1.blend"))
+    bpy.ops.wm.open_mainfile(filepath=str(tmp_path / "v1.blend"))
+    group = bpy.data.objects["G"].modifiers[display.MODIFIER_NAME].node_group
+    assert group.name == display.GROUP_NAME and group["wonderland_display_version"] == display.VERSION
+    assert not [n for n in group.nodes if n.bl_idname == "GeometryNodeSetPosition"]
+    assert [g.name for g in bpy.data.node_groups] == [display.GROUP_NAME]
+    assert bpy.context.scene.cycles.transparent_max_bounces == display.CYCLES_TRANSPARENT_BOUNCES
