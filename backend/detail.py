@@ -31,35 +31,11 @@ from backend.gaussians import SH_C0, Gaussians
 from backend.render import render
 from backend.render.reference import ALPHA_MIN
 
-DEFAULT_DETAIL_SIZE = 512       # long side in pixels: 512x341 = 174,592 Gaussians for a 3:2 model
-MAX_DETAIL_SIZE = 1024          # 1024x683 = 699,392 Gaussians: the most Blender and the renderers take well
 SPLAT_SIGMA = 0.7               # std-dev in pixel footprints: coverage >= 0.95 between splats when magnified
 SPLAT_OPACITY = 0.995           # the rasterizer caps alpha at 0.999: opaque
 CULL_TOLERANCE = 0.05           # a Gaussian counts as in front when its z < surface z / (1 + this)
 EDGE_CONTRAST = 0.1             # relative inverse-depth range in a window that marks a depth edge
 GUIDE_EPS = 1e-3                # guided filter regularization (guide in 0..1): edges above ~0.03 contrast pass
-
-
-def check_detail_size(value) -> int:
-    """The --detail-size value as an int in 0..MAX_DETAIL_SIZE, or an InputError with a hint."""
-    hint = f"give the long side in pixels, 0..{MAX_DETAIL_SIZE} (0 turns the detail layer off; " \
-           f"default {DEFAULT_DETAIL_SIZE})"
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise InputError(f"--detail-size {value!r} is not a whole number of pixels", hint)
-    if not 0 <= value <= MAX_DETAIL_SIZE:
-        raise InputError(f"--detail-size {value} is out of range", hint)
-    return value
-
-
-def detail_grid(crop_box: tuple[float, float, float, float], model_size: tuple[int, int],
-                detail_size: int) -> tuple[int, int]:
-    """(width, height) of the detail layer: the model's aspect, long side detail_size capped at the crop's
-    own pixels (a small photo is not upsampled)."""
-    model_w, model_h = model_size
-    long_side = min(detail_size, math.floor(max(crop_box[2], crop_box[3]) + 1e-6))
-    if model_w >= model_h:
-        return long_side, max(1, round(long_side * model_h / model_w))
-    return max(1, round(long_side * model_w / model_h)), long_side
 
 
 def box_mean(x: Tensor, radius: int) -> Tensor:
@@ -142,9 +118,9 @@ def detail_depth(local: Gaussians, camera0: CameraBatch, photo: Tensor) -> Tenso
     factor = max(w / camera0.width, h / camera0.height)
     inv = F.interpolate(inv, size=(h, w), mode="bilinear", align_corners=False)
     grey = (photo.to(inv) @ torch.tensor([0.299, 0.587, 0.114]).to(inv))[None, None]
-    radius = max(1, round(2 * factor))        # the upsampling's blur reaches about 2 model pixels
+    radius = max(1, round(2 * factor))        # the model's depth edges are smeared over about 2 of its pixels
     inv = guided_filter(grey, inv, radius, GUIDE_EPS).clamp_min(1e-6)
-    inv = snap_silhouettes(inv, max(1, round(factor)))
+    inv = snap_silhouettes(inv, radius)
     return 1.0 / inv[0, 0]
 
 

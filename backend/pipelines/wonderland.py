@@ -16,7 +16,8 @@ import torch
 from diffusers import AutoencoderKLCogVideoX, CogVideoXDPMScheduler
 
 from backend.cameras import CameraBatch, center_crop_box, fit_cameras, normalize, resample
-from backend.detail import DEFAULT_DETAIL_SIZE, check_detail_size, detail_grid, detail_layer
+from backend.detail import detail_layer
+from backend.detail_size import DEFAULT_DETAIL_SIZE, check_detail_size, detail_grid
 from backend.errors import Cancelled, InputError
 from backend.gaussians import Gaussians
 from backend.images import crop_resize
