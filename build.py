@@ -20,12 +20,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+# standard library only, like this file: one torch pin and CUDA list for build.py and the add-on's installer
+from wonderland_blender.torch_choice import CUDA_BUILDS, PYTORCH_INDEX, TORCH_VERSION
+
 ROOT = Path(__file__).resolve().parent
 VENV = ROOT / ".venv"
 STAMP = VENV / ".wonderland-setup.json"
-TORCH = "torch==2.13.0"
 PYTHON_VERSION = (3, 11)
-CUDA_CHOICES = ("cu126", "cu128", "cu130")
+TORCH = f"torch=={TORCH_VERSION}"
+CUDA_CHOICES = tuple(tag for tag, _, _ in CUDA_BUILDS)
 
 
 def say(msg: str) -> None:
@@ -88,7 +91,7 @@ def setup(cuda: str | None = None, quiet_if_done: bool = False) -> None:
     pip = [py, "-m", "pip", "install", "--disable-pip-version-check"]
     torch_cmd = pip + [TORCH]
     if cuda:
-        torch_cmd += ["--index-url", f"https://download.pytorch.org/whl/{cuda}"]
+        torch_cmd += ["--index-url", PYTORCH_INDEX + cuda]
     say(f"installing {TORCH} ({cuda or 'CPU'} build) first, so nothing else picks a torch for us")
     run(torch_cmd)
     say("installing the backend (editable) with its pinned dependencies and the test tools")

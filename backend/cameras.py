@@ -56,6 +56,8 @@ class CameraBatch:
 # ---------------------------------------------------------------------------------------------
 
 FORMAT_HINT = "see shared/design/cameras.md for the cameras.json format, or export it again from Blender"
+FLOAT32_MAX = 3.4028234663852886e38  # the cameras are float32 tensors: a larger value would become infinite
+MAX_SIDE = 65536  # pixels: beyond every image format the backend reads (JPEG stops at 65535)
 ROTATION_TOLERANCE = 1e-3  # |det(R) - 1| and max |RᵀR - I|: generous for hand-written 6-digit values
 
 
@@ -73,6 +75,9 @@ def _matrix(value, rows: int, where: str, source: str) -> list[list[float]]:
             if not math.isfinite(x):
                 raise InputError(f"{source}: {where}[{r}][{c}] is {x}, not a finite number",
                                  "check the exporter for a degenerate camera (zero scale, zero lens)")
+            if abs(x) > FLOAT32_MAX:
+                raise InputError(f"{source}: {where}[{r}][{c}] is {x}, beyond 32-bit floats (±3.4e38)",
+                                 "cameras hold metres and pixels: a value this large is a broken export")
     return value
 
 
@@ -121,9 +126,9 @@ def cameras_from_dict(d, source: str = "cameras.json", dtype: torch.dtype = torc
         raise InputError(f"{source}: top level must be an object with width, height and frames", FORMAT_HINT)
     for key in ("width", "height"):
         v = d.get(key)
-        if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
-            raise InputError(f"{source}: '{key}' must be a positive integer (pixels), got {json.dumps(v)}",
-                             FORMAT_HINT)
+        if isinstance(v, bool) or not isinstance(v, int) or not 0 < v <= MAX_SIDE:
+            raise InputError(f"{source}: '{key}' must be a positive integer (pixels) up to {MAX_SIDE}, "
+                             f"got {json.dumps(v)}", FORMAT_HINT)
     frames = d.get("frames")
     if not isinstance(frames, list) or not frames:
         raise InputError(f"{source}: 'frames' must be a non-empty list of cameras, got {json.dumps(frames)[:80]}",
@@ -156,6 +161,8 @@ def load_cameras(path: str | os.PathLike, dtype: torch.dtype = torch.float32) ->
     except json.JSONDecodeError as e:
         raise InputError(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})",
                          FORMAT_HINT) from None
+    except RecursionError:
+        raise InputError(f"{path}: JSON nested too deeply to read", FORMAT_HINT) from None
     return cameras_from_dict(d, source=str(path), dtype=dtype)
 
 

@@ -43,8 +43,9 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    args = build_parser(argv).parse_args(argv)
+    debug = "--debug" in argv
     try:
+        args = build_parser(argv).parse_args(argv)  # imports the command's module: a signal may come in it
         return _load(args.command).run(args)
     except InputError as e:
         print(f"error: {e.message}", file=sys.stderr)
@@ -54,11 +55,11 @@ def main(argv: list[str] | None = None) -> int:
     except Cancelled:
         print("cancelled", file=sys.stderr)
         return EXIT_CANCELLED
-    except KeyboardInterrupt:
-        print("cancelled", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        print(f"cancelled: {e}" if str(e) else "cancelled", file=sys.stderr)
         return EXIT_CANCELLED
     except Exception as e:  # noqa: BLE001 - the last line of defence prints one line, not a traceback
-        if args.debug:
+        if debug:
             raise
         print(f"error: {type(e).__name__}: {e} (run again with --debug for the traceback)", file=sys.stderr)
         return EXIT_FAILURE

@@ -1,6 +1,7 @@
 """Images in and out: anything Pillow reads, as float RGB; PNGs written atomically."""
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -11,19 +12,41 @@ from backend.atomic import atomic_path
 from backend.errors import InputError
 
 
-def load_rgb(path: str | Path, background: tuple[float, float, float] = (1.0, 1.0, 1.0)) -> np.ndarray:
+def reduction_factor(width: int, height: int, min_side: int | None) -> int:
+    """The largest whole factor that keeps the image's shorter side at `min_side` pixels or more (1: none)."""
+    if not min_side:
+        return 1
+    return max(1, min(width, height) // min_side)
+
+
+def load_rgb(path: str | Path, background: tuple[float, float, float] = (1.0, 1.0, 1.0),
+             min_side: int | None = None) -> np.ndarray:
     """Read an image as float32 RGB in [0, 1], [H, W, 3].
 
     EXIF orientation is applied, alpha is composited over `background`, 16-bit and float images keep their
-    precision, greyscale and palette images become RGB.
+    precision, greyscale and palette images become RGB. With `min_side`, a large photo is decoded at a
+    whole-number reduction whose shorter side stays >= min_side (JPEG decodes at 1/2, 1/4 or 1/8 directly;
+    other formats are reduced before the float conversion), so a 100-megapixel photo costs what the model
+    needs, not gigabytes. Pillow refuses images over Image.MAX_IMAGE_PIXELS x 2 (decompression bombs).
     """
     path = Path(path)
     if not path.is_file():
         raise InputError(f"image not found: {path}", "check the path, or pick the image again")
     try:
-        with Image.open(path) as im:
-            im = ImageOps.exif_transpose(im)
-            rgb, alpha = _to_float(im)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # decoded reduced below
+            with Image.open(path) as im:
+                factor = reduction_factor(*im.size, min_side)
+                if factor > 1 and im.format == "JPEG":
+                    im.draft(im.mode, (im.width // factor, im.height // factor))
+                    factor = reduction_factor(*im.size, min_side)
+                if factor > 1:
+                    im = im.reduce(factor)
+                im = ImageOps.exif_transpose(im)
+                rgb, alpha = _to_float(im)
+    except Image.DecompressionBombError as e:
+        raise InputError(f"image {path} is too large to read safely: {e}",
+                         "scale it down (the model needs far fewer pixels), e.g. below 100 megapixels") from None
     except (UnidentifiedImageError, OSError, SyntaxError) as e:
         raise InputError(f"cannot read image {path}: {e}",
                          "use a PNG, JPEG, TIFF, WebP or EXR file that opens in an image viewer") from e

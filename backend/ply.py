@@ -91,6 +91,7 @@ def write_ply(path: str | os.PathLike, gaussians: Gaussians) -> None:
 def read_ply(path: str | os.PathLike) -> tuple[Gaussians, PlyReport]:
     """Read a 3DGS or SuperSplat-compressed PLY; rows holding a non-finite value are dropped and counted."""
     path = Path(path)
+    extra_body = body_size_check(path) if path.is_file() else None  # _parse says when it is missing
     ply = _parse(path)
     names = [e.name for e in ply.elements]
     if "vertex" not in names:
@@ -119,12 +120,54 @@ def read_ply(path: str | os.PathLike) -> tuple[Gaussians, PlyReport]:
         count=len(gaussians), dropped_nonfinite=dropped, sh_degree=gaussians.sh_degree, format=fmt,
         ignored_elements=[n for n in names if n not in used_elements],
         ignored_properties=[n for n in vertex_names if n not in used and n not in NORMALS])
+    if extra_body:
+        report.warnings.append(extra_body)
     if vertex.count == 0:
         report.warnings.append(f"{path.name} holds no Gaussians")
     if dropped:
         report.warnings.append(f"{dropped} of {vertex.count} Gaussians in {path.name} had NaN or infinite "
                                f"values and were left out")
     return gaussians, report
+
+
+_TYPE_BYTES = {"char": 1, "int8": 1, "uchar": 1, "uint8": 1, "short": 2, "int16": 2, "ushort": 2, "uint16": 2,
+               "int": 4, "int32": 4, "uint": 4, "uint32": 4, "float": 4, "float32": 4, "double": 8, "float64": 8}
+
+
+def body_size_check(path: Path) -> str | None:
+    """Compare the header's element counts with the file's size before anything is allocated.
+
+    An InputError when the body cannot hold what the header claims (e.g. 10^12 vertices: reading would
+    try to allocate them); a warning (returned) when a binary body holds more than the header says.
+    Bodies with list properties are only bounded below (each list holds at least its count byte)."""
+    with open(path, "rb") as fh:
+        head = fh.read(1 << 16)
+    end = head.find(b"end_header")
+    newline = head.find(b"\n", end)
+    if end < 0 or newline < 0:
+        return None  # plyfile says what is wrong with the header
+    body = path.stat().st_size - (newline + 1)
+    ascii_body, elements, exact = False, [], True
+    for line in head[:end].decode("ascii", errors="replace").splitlines():
+        words = line.split()
+        if words[:1] == ["format"] and len(words) > 1:
+            ascii_body = words[1] == "ascii"
+        elif words[:1] == ["element"] and len(words) == 3 and words[2].isdigit():
+            elements.append([words[1], int(words[2]), 0])
+        elif words[:1] == ["property"] and elements and len(words) >= 3:
+            is_list = words[1] == "list"
+            exact &= not is_list
+            elements[-1][2] += 1 if is_list else _TYPE_BYTES.get(words[1], 1)
+    # every value takes at least 2 bytes in ascii ("0 "), its type's size in binary
+    least = sum(count * (2 * row if ascii_body else row) for _, count, row in elements)
+    if least > body:
+        claims = ", ".join(f"{count:,} {name}" for name, count, _ in elements)
+        raise InputError(f"{path}: the header claims {claims}, but the body is cut short: its {body:,} bytes "
+                         "cannot hold them", "the file is damaged or truncated: export or copy it again")
+    if exact and not ascii_body and body > least:
+        return (f"{path.name} holds {body - least:,} bytes after the elements its header counts "
+                f"({', '.join(f'{count:,} {name}' for name, count, _ in elements)}): they were not read")
+    return None
 
 
 def _parse(path: Path) -> plyfile.PlyData:

@@ -32,6 +32,7 @@ import statistics
 import sys
 import time
 from types import SimpleNamespace
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -117,9 +118,11 @@ def bench_inputs(config: ModelConfig, device: torch.device, dtype: torch.dtype) 
         full_plucker=torch.randn(1, lcfg.num_frames, 6, lcfg.height, lcfg.width, device=device, dtype=dtype))
 
 
-def build_models(config: ModelConfig, device: torch.device, dtype: torch.dtype) -> SimpleNamespace:
+def build_models(config: ModelConfig, device: torch.device, dtype: torch.dtype, stock: bool = True) -> SimpleNamespace:
+    """Random weights made directly on `device` (the paper shape's fp32 weights take ~34 GB and minutes on a CPU)."""
     with torch.device(device):
-        models = SimpleNamespace(stock=CogVideoXTransformer3DModel(**config.video.transformer).to(dtype).eval(),
+        models = SimpleNamespace(stock=CogVideoXTransformer3DModel(**config.video.transformer).to(dtype).eval()
+                                 if stock else None,
                                  ours=CameraControlledTransformer(config.video).to(dtype).eval(),
                                  vae=build_vae(config.video).to(dtype).eval(),
                                  lalrm=LaLRM(config.lalrm).to(dtype).eval())
@@ -157,16 +160,17 @@ def dolly(config: ModelConfig) -> CameraBatch:
     return CameraBatch(K.repeat(n, 1, 1), c2w, vcfg.width, vcfg.height)
 
 
-def timed_rows(config: ModelConfig, args, device: torch.device, dtype: torch.dtype) -> list[tuple[str, float, str]]:
+def timed_rows(config: ModelConfig, args, device: torch.device, dtype: torch.dtype, levers=LEVERS,
+               whole_generate: bool = True) -> Iterator[tuple[str, float, str]]:
+    """The timed rows, each yielded as soon as it is measured (tools/gpu_check.py records them one by one)."""
     vcfg = config.video
     inp = bench_inputs(config, device, dtype)
     models = build_models(config, device, dtype)
     scheduler = build_scheduler(vcfg)
     rotary = rotary_embeddings(models.stock, vcfg.latent_height, vcfg.latent_width, vcfg.latent_shape[0], device)
-    rows = []
     with torch.no_grad():
         stock_s = timed(lambda: stock_step(models.stock, inp, rotary), device, args.repeats)
-        rows.append(("1 step, stock CogVideoX transformer (CFG batch 2)", stock_s, "1.00x"))
+        yield "1 step, stock CogVideoX transformer (CFG batch 2)", stock_s, "1.00x"
         stock_pipe = CogVideoXImageToVideoPipeline(tokenizer=None, text_encoder=None, vae=models.vae,
                                                    transformer=models.stock, scheduler=scheduler)
         stock_pipe.set_progress_bar_config(disable=True)
@@ -175,39 +179,45 @@ def timed_rows(config: ModelConfig, args, device: torch.device, dtype: torch.dty
             height=vcfg.height, width=vcfg.width, num_frames=vcfg.num_frames, num_inference_steps=args.steps,
             guidance_scale=GUIDANCE, output_type="latent",
             generator=torch.Generator(device).manual_seed(0)), device, 1)
-        rows.append((f"{args.steps} steps, stock CogVideoXImageToVideoPipeline", stock_full, "1.00x"))
+        yield f"{args.steps} steps, stock CogVideoXImageToVideoPipeline", stock_full, "1.00x"
         del stock_pipe, models.stock
         reset_peak(device)
         for use in (True, False):
             s = timed(lambda: ours_step(models.ours, inp, rotary, use), device, args.repeats)
-            rows.append((f"1 step, ours, ControlNet {'on' if use else 'off'}", s, f"{stock_s / s:.2f}x"))
-        for name, lever in LEVERS:
+            yield f"1 step, ours, ControlNet {'on' if use else 'off'}", s, f"{stock_s / s:.2f}x"
+        for name, lever in levers:
             s = timed(lambda: ours_generation(models, scheduler, inp, config, args.steps, lever,
                                               torch.Generator(device).manual_seed(0)), device, 1)
-            rows.append((f"{args.steps} steps, ours: {name}", s, f"{stock_full / s:.2f}x"))
+            yield f"{args.steps} steps, ours: {name}", s, f"{stock_full / s:.2f}x"
         if args.compile:  # the warm-up call compiles; PAB would discard the graphs on every run
             compile_blocks(models.ours, backend=args.compile)
             name, lever = COMPILED
             s = timed(lambda: ours_generation(models, scheduler, inp, config, args.steps, lever,
                                               torch.Generator(device).manual_seed(0)), device, 1)
-            rows.append((f"{args.steps} steps, ours: {name}", s, f"{stock_full / s:.2f}x"))
+            yield f"{args.steps} steps, ours: {name}", s, f"{stock_full / s:.2f}x"
         reset_peak(device)
         s = timed(lambda: models.lalrm(inp.latents, inp.full_plucker), device, args.repeats)
-        rows.append((f"LaLRM forward, latents {tuple(inp.latents.shape[1:])} "
-                     f"({memory_tag(device)} {peak_memory_gb(device):.2f})", s, ""))
+        yield (f"LaLRM forward, latents {tuple(inp.latents.shape[1:])} "
+               f"({memory_tag(device)} {peak_memory_gb(device):.2f})", s, "")
+    if whole_generate:
+        yield generate_row(config, args, device, models, inp.text[1])
 
-    pipe = WonderlandPipeline(config, models.vae.cpu(), models.ours.cpu(), scheduler, models.lalrm.cpu(),
+
+def generate_row(config: ModelConfig, args, device: torch.device, models: SimpleNamespace,
+                 prompt_embeds: torch.Tensor) -> tuple[str, float, str]:
+    """A whole `generate` with `offload` (encode, denoise, LaLRM, previews): seconds and peak memory."""
+    vcfg = config.video
+    pipe = WonderlandPipeline(config, models.vae.cpu(), models.ours.cpu(), build_scheduler(vcfg), models.lalrm.cpu(),
                               source="random weights")
     image = np.random.default_rng(0).random((vcfg.height, vcfg.width, 3), dtype=np.float32)
     reset_peak(device)
     start = time.perf_counter()
-    generate(pipe, image, dolly(config), steps=args.steps, guidance_scale=GUIDANCE, prompt_embeds=inp.text[1],
+    generate(pipe, image, dolly(config), steps=args.steps, guidance_scale=GUIDANCE, prompt_embeds=prompt_embeds,
              device=device, offload=True)
     sync(device)
     compiled = ", compiled blocks" if args.compile else ""  # they stay compiled after the --compile row
-    rows.append((f"whole generate, {args.steps} steps, offload{compiled} ({memory_tag(device)} "
-                 f"{peak_memory_gb(device):.2f})", time.perf_counter() - start, ""))
-    return rows
+    return (f"whole generate, {args.steps} steps, offload{compiled} ({memory_tag(device)} "
+            f"{peak_memory_gb(device):.2f})", time.perf_counter() - start, "")
 
 
 def flop_rows(config: ModelConfig, args, dtype: torch.dtype) -> tuple[list, list]:
@@ -285,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
         print_table(rows, "TFLOP", "fewer than stock")
         print_table(weights, "B params", f"weights in {args.dtype}")
     else:
-        print_table(timed_rows(config, args, device, dtype), "seconds", "speed-up vs stock")
+        print_table(list(timed_rows(config, args, device, dtype)), "seconds", "speed-up vs stock")
     return 0
 
 

@@ -31,7 +31,7 @@ def test_event_log_is_append_only_and_ends_once(tmp_path):
 
 
 def test_cancel_file_stops_at_next_check(tmp_path):
-    watch = CancelWatch(tmp_path, watch_parent=False)
+    watch = CancelWatch(tmp_path)
     try:
         watch.check()
         (tmp_path / "cancel").touch()
@@ -42,14 +42,17 @@ def test_cancel_file_stops_at_next_check(tmp_path):
 
 
 def test_sigterm_is_a_cancel_not_a_crash(tmp_path):
-    watch = CancelWatch(tmp_path, watch_parent=False)
+    watch = CancelWatch(tmp_path)
     try:
         os.kill(os.getpid(), signal.SIGTERM)
         with pytest.raises(Cancelled, match="SIGTERM"):
             watch.check()
     finally:
         watch.close()
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    assert watch.reason is None  # served: the next run in this process starts uncancelled
+    with pytest.raises(KeyboardInterrupt, match="SIGTERM"):  # outside a job loop a signal stops at once
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(1)
 
 
 @pytest.mark.skipif(os.name == "nt", reason="uses a POSIX shell to orphan the child")
@@ -57,9 +60,9 @@ def test_child_notices_its_parent_died(tmp_path):
     """A job whose parent dies cancels itself instead of running on as an orphan."""
     child = textwrap.dedent(f"""
         import time, pathlib
-        from backend.job import CancelWatch
-        CancelWatch.PARENT_POLL_S = 0.1
-        w = CancelWatch({str(tmp_path)!r})
+        from backend import job
+        job.PARENT_POLL_S = 0.1
+        w = job.CancelWatch({str(tmp_path)!r})
         for _ in range(100):
             time.sleep(0.1)
             if w.requested():

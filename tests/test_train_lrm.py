@@ -162,3 +162,20 @@ def test_train_lrm_command_exports_a_model_folder_that_generate_loads(tmp_path, 
     cameras = CameraBatch(torch.tensor([[80.0, 0, 48], [0, 80, 32], [0, 0, 1]]).repeat(3, 1, 1), c2w, 96, 64)
     result = generate(pipe, np.full((64, 96, 3), 0.5, dtype=np.float32), cameras, preview_count=0)
     assert len(result.gaussians) > 0 and torch.isfinite(result.gaussians.means).all()
+
+
+def test_supervision_renderer_is_chosen_by_lrm_data(tmp_path):
+    """LRMData.renderer reaches the supervision renders: "gsplat" on CPU tensors is render's own refusal (so the
+    choice is not ignored); an unknown name is refused when the options are read."""
+    with pytest.raises(InputError, match="renderer 'cuda' is unknown"):
+        LRMData(renderer="cuda")
+    lalrm = LaLRM(MICRO)
+    batch = collate([OneClip()[0]])
+    for renderer in ("torch", "gsplat"):
+        objective = LaLRMObjective(lalrm, ReconstructionLoss(LossWeights(perceptual=0)),
+                                   LRMData(views=1, render_height=16, render_width=16, renderer=renderer))
+        if renderer == "gsplat" and not torch.cuda.is_available():
+            with pytest.raises(InputError, match="gsplat renderer needs the Gaussians on a CUDA device"):
+                objective(lalrm, batch, {})
+        else:
+            assert torch.isfinite(objective(lalrm, batch, {})["loss"])

@@ -296,3 +296,34 @@ def test_frozen_base_trains_only_the_camera_branches(tmp_path, scenes):
     # The ControlNet copy started from the base's block 0 and moved only by the training steps.
     drift = (camera["controlnet_blocks.0.attn1.to_q.weight"] - before["transformer_blocks.0.attn1.to_q.weight"]).abs()
     assert 0 < drift.max() < 0.05
+
+
+def test_init_starts_from_a_model_folders_video_model(tmp_path, scenes):
+    """--init MODEL_DIR: base and camera branches start as the folder's (a run of one step at a negligible lr
+    exports them unchanged); a folder of another config is refused with a hint."""
+    from backend.commands import train_video
+    from backend.models.model_dir import write_vae, write_video
+    from backend.models.weights import load_state_dict
+    config = small_config()
+    (tmp_path / "small.json").write_text(json.dumps(config.to_dict()))
+    torch.manual_seed(3)
+    trained = CameraControlledTransformer(config)
+    with torch.no_grad():
+        for p in trained.parameters():
+            p.normal_(0, 0.02)
+    write_vae(tmp_path / "init", build_vae(config))
+    write_video(tmp_path / "init", trained, build_scheduler(config))
+    common = ["--data", scenes, "--model-config", tmp_path / "small.json", "--train-base", "--vae", tmp_path / "init",
+              "--steps", 1, "--lr", 1e-12, "--weight-decay", 0, "--val-fraction", 0]
+    assert run_command(train_video, [*common, "--init", tmp_path / "init", "--out", tmp_path / "run",
+                                     "--export", tmp_path / "out"]) == 0
+    exported = load_state_dict(tmp_path / "out" / "camera_branches.safetensors")
+    for name, value in trained.camera_state_dict().items():
+        torch.testing.assert_close(exported[name], value, msg=name)
+    base = load_state_dict(tmp_path / "out" / "transformer" / "diffusion_pytorch_model.safetensors")
+    torch.testing.assert_close(base["proj_out.weight"], trained.base.proj_out.weight)
+
+    other = dataclasses.replace(config, lora_rank=2 * config.lora_rank, lora_alpha=2 * config.lora_alpha)
+    write_video(tmp_path / "other", CameraControlledTransformer(other), build_scheduler(other))
+    with pytest.raises(InputError, match="--init .*other: camera weights have the wrong shapes"):
+        run_command(train_video, [*common, "--init", tmp_path / "other", "--out", tmp_path / "run2"])

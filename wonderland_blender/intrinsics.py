@@ -11,11 +11,39 @@ SENSOR_FITS = ("AUTO", "HORIZONTAL", "VERTICAL")
 # Blender camera axes (x right, y up, looking down -z) to OpenCV axes (x right, y down, z forward).
 BLENDER_TO_OPENCV = np.diag([1.0, -1.0, -1.0, 1.0])
 ORTHONORMAL_TOLERANCE = 1e-4  # max |RᵀR - I| accepted after removing the object scale
+ASPECT_TOLERANCE = 0.01  # the backend warns when image and camera aspects differ by more (pipelines/wonderland.py)
 
 
 def render_size(resolution_x: int, resolution_y: int, percentage: int) -> tuple[int, int]:
     """The rendered image size in pixels: Blender truncates resolution × percentage / 100."""
     return resolution_x * percentage // 100, resolution_y * percentage // 100
+
+
+def border_region(width: int, height: int, border: tuple[float, float, float, float] | None
+                  ) -> tuple[int, int, int, int]:
+    """(x0, y0, w, h) in pixels, y0 counted from the TOP row, of the Render Region `border` =
+    (min_x, min_y, max_x, max_y) in 0..1 (Blender's, y up) of a width × height frame; the whole frame for None.
+
+    Blender truncates border × size in single precision (render_init_from_main), and so do we: the
+    region must be exactly the size of the render result Blender hands the engine.
+    """
+    if border is None:
+        return 0, 0, width, height
+    min_x, min_y, max_x, max_y = (np.float32(v) for v in border)
+    x0, x1 = int(min_x * np.float32(width)), int(max_x * np.float32(width))
+    y0, y1 = int(min_y * np.float32(height)), int(max_y * np.float32(height))
+    if x1 <= x0 or y1 <= y0:
+        raise ValueError(f"the Render Region is empty ({x1 - x0}×{y1 - y0} pixels): draw a larger region "
+                         "(Ctrl+B in the camera view) or turn Render Region off")
+    return x0, height - y1, x1 - x0, y1 - y0
+
+
+def region_intrinsics(K: np.ndarray, x0: int, y0: int) -> np.ndarray:
+    """K of the sub-image whose top-left pixel corner is (x0, y0) in the full frame (same focal length)."""
+    out = np.array(K, np.float64)
+    out[0, 2] -= x0
+    out[1, 2] -= y0
+    return out
 
 
 def resolve_sensor_fit(sensor_fit: str, width: int, height: int,
@@ -87,6 +115,24 @@ def center_crop_size(src_w: int, src_h: int, dst_w: int, dst_h: int) -> tuple[fl
     if src_w * dst_h >= dst_w * src_h:
         return src_h * dst_w / dst_h, float(src_h)
     return float(src_w), src_w * dst_h / dst_w
+
+
+def model_crop(image_w: int, image_h: int, camera_w: int, camera_h: int, model_w: int, model_h: int
+               ) -> tuple[tuple[float, float, float, float], bool]:
+    """((x0, y0, w, h) of the input image the model sees, whether the image's aspect differs from the
+    camera's): the backend's crop policy (pipelines/wonderland.py `model_inputs`), computed the same way.
+
+    The image is first centre-cropped to the cameras' aspect, then image and cameras take the same centred
+    crop to the model's aspect, so a 720×477 photo with a 1920×1080 camera and a 96×64 model shows
+    607.5×405 pixels of the photo.
+    """
+    aspect_w, aspect_h = center_crop_size(image_w, image_h, camera_w, camera_h)
+    cam_w, cam_h = center_crop_size(camera_w, camera_h, model_w, model_h)
+    s = aspect_w / camera_w
+    x0 = (image_w - aspect_w) / 2 + (camera_w - cam_w) / 2 * s
+    y0 = (image_h - aspect_h) / 2 + (camera_h - cam_h) / 2 * s
+    differs = abs((image_w / image_h) / (camera_w / camera_h) - 1.0) > ASPECT_TOLERANCE
+    return (x0, y0, cam_w * s, cam_h * s), differs
 
 
 def relative_motion(c2ws) -> tuple[float, float]:

@@ -3,17 +3,23 @@
 Pure Python (no bpy), so it is tested without Blender and can be driven by a modal operator (one `poll()`
 per timer tick) or synchronously (`wait()`, for background mode and scripts). The contract it follows is
 architecture.md's: the backend appends JSON lines to DIR/events.jsonl ending with exactly one of
-done / error / cancelled, exits 0/1/2/3, and stops within one step when DIR/cancel appears or on
-SIGINT/SIGTERM. A child that exits without a final event has failed; its stderr says why.
+done / error / cancelled, exits 0/1/2/3, and stops within one step when DIR/cancel names its run (or on
+SIGINT/SIGTERM). A child that exits without a final event has failed; its stderr says why.
+
+What differs between the OSes is decided by small pure functions (`popen_options`, `child_environment`,
+`stop_steps`, `path_argument`, `parent_death_rule`) that the tests call for every OS on any OS.
 """
 from __future__ import annotations
 
 import atexit
 import json
+import ntpath
 import os
 import signal
 import subprocess
+import sys
 import time
+import uuid
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +32,12 @@ FINAL_EVENTS = ("done", "error", "cancelled")
 CANCEL_GRACE_S = 10.0   # after writing DIR/cancel: the backend stops within one denoising step
 TERMINATE_GRACE_S = 5.0  # after SIGTERM to the process group: then SIGKILL
 STDERR_TAIL_LINES = 12
+PARENT_PID_ENV = "WONDERLAND_PARENT_PID"   # the backend exits when this process is gone (backend/job.py)
+RUN_ID_ENV = "WONDERLAND_RUN_ID"           # the cancel file holds it: a late cancel never stops the next run
+# Windows process-creation flags (the subprocess module defines them only on Windows)
+CREATE_NEW_PROCESS_GROUP = 0x00000200
+CREATE_NO_WINDOW = 0x08000000
+WINDOWS_MAX_PATH = 260
 
 # Share of the whole job each stage takes (denoising dominates); progress runs 0 → 1 through them.
 STAGE_WEIGHTS = {"encode": 0.05, "denoise": 0.75, "reconstruct": 0.10, "render": 0.07, "write": 0.03}
@@ -44,12 +56,113 @@ def stage_progress(stage: str, step: int, total: int) -> float | None:
     return None
 
 
+def popen_options(os_name: str = os.name) -> dict:
+    """Popen keywords: the child in its own group, so a cancel ends everything it started, and on Windows
+    no console window popping up (Blender is a GUI process; a console child would open one)."""
+    if os_name == "nt":
+        return {"creationflags": CREATE_NEW_PROCESS_GROUP | CREATE_NO_WINDOW}
+    return {"start_new_session": True}
+
+
+def child_environment(base: dict, parent_pid: int, run_id: str) -> dict:
+    """The child's environment: unbuffered UTF-8 output (non-ASCII paths in messages on every OS, Windows'
+    console code page included), the parent to die with, and the run id its cancel file must name."""
+    return dict(base, PYTHONUNBUFFERED="1", PYTHONUTF8="1", PYTHONIOENCODING="utf-8",
+                **{PARENT_PID_ENV: str(parent_pid), RUN_ID_ENV: run_id})
+
+
+def stop_steps(os_name: str = os.name) -> tuple:
+    """After the cancel file's grace period: what ends the child, then what ends it for sure.
+
+    POSIX: SIGTERM to the process group (the backend stops as for a cancel), then SIGKILL. Windows has no
+    SIGTERM for a console-less child (CTRL_BREAK needs a console), so the cancel file is the only polite
+    request there and the second step is TerminateProcess; the Job Object takes the child's children."""
+    if os_name == "nt":
+        return ("terminate", "terminate")
+    return (signal.SIGTERM, signal.SIGKILL)
+
+
+def path_argument(path: str | os.PathLike, os_name: str = os.name) -> str:
+    r"""A path as a command-line argument. Spaces and non-ASCII characters need nothing (Popen passes a list,
+    quoting for Windows itself); on Windows, an absolute path at or beyond MAX_PATH gets the `\\?\` prefix
+    (backslashes only, as that prefix turns off normalisation), so long job folders work without the
+    LongPathsEnabled registry switch."""
+    text = os.fspath(path)
+    if os_name != "nt":
+        return text
+    text = ntpath.normpath(text)
+    if len(text) < WINDOWS_MAX_PATH - 12 or text.startswith("\\\\?\\") or not ntpath.isabs(text):
+        return text  # 12: room for an 8.3 file name inside a folder path (CreateDirectory's limit)
+    if text.startswith("\\\\"):
+        return "\\\\?\\UNC\\" + text[2:]
+    return "\\\\?\\" + text
+
+
+def parent_death_rule(platform: str = sys.platform) -> str:
+    """How a child is tied to this process on each OS (the backend's side is in backend/job.py):
+    every OS passes our pid in WONDERLAND_PARENT_PID; Linux adds PR_SET_PDEATHSIG in the child; Windows adds
+    a Job Object that kills the child when Blender's handle on it closes (Blender exiting or crashing)."""
+    if platform == "win32":
+        return "parent pid + job object"
+    if platform.startswith("linux"):
+        return "parent pid + pdeathsig"
+    return "parent pid"
+
+
+def kill_on_close_job(process_handle: int):
+    """Windows: a Job Object that kills its processes when its last handle closes, with the child in it.
+    Returns the job handle (keep it open as long as the child may run), or None where it cannot be made."""
+    import ctypes
+    from ctypes import wintypes
+    kernel32 = ctypes.WinDLL("kernel32", use_last_error=True)
+    kernel32.CreateJobObjectW.restype = wintypes.HANDLE
+    job = kernel32.CreateJobObjectW(None, None)
+    if not job:
+        return None
+    info = JobObjectExtendedLimitInformation()
+    info.BasicLimitInformation.LimitFlags = JOB_OBJECT_LIMIT_KILL_ON_JOB_CLOSE
+    if not kernel32.SetInformationJobObject(wintypes.HANDLE(job), JOB_OBJECT_EXTENDED_LIMIT_INFORMATION,
+                                            ctypes.byref(info), ctypes.sizeof(info)) or \
+            not kernel32.AssignProcessToJobObject(wintypes.HANDLE(job), wintypes.HANDLE(process_handle)):
+        kernel32.CloseHandle(wintypes.HANDLE(job))
+        return None
+    return job
+
+
+def _job_object_structures():
+    """JOBOBJECT_EXTENDED_LIMIT_INFORMATION (winnt.h), defined with ctypes so its layout is tested anywhere."""
+    import ctypes
+
+    class Basic(ctypes.Structure):
+        _fields_ = [("PerProcessUserTimeLimit", ctypes.c_int64), ("PerJobUserTimeLimit", ctypes.c_int64),
+                    ("LimitFlags", ctypes.c_uint32), ("MinimumWorkingSetSize", ctypes.c_size_t),
+                    ("MaximumWorkingSetSize", ctypes.c_size_t), ("ActiveProcessLimit", ctypes.c_uint32),
+                    ("Affinity", ctypes.c_size_t), ("PriorityClass", ctypes.c_uint32),
+                    ("SchedulingClass", ctypes.c_uint32)]
+
+    class IoCounters(ctypes.Structure):
+        _fields_ = [(name, ctypes.c_uint64) for name in ("ReadOperationCount", "WriteOperationCount",
+                                                         "OtherOperationCount", "ReadTransferCount",
+                                                         "WriteTransferCount", "OtherTransferCount")]
+
+    class Extended(ctypes.Structure):
+        _fields_ = [("BasicLimitInformation", Basic), ("IoInfo", IoCounters),
+                    ("ProcessMemoryLimit", ctypes.c_size_t), ("JobMemoryLimit", ctypes.c_size_t),
+                    ("PeakProcessMemoryUsed", ctypes.c_size_t), ("PeakJobMemoryUsed", ctypes.c_size_t)]
+    return Extended
+
+
+JobObjectExtendedLimitInformation = _job_object_structures()
+JOB_OBJECT_EXTENDED_LIMIT_INFORMATION = 9
+JOB_OBJECT_LIMIT_KILL_ON_JOB_CLOSE = 0x2000
+
+
 def build_command(python: str, image: str | os.PathLike, cameras: str | os.PathLike, out_dir: str | os.PathLike,
                   model: str | None = None, steps: int | None = None, seed: int | None = None,
                   device: str | None = None, dtype: str | None = None) -> list[str]:
     """The `python -m backend generate …` command line (architecture.md); options left as None are omitted."""
-    cmd = [str(python), "-m", "backend", "generate", "--image", str(image), "--cameras", str(cameras),
-           "--out", str(out_dir)]
+    cmd = [str(python), "-m", "backend", "generate", "--image", path_argument(image),
+           "--cameras", path_argument(cameras), "--out", path_argument(out_dir)]
     for flag, value in (("--model", model), ("--steps", steps), ("--seed", seed), ("--device", device),
                         ("--dtype", dtype)):
         if value is not None and value != "":
@@ -138,6 +251,9 @@ class Job:
         self.started_at: float | None = None
         self.ended_at: float | None = None
         self._tail = EventTail(self.out_dir / EVENTS_FILE)
+        self.run_id = uuid.uuid4().hex
+        self.timed_out = False
+        self._job_object = None                  # Windows: the Job Object handle that ties the child to us
         self._cancel_at: float | None = None      # when the cancel file was written
         self._terminate_at: float | None = None   # when the process group got SIGTERM
 
@@ -157,19 +273,19 @@ class Job:
 
     def start(self) -> "Job":
         """Start the child in its own process group (POSIX: a new session), output going to log files in
-        the job folder, so a cancel can end it and everything it started, and the logs stay for the user."""
+        the job folder, so a cancel can end it and everything it started, and the logs stay for the user.
+        Events and a cancel file of an earlier run in this folder are removed first: they are not this run's."""
         if self.proc is not None:
             raise RuntimeError("this job was already started")
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        kwargs = {}
-        if os.name == "nt":
-            kwargs["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP
-        else:
-            kwargs["start_new_session"] = True
-        env = dict(os.environ if self.env is None else self.env, PYTHONUNBUFFERED="1")
-        with open(self.out_dir / STDOUT_FILE, "wb") as out, open(self.out_dir / STDERR_FILE, "wb") as err:
+        for name in (EVENTS_FILE, CANCEL_FILE, STDOUT_FILE, STDERR_FILE):
+            (self.out_dir / name).unlink(missing_ok=True)  # a planted link goes, its target is not written
+        env = child_environment(dict(os.environ if self.env is None else self.env), os.getpid(), self.run_id)
+        with open(self.out_dir / STDOUT_FILE, "xb") as out, open(self.out_dir / STDERR_FILE, "xb") as err:
             self.proc = subprocess.Popen(self.command, cwd=self.cwd, env=env, stdin=subprocess.DEVNULL,
-                                         stdout=out, stderr=err, **kwargs)
+                                         stdout=out, stderr=err, **popen_options())
+        if parent_death_rule().endswith("job object"):
+            self._job_object = kill_on_close_job(int(self.proc._handle))
         self.started_at = time.monotonic()
         _live.add(self)
         return self
@@ -212,7 +328,12 @@ class Job:
         state.returncode = rc
         state.stderr_tail = _tail_lines(self.out_dir / STDERR_FILE)
         _live.discard(self)
-        self._end_group(signal.SIGKILL if os.name != "nt" else None)  # anything the child left in its group
+        self._end_group(stop_steps()[1])  # anything the child left in its group
+        if self._job_object is not None:  # Windows: the child is gone; closing now kills nothing more
+            import ctypes
+            from ctypes import wintypes
+            ctypes.WinDLL("kernel32").CloseHandle(wintypes.HANDLE(self._job_object))
+            self._job_object = None
         final = state.final or {}
         kind = final.get("event")
         if kind == "done" and rc == 0:
@@ -230,44 +351,40 @@ class Job:
 
     # --- cancelling ---------------------------------------------------------------------------------
     def cancel(self) -> None:
-        """Ask the child to stop: write DIR/cancel now; `poll()` terminates the group after `cancel_grace`
-        seconds and kills it `terminate_grace` seconds later if it still runs."""
+        """Ask the child to stop: write DIR/cancel (holding this run's id) now; `poll()` ends the child after
+        `cancel_grace` seconds and for sure `terminate_grace` seconds later if it still runs."""
         if self._cancel_at is not None or self.proc is None or self.state.finished:
             return
         self._cancel_at = time.monotonic()
+        cancel_file, tmp = self.out_dir / CANCEL_FILE, self.out_dir / f".{CANCEL_FILE}.{self.run_id}"
         try:
-            (self.out_dir / CANCEL_FILE).touch()
+            tmp.write_text(self.run_id, encoding="utf-8")
+            os.replace(tmp, cancel_file)  # whole or not at all: the backend never reads half an id
         except OSError:
-            self._terminate()  # no file, no polite request: go straight to the signal
+            self._terminate()  # no file, no polite request: go straight to the next step
 
     def _escalate_cancel(self) -> None:
         now = time.monotonic()
-        if self._cancel_at is not None and self._terminate_at is None:
-            cancel_file = self.out_dir / CANCEL_FILE
-            if now - self._cancel_at > self.cancel_grace:
-                self._terminate()
-            elif not cancel_file.exists():
-                try:  # a backend still starting up clears a stale cancel file from an earlier run: ask again
-                    cancel_file.touch()
-                except OSError:
-                    pass
+        if self._cancel_at is not None and self._terminate_at is None and now - self._cancel_at > self.cancel_grace:
+            self._terminate()
         elif self._terminate_at is not None and now - self._terminate_at > self.terminate_grace:
-            self._end_group(signal.SIGKILL if os.name != "nt" else None)
+            self._end_group(stop_steps()[1])
 
     def _terminate(self) -> None:
         self._terminate_at = time.monotonic()
-        self._end_group(signal.SIGTERM if os.name != "nt" else None)
+        self._end_group(stop_steps()[0])
 
-    def _end_group(self, sig) -> None:
-        """Signal the child's whole process group (POSIX); on Windows end the child itself."""
+    def _end_group(self, step) -> None:
+        """Signal the child's whole process group (POSIX); on Windows terminate the child (its Job Object
+        takes the rest when the handle closes)."""
         if self.proc is None:
             return
-        if os.name == "nt":
+        if step == "terminate":
             if self.proc.poll() is None:
                 self.proc.kill()
             return
         try:
-            os.killpg(self.proc.pid, sig)
+            os.killpg(self.proc.pid, step)
         except (ProcessLookupError, PermissionError):
             pass  # the group is gone already
 
@@ -282,13 +399,15 @@ class Job:
         try:
             self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            self._end_group(signal.SIGKILL if os.name != "nt" else None)
+            self._end_group(stop_steps()[1])
             self.proc.wait()
         return self.poll()
 
-    def wait(self, interval: float = 0.2, on_update=None, should_cancel=None) -> JobState:
+    def wait(self, interval: float = 0.2, on_update=None, should_cancel=None,
+             timeout: float | None = None) -> JobState:
         """Run to the end synchronously (background mode, scripts). `on_update(state)` is called after each
-        poll that read something new; `should_cancel()` returning True cancels the job."""
+        poll that read something new; `should_cancel()` returning True cancels the job. After `timeout`
+        seconds the job is ended and fails with a message saying so (`timed_out` is then True)."""
         seen = -1
         while True:
             state = self.poll()
@@ -296,6 +415,13 @@ class Job:
                 seen = len(state.events)
                 on_update(state)
             if state.finished:
+                return state
+            if timeout is not None and self.seconds > timeout:
+                self.timed_out = True
+                state = self.abort()
+                state.outcome = "error"
+                state.message = (f"the backend ran longer than the {timeout:g} s timeout and was stopped; "
+                                 f"allow more time (timeout), or see {self.out_dir / STDERR_FILE} for where it hung")
                 return state
             if should_cancel is not None and not self.cancel_requested and should_cancel():
                 self.cancel()

@@ -20,9 +20,11 @@ from pathlib import Path
 
 import bpy
 import numpy as np
-from bpy.props import StringProperty
+from bpy.props import FloatProperty, StringProperty
 
+from .housekeeping import RESULT_KEY, clean_job_folders, retire_previous_results, used_paths
 from .job import Job, JobState, build_command, stage_progress
+from .model_info import job_warnings, move_length
 from .plyio import PlyError, read_ply
 from .pointcloud import create_object
 from .preferences import (SOURCE_ROOT, WonderlandPreferences, get_preferences, output_root,
@@ -244,7 +246,9 @@ def finish_job(context, job: Job) -> tuple[str, str]:
     settings.is_running = False
     if state.outcome == "done":
         try:
-            return 'INFO', _import_result(context, job)
+            message = _import_result(context, job)
+            warnings = settings.last_warnings.replace("\n", "; ")
+            return ('WARNING', f"{message}. Backend warnings: {warnings}") if warnings else ('INFO', message)
         except (PlyError, OSError, RuntimeError) as e:
             state.outcome, state.message = "error", f"the backend finished but its result cannot be imported: {e}"
     if state.outcome == "cancelled":
@@ -261,6 +265,7 @@ def _import_result(context, job: Job) -> str:
     if not final.get("ply"):
         raise PlyError("the backend's done event names no PLY file")
     result = read_ply(final["ply"])
+    length = move_length(job.out_dir / "cameras.json")
     if len(result.splats) == 0:
         raise PlyError(f"{final['ply']} holds no Gaussians")
     name = f"Wonderland {job.out_dir.name}"
@@ -277,6 +282,10 @@ def _import_result(context, job: Job) -> str:
         for image in images:  # nothing of a failed import stays in the .blend
             bpy.data.images.remove(image)
         raise
+    obj[RESULT_KEY] = str(job.out_dir)
+    retired = retire_previous_results(context, obj)
+    settings.last_warnings = "\n".join(job_warnings(job.out_dir, final.get("meta")))
+    settings.last_move_length = length
     settings.last_result_path = str(final["ply"])
     settings.last_count = len(result.splats)
     settings.last_seconds = job.seconds
@@ -284,7 +293,9 @@ def _import_result(context, job: Job) -> str:
     settings.progress = 1.0
     settings.status = f"Done: {len(result.splats):,} Gaussians in {job.seconds:.1f} s"
     bpy.ops.ed.undo_push(message=UNDO_MESSAGE)
-    return f"Wonderland: {len(result.splats):,} Gaussians in '{obj.name}' ({job.seconds:.1f} s)"
+    clean_job_folders(job.out_dir.parent, used_paths())
+    hidden = f"; earlier results hidden: {', '.join(retired)}" if retired else ""
+    return f"Wonderland: {len(result.splats):,} Gaussians in '{obj.name}' ({job.seconds:.1f} s){hidden}"
 
 
 def _redraw_sidebars(context) -> None:
@@ -312,6 +323,9 @@ class WONDERLAND_OT_generate(bpy.types.Operator):
 
     extra_args: StringProperty(name="Extra Backend Arguments", options={'HIDDEN', 'SKIP_SAVE'},
                                description="More `python -m backend generate` options, e.g. '--previews 4'")
+    timeout: FloatProperty(name="Timeout (s)", default=0.0, min=0.0, options={'HIDDEN', 'SKIP_SAVE'},
+                           description="Background mode and scripts: stop the backend and fail after this many "
+                                       "seconds (0: wait as long as it takes)")
 
     _timer = None
     _job: Job | None = None
@@ -335,7 +349,7 @@ class WONDERLAND_OT_generate(bpy.types.Operator):
     def _report_end(self, context) -> set[str]:
         level, message = finish_job(context, self._job)
         self.report({level}, message)
-        return {'FINISHED'} if level == 'INFO' else {'CANCELLED'}
+        return {'FINISHED'} if self._job.state.outcome == "done" else {'CANCELLED'}
 
     def execute(self, context):
         """Synchronous: background mode, and scripts calling the operator directly."""
@@ -352,7 +366,7 @@ class WONDERLAND_OT_generate(bpy.types.Operator):
             printed[0] = len(state.events)
 
         try:
-            self._job.wait(on_update=on_update)
+            self._job.wait(on_update=on_update, timeout=self.timeout or None)
         except KeyboardInterrupt:
             self._job.abort()
         return self._report_end(context)

@@ -1,15 +1,18 @@
 """`wonderland.install_backend`: a virtual environment in the extension's user folder, with the backend that
 ships inside the extension zip (backend_src/) pip-installed into it.
 
-Steps run as child processes one after the other (make the venv, pip install, import check); their output
-goes to install.log beside the venv and is read line by line into a short status text, so Blender's UI
-never waits on pip. It needs Blender's online access (pip downloads torch and friends) and a Python 3.11+
+Steps run as child processes one after the other (make the venv, pip install of the torch build that
+torch_choice picks for this machine, pip install of the backend, import check); their output goes to
+install.log beside the venv and is read line by line into a short status text, so Blender's UI never waits
+on pip. It needs Blender's online access (pip downloads torch and friends) and a Python 3.11+
 to make the venv from: in a full Blender `sys.executable` is Blender's own Python; in the bpy module it is
 the host's Python (often itself a venv, which `python -m venv` handles).
 """
 from __future__ import annotations
 
+import functools
 import os
+import platform
 import re
 import shutil
 import subprocess
@@ -19,7 +22,8 @@ from pathlib import Path
 
 import bpy
 
-from .preferences import INSTALLER_VENV, venv_python
+from .preferences import INSTALLER_VENV, get_preferences, venv_python
+from .torch_choice import TorchChoice, TorchChoiceError, choose_torch, detect_nvidia_driver
 
 BACKEND_SRC = Path(__file__).resolve().parent / "backend_src"   # put there by tools/build_zip.py
 LOG_NAME = "install.log"
@@ -27,7 +31,8 @@ MIN_PYTHON = (3, 11)
 TIMER_SECONDS = 0.25
 _CHECK_PYTHON = ("import sys, venv, ensurepip; "
                  f"sys.exit(0 if sys.version_info[:2] >= {MIN_PYTHON!r} else 1)")
-_VERIFY = "import backend, torch; print('backend', backend.__version__, 'torch', torch.__version__)"
+_VERIFY = ("import backend, torch; print('backend', backend.__version__, 'torch', torch.__version__, "
+           "'cuda', torch.cuda.is_available(), 'mps', torch.backends.mps.is_available())")
 
 # (pattern in pip's output, what it means, what to do)
 _KNOWN_FAILURES = (
@@ -95,14 +100,31 @@ def find_base_python() -> str:
                        "or make an environment yourself and set Backend Python")
 
 
-def install_steps(base_python: str, venv_dir: Path, source: Path) -> list[tuple[str, list[str]]]:
-    """(label, command) for each step; the venv is made only when it does not exist yet."""
+@functools.cache
+def _nvidia_driver() -> str | None:
+    """Looked up once a session: the preferences draw the choice on every redraw."""
+    return detect_nvidia_driver()
+
+
+def torch_for_this_machine(override: str) -> TorchChoice:
+    """The torch build for this computer and the Torch Build preference; TorchChoiceError says why none fits."""
+    driver = _nvidia_driver() if override == "auto" and platform.system() != "Darwin" else None
+    return choose_torch(platform.system(), platform.machine(), driver, override, platform.mac_ver()[0] or None)
+
+
+def install_steps(base_python: str, venv_dir: Path, source: Path,
+                  torch: TorchChoice) -> list[tuple[str, list[str]]]:
+    """(label, command) for each step; the venv is made only when it does not exist yet. torch comes first, from
+    its build's index, so that the backend's `torch>=2.4` is already met and pip keeps that build. Wheels only
+    (tests/test_dependency_wheels.py checks that every pin has one): an artist's machine has no compilers, so a
+    missing wheel should fail at once, naming the package, rather than in a source build."""
     py = str(venv_python(venv_dir))
+    pip = [py, "-m", "pip", "install", "--disable-pip-version-check", "--progress-bar", "off", "--only-binary=:all:"]
     steps = []
     if not venv_python(venv_dir).is_file():
         steps.append(("Making the virtual environment", [base_python, "-m", "venv", str(venv_dir)]))
-    steps.append(("pip install of the backend", [py, "-m", "pip", "install", "--disable-pip-version-check",
-                                                 "--progress-bar", "off", str(source)]))
+    steps.append((f"pip install of {torch.reason}", pip + torch.pip_args()))
+    steps.append(("pip install of the backend", pip + [str(source)]))
     steps.append(("Checking the backend", [py, "-c", _VERIFY]))
     return steps
 
@@ -110,9 +132,10 @@ def install_steps(base_python: str, venv_dir: Path, source: Path) -> list[tuple[
 class InstallRun:
     """Runs the steps one after another without blocking: call `poll()` from a timer until it returns True."""
 
-    def __init__(self, steps: list[tuple[str, list[str]]], log_path: Path):
+    def __init__(self, steps: list[tuple[str, list[str]]], log_path: Path, summary: str = ""):
         self.steps = list(steps)
         self.log_path = Path(log_path)
+        self.summary = summary   # what this install chose, said at its start and first in the log
         self.status = "Starting"
         self.error: str | None = None
         self.proc: subprocess.Popen | None = None
@@ -121,7 +144,7 @@ class InstallRun:
         self._partial = ""
         self._output: list[str] = []   # the current step's output, for the failure message
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        self.log_path.write_text("")
+        self.log_path.write_text(f"# {summary}\n" if summary else "", encoding="utf-8")
         self._next()
 
     @property
@@ -196,7 +219,13 @@ def install_status() -> tuple[bool, str]:
 
 
 def prepare_install() -> InstallRun:
-    """Check that an install can run here and start it; InstallError says why not."""
+    """Check that an install can run here and start it; InstallError says why not (first whether torch has a
+    build for this computer at all, which no setting of Blender's changes)."""
+    prefs = get_preferences()
+    try:
+        torch = torch_for_this_machine(prefs.torch_build if prefs is not None else "auto")
+    except TorchChoiceError as e:
+        raise InstallError(f"{e} (Preferences ▸ Add-ons ▸ Wonderland ▸ Torch Build)") from None
     if not bpy.app.online_access:
         raise InstallError("Blender's online access is off, and pip needs to download the backend's packages: "
                            "turn on Preferences ▸ System ▸ Network ▸ Allow Online Access, or install the backend "
@@ -210,7 +239,8 @@ def prepare_install() -> InstallRun:
         raise InstallError(f"the extension has no bundled backend ({BACKEND_SRC} is missing): reinstall it from "
                            "the release zip")
     venv_dir = user_dir / INSTALLER_VENV
-    return InstallRun(install_steps(find_base_python(), venv_dir, BACKEND_SRC), user_dir / LOG_NAME)
+    return InstallRun(install_steps(find_base_python(), venv_dir, BACKEND_SRC, torch), user_dir / LOG_NAME,
+                      summary=f"Installing {torch.reason}")
 
 
 class WONDERLAND_OT_install_backend(bpy.types.Operator):
@@ -234,6 +264,7 @@ class WONDERLAND_OT_install_backend(bpy.types.Operator):
         except InstallError as e:
             self.report({'ERROR'}, str(e))
             return False
+        self.report({'INFO'}, f"Install backend: {_run.summary}")
         return True
 
     def _end(self) -> set[str]:

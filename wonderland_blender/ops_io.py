@@ -1,4 +1,7 @@
-"""File ▸ Import / Export of 3DGS PLY files as Wonderland point clouds.
+"""File ▸ Import / Export of Gaussian splat files as Wonderland point clouds.
+
+Import reads a 3DGS PLY, SuperSplat's compressed PLY, Niantic's SPZ or antimatter15's .splat (picked by
+content, formats/); export writes a standard PLY or an SPZ.
 
 Our backend writes PLYs in Blender's own world frame (Z up), so the default axes (Y forward, Z up) are
 the identity; files from tools with another up axis (most 3DGS trainers: OpenCV/COLMAP worlds, Y down)
@@ -12,24 +15,26 @@ import bpy
 from bpy.props import BoolProperty, StringProperty
 from bpy_extras.io_utils import ExportHelper, ImportHelper, axis_conversion, orientation_helper
 
-from .plyio import PlyError, Splats, read_ply, write_ply
-from .pointcloud import create_object, is_gaussian_object, read_splats, transform_splats
+from .formats import FormatError, read_gaussians
+from .formats.spz import write_spz
+from .plyio import PlyError, Splats, write_ply
+from .pointcloud import create_object, is_gaussian_object, read_splats, transform_splats, transform_warning
 
 
 @orientation_helper(axis_forward='Y', axis_up='Z')
 class WONDERLAND_OT_import_gaussians(bpy.types.Operator, ImportHelper):
-    """Import a 3D Gaussian Splatting PLY (gsplat, 3DGS, SuperSplat, Lyra, SHARP, Wonderland) as a point cloud"""
+    """Import 3D Gaussian splats (3DGS or compressed PLY, SPZ, .splat) as a point cloud"""
     bl_idname = "wonderland.import_gaussians"
     bl_label = "Import Gaussians"
     bl_options = {'REGISTER', 'UNDO'}
 
     filename_ext = ".ply"
-    filter_glob: StringProperty(default="*.ply", options={'HIDDEN'})
+    filter_glob: StringProperty(default="*.ply;*.spz;*.splat", options={'HIDDEN'})
 
     def execute(self, context):
         try:
-            result = read_ply(self.filepath)
-        except PlyError as e:
+            result = read_gaussians(self.filepath)
+        except (PlyError, FormatError) as e:
             self.report({'ERROR'}, str(e))
             return {'CANCELLED'}
         if len(result.splats) == 0:
@@ -48,16 +53,12 @@ class WONDERLAND_OT_import_gaussians(bpy.types.Operator, ImportHelper):
         return {'FINISHED'}
 
 
-@orientation_helper(axis_forward='Y', axis_up='Z')
-class WONDERLAND_OT_export_gaussians(bpy.types.Operator, ExportHelper):
-    """Export Wonderland Gaussian point clouds as a standard 3DGS PLY (world transform applied, deleted points left out)"""
-    bl_idname = "wonderland.export_gaussians"
-    bl_label = "Export Gaussians"
+class _ExportGaussians(ExportHelper):
+    """What the PLY and SPZ exporters share: which objects, their evaluated Gaussians, the axes; each
+    exporter adds write(path, splats)."""
     # Exporting changes nothing in the .blend, so it pushes no undo step (as Blender's exporters).
     bl_options = {'REGISTER'}
 
-    filename_ext = ".ply"
-    filter_glob: StringProperty(default="*.ply", options={'HIDDEN'})
     use_selection: BoolProperty(name="Selected Only", default=True,
                                 description="Export only the selected Gaussian objects, else all in the scene")
 
@@ -73,24 +74,54 @@ class WONDERLAND_OT_export_gaussians(bpy.types.Operator, ExportHelper):
         from_blender = axis_conversion(to_forward=self.axis_forward, to_up=self.axis_up).to_4x4()
         try:
             parts = [read_splats(o.evaluated_get(depsgraph)) for o in objects]
+            inexact = [f"'{o.name}': {w}" for o, p in zip(objects, parts)
+                       if (w := transform_warning(o.matrix_world, p))]
             splats = transform_splats(Splats.concatenate(parts), from_blender)
-            write_ply(self.filepath, splats)
+            self.write(self.filepath, splats)
         except (ValueError, OSError) as e:
             self.report({'ERROR'}, f"Cannot export {Path(self.filepath).name}: {e}")
             return {'CANCELLED'}
-        self.report({'INFO'}, f"Exported {len(splats):,} Gaussians from {len(objects)} object(s)")
+        message = f"Exported {len(splats):,} Gaussians from {len(objects)} object(s)"
+        self.report({'WARNING'} if inexact else {'INFO'}, "; ".join([message, *inexact]))
         return {'FINISHED'}
 
 
+@orientation_helper(axis_forward='Y', axis_up='Z')
+class WONDERLAND_OT_export_gaussians(bpy.types.Operator, _ExportGaussians):
+    """Export Wonderland Gaussian point clouds as a standard 3DGS PLY (world transform and edit modifiers applied)"""
+    bl_idname = "wonderland.export_gaussians"
+    bl_label = "Export Gaussians"
+
+    filename_ext = ".ply"
+    filter_glob: StringProperty(default="*.ply", options={'HIDDEN'})
+
+    def write(self, path: str, splats: Splats) -> None:
+        write_ply(path, splats)
+
+
+@orientation_helper(axis_forward='Y', axis_up='Z')
+class WONDERLAND_OT_export_spz(bpy.types.Operator, _ExportGaussians):
+    """Export Wonderland Gaussian point clouds as a Niantic SPZ (version 3: a fraction of the PLY, quantized)"""
+    bl_idname = "wonderland.export_spz"
+    bl_label = "Export Gaussians (SPZ)"
+
+    filename_ext = ".spz"
+    filter_glob: StringProperty(default="*.spz", options={'HIDDEN'})
+
+    def write(self, path: str, splats: Splats) -> None:
+        write_spz(path, splats)
+
+
 def _menu_import(self, context):
-    self.layout.operator(WONDERLAND_OT_import_gaussians.bl_idname, text="Gaussian Splats (.ply)")
+    self.layout.operator(WONDERLAND_OT_import_gaussians.bl_idname, text="Gaussian Splats (.ply, .spz, .splat)")
 
 
 def _menu_export(self, context):
     self.layout.operator(WONDERLAND_OT_export_gaussians.bl_idname, text="Gaussian Splats (.ply)")
+    self.layout.operator(WONDERLAND_OT_export_spz.bl_idname, text="Gaussian Splats (.spz)")
 
 
-_CLASSES = (WONDERLAND_OT_import_gaussians, WONDERLAND_OT_export_gaussians)
+_CLASSES = (WONDERLAND_OT_import_gaussians, WONDERLAND_OT_export_gaussians, WONDERLAND_OT_export_spz)
 
 
 def register():

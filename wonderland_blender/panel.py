@@ -1,17 +1,20 @@
 """The View3D ▸ Sidebar ▸ Wonderland panel, and the pure helpers that decide what it shows."""
 from __future__ import annotations
 
+import functools
 import os
 import struct
 
 import bpy
 
-from .intrinsics import center_crop_size
+from .intrinsics import model_crop, render_size
+from .model_info import ModelSpec, find_model_config, read_model_spec, scale_text, weights_dirs
+from .preferences import DEFAULT_MODEL, SOURCE_ROOT, get_preferences, resolve_backend_python
 from .presets import PRESETS
 from .properties import effective_camera, effective_frame_range
-from .trajectory import MODEL_FRAMES, TrajectoryError, check_camera, recorded_range
+from .render_engine import ENGINE_ID
+from .trajectory import TrajectoryError, check_camera, recorded_range
 
-MODEL_INPUT_SIZE = (720, 480)  # width, height the paper model consumes (480×720 in the paper's H×W)
 JPEG_SOF_MARKERS = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
 
 
@@ -47,22 +50,48 @@ def input_image_size(settings) -> tuple[int, int] | None:
     return image_file_size(path) if path else None
 
 
-def framing_text(image_w: int, image_h: int, model_w: int = MODEL_INPUT_SIZE[0],
-                 model_h: int = MODEL_INPUT_SIZE[1]) -> str:
-    """What the model sees of the picture, e.g. 'Image 1024×1024 → center crop 1024×683 → 720×480'."""
-    crop_w, crop_h = center_crop_size(image_w, image_h, model_w, model_h)
-    crop_w, crop_h = round(crop_w), round(crop_h)
+@functools.lru_cache(maxsize=8)
+def _cached_spec(config: str, _mtime_ns: int) -> ModelSpec:
+    return read_model_spec(config)
+
+
+def chosen_model(context) -> tuple[ModelSpec | None, str]:
+    """(size and frames of the model the next job uses, or None; what to say when it is unknown)."""
+    prefs = get_preferences(context)
+    name = context.scene.wonderland.model or (prefs.default_model if prefs is not None else DEFAULT_MODEL)
+    python, _ = resolve_backend_python(prefs)
+    config = find_model_config(bpy.path.abspath(name), weights_dirs(SOURCE_ROOT, python))
+    if config is None:
+        return None, f"Model '{name}': no wonderland.json found, its size and frames are unknown here"
+    try:
+        return _cached_spec(str(config), config.stat().st_mtime_ns), ""
+    except (OSError, ValueError) as e:
+        return None, str(e)
+
+
+def framing_lines(image_w: int, image_h: int, camera_w: int, camera_h: int, spec: ModelSpec) -> list[str]:
+    """What the model sees of the picture, as the backend crops it, e.g.
+    ['Image 720×477 → crop 607×405 → model 96×64', 'The image (1.51:1) is cropped to the camera's 1.78:1']."""
+    box, differs = model_crop(image_w, image_h, camera_w, camera_h, spec.width, spec.height)
+    crop_w, crop_h = int(box[2]), int(box[3])
+    model = f"model {spec.width}×{spec.height}"
     if (crop_w, crop_h) == (image_w, image_h):
-        return f"Image {image_w}×{image_h} → {model_w}×{model_h}"
-    return f"Image {image_w}×{image_h} → center crop {crop_w}×{crop_h} → {model_w}×{model_h}"
+        lines = [f"Image {image_w}×{image_h} → {model}"]
+    else:
+        lines = [f"Image {image_w}×{image_h} → crop {crop_w}×{crop_h} → {model}"]
+    if differs:
+        lines.append(f"The image ({image_w / image_h:.2f}:1) is cropped to the camera's "
+                     f"{camera_w / camera_h:.2f}:1 (Output Properties ▸ Resolution)")
+    return lines
 
 
-def frames_text(start: int, end: int) -> str:
+def frames_text(start: int, end: int, model_frames: int | None) -> str:
     count = end - start + 1
     if count < 1:
         return f"Frames {start}–{end}: empty, the end must not be before the start"
-    note = "" if count == MODEL_FRAMES else f", resampled to the model's {MODEL_FRAMES}"
-    return f"Frames {start}–{end} ({count}{note})"
+    if model_frames is None or count == model_frames:
+        return f"Frames {start}–{end} ({count})"
+    return f"Frames {start}–{end} ({count}, resampled to the model's {model_frames})"
 
 
 def progress_text(settings) -> str:
@@ -105,10 +134,14 @@ class WONDERLAND_PT_main(bpy.types.Panel):
         col.prop(s, "image")
         if s.image is None:
             col.prop(s, "image_path", text="")
+        spec, unknown = chosen_model(context)
         size = input_image_size(s)
-        if size is not None:
-            layout.label(text=framing_text(*size), icon='IMAGE_DATA')
-        elif s.image is not None or s.image_path:
+        if size is not None and spec is not None:
+            render = context.scene.render
+            camera_size = render_size(render.resolution_x, render.resolution_y, render.resolution_percentage)
+            for n, line in enumerate(framing_lines(*size, *camera_size, spec)):
+                layout.label(text=line, icon='IMAGE_DATA' if n == 0 else 'INFO')
+        elif size is None and (s.image is not None or s.image_path):
             layout.label(text="Image size unknown (PNG and JPEG headers are read)", icon='INFO')
 
         layout.prop(s, "camera")
@@ -123,7 +156,9 @@ class WONDERLAND_PT_main(bpy.types.Panel):
         row.prop(s, "frame_start")
         row.prop(s, "frame_end")
         start, end = effective_frame_range(context)
-        layout.label(text=frames_text(start, end))
+        layout.label(text=frames_text(start, end, spec.frames if spec is not None else None))
+        if unknown:
+            layout.label(text=unknown, icon='INFO')
 
         if not problem:
             checked = recorded_range(s, cam_obj, start, end)
@@ -166,6 +201,11 @@ class WONDERLAND_PT_main(bpy.types.Panel):
             box = layout.box()
             box.label(text=f"Last: {s.last_count:,} Gaussians in {s.last_seconds:.1f} s", icon='CHECKMARK')
             box.label(text=s.last_result_path)
+            for warning in filter(None, s.last_warnings.split("\n")):
+                box.label(text=f"Backend: {warning}", icon='ERROR')
+            box.label(text=scale_text(s.last_move_length), icon='INFO')
+        if context.scene.render.engine == ENGINE_ID and operator_available("WONDERLAND_OT_setup_mesh_mixing"):
+            layout.operator("wonderland.setup_mesh_mixing", icon='NODE_COMPOSITING')
             if operator_available("WONDERLAND_OT_open_preview"):
                 box.operator("wonderland.open_preview", icon='IMAGE_DATA')
 

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from .atomic_write import atomic_file
 
 SH_C0 = 0.28209479177387814
 
@@ -147,8 +148,8 @@ def _check_gaussian_vertex(elements: list[_Element], path: Path) -> _Element:
     props = {p for p, _ in vertex.properties} if vertex else set()
     if "chunk" in names or "packed_position" in props:
         raise PlyError(f"{path.name} is a compressed PLY (SuperSplat / gsplat 'ply_compressed'): its "
-                       "Gaussians are quantized in packed chunks, which this importer does not decode. "
-                       "Open it in SuperSplat and export an uncompressed .ply, then import that.")
+                       "Gaussians are quantized in packed chunks; read it with formats.read_gaussians "
+                       "(as File ▸ Import does), not read_ply.")
     if vertex is None:
         raise PlyError(f"{path.name} has no 'vertex' element, so it holds no Gaussians "
                        f"(elements: {', '.join(sorted(names)) or 'none'}).")
@@ -283,7 +284,6 @@ def _header(n: int, k: int, comments: list[str] = ()) -> bytes:
 
 def write_ply(path: str | os.PathLike, splats: Splats, comments: list[str] = ()) -> None:
     """Write the standard binary little-endian 3DGS layout (normals zero) atomically."""
-    path = Path(path)
     n, k = len(splats), splats.sh_rest_count
     row = np.empty((n, 6 + 3 + 3 * k + 1 + 3 + 4), np.dtype("<f4"))
     row[:, 0:3] = splats.means
@@ -293,13 +293,6 @@ def write_ply(path: str | os.PathLike, splats: Splats, comments: list[str] = ())
     row[:, 9 + 3 * k] = splats.opacity_logits
     row[:, 10 + 3 * k:13 + 3 * k] = splats.log_scales
     row[:, 13 + 3 * k:] = splats.quats
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(_header(n, k, comments))
-            row.tofile(f)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_file(path) as f:
+        f.write(_header(n, k, comments))
+        row.tofile(f)

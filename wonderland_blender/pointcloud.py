@@ -1,10 +1,11 @@
 """Gaussians ⇄ Blender PointCloud objects, whole arrays at a time (no per-point Python).
 
-Each point keeps the raw PLY values (`f_dc`, `opacity_logit`, `log_scale`, `rot_raw`, `sh_rest_NN`) so an
-export gives back every bit, plus activated views for display and other tools (`color` linear RGBA,
-`opacity`, `scale`, `rotation` unit wxyz, `radius`). Edits are respected on the way out: deleted points
-are gone, positions come from the points, and the object transform is applied to positions, log-scales
-and rotations. Recipe: shared/design/gaussians.md.
+One attribute per quantity, in the values an artist edits (the attribute contract): `position`,
+`splat_color` (linear RGB; not `color`, which Cycles reserves for volumes), `opacity` (0..1), `scale`
+(per-axis std-dev), `rotation` (unit wxyz), `sh_rest_NN` (SH beyond degree 0) and `radius` (display only,
+derived). There are no raw twins: `read_splats` converts these back to the PLY's raw values (sRGB → f_dc,
+logit, log), so whatever edits them (attribute editor, Edit Mode, geometry nodes) is what renders and
+exports. Deleted points are gone, and the object transform is applied. Recipe: shared/design/gaussians.md.
 """
 from __future__ import annotations
 
@@ -14,21 +15,54 @@ import bpy
 import numpy as np
 from mathutils import Matrix
 
-from .plyio import Splats
+from .display import add_display
+from .plyio import SH_C0, Splats
 
 COLLECTION_NAME = "Wonderland"
-MATERIAL_NAME = "Wonderland Gaussians"
-RADIUS_PER_SCALE = 2.0  # display radius = this × mean axis std-dev, so points show their size
-RAW_ATTRIBUTES = ("f_dc", "opacity_logit", "log_scale", "rot_raw")
+RADIUS_PER_SCALE = 1.0  # display radius = this × mean axis std-dev: Solid view shows each Gaussian's core
+# The attributes that make a point cloud a Gaussian one, and their types.
+GAUSSIAN_ATTRIBUTES = {"splat_color": 'FLOAT_COLOR', "opacity": 'FLOAT', "scale": 'FLOAT_VECTOR',
+                       "rotation": 'QUATERNION'}
+_OPACITY_MAX = 1.0 - 2.0 ** -24  # the largest float32 below 1: its logit (16.6) is the largest exported
+_FLOAT32_TINY = float(np.finfo(np.float32).tiny)
 _SH_REST = re.compile(r"sh_rest_(\d+)")
 
 
 def srgb_to_linear(c: np.ndarray) -> np.ndarray:
-    """The sRGB transfer curve inverted, float32 (pow as exp∘log: numpy vectorizes those, not pow)."""
-    c = np.asarray(c, np.float32)
-    with np.errstate(divide="ignore"):
-        curve = np.exp(np.float32(2.4) * np.log((c + np.float32(0.055)) / np.float32(1.055)))
-    return np.where(c <= 0.04045, c / np.float32(12.92), curve)
+    """The sRGB transfer curve inverted (pow as exp∘log: numpy vectorizes those, not pow), in float64 for
+    float64 input, else float32. Values outside 0..1 keep going (linear below 0, the power curve above 1),
+    so SH colours beyond the display range survive a round trip through `linear_to_srgb`."""
+    c = np.asarray(c)
+    c = c if c.dtype == np.float64 else c.astype(np.float32)
+    one = c.dtype.type(1.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        curve = np.exp(c.dtype.type(2.4) * np.log((c + c.dtype.type(0.055)) / c.dtype.type(1.055)))
+    return np.where(c <= 0.04045, c * (one / c.dtype.type(12.92)), curve)
+
+
+def linear_to_srgb(c: np.ndarray) -> np.ndarray:
+    """The sRGB transfer curve, float64, the exact inverse of `srgb_to_linear` (also outside 0..1)."""
+    c = np.asarray(c, np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        curve = 1.055 * np.exp(np.log(c) / 2.4) - 0.055
+    return np.where(c <= 0.04045 / 12.92, c * 12.92, curve)
+
+
+def f_dc_to_linear(f_dc: np.ndarray) -> np.ndarray:
+    """SH DC coefficients → linear RGB (float64), unclamped: the display colour 0.5 + C0·f_dc is sRGB."""
+    return srgb_to_linear(0.5 + SH_C0 * np.asarray(f_dc, np.float64))
+
+
+def linear_to_f_dc(rgb: np.ndarray) -> np.ndarray:
+    """Linear RGB → SH DC coefficients (float32), the inverse of `f_dc_to_linear`."""
+    return ((linear_to_srgb(rgb) - 0.5) / SH_C0).astype(np.float32)
+
+
+def opacity_to_logit(opacity: np.ndarray) -> np.ndarray:
+    """Opacity → logit (float32); opacities of 0 and 1 (or beyond, after edits) are clamped so the logit
+    stays finite (±87 and 16.6)."""
+    p = np.clip(np.asarray(opacity, np.float64), _FLOAT32_TINY, _OPACITY_MAX)
+    return (np.log(p) - np.log1p(-p)).astype(np.float32)
 
 
 def _normalized_quats(q: np.ndarray) -> np.ndarray:
@@ -98,35 +132,92 @@ def rotate_sh_rest(f_rest: np.ndarray, rot: np.ndarray) -> np.ndarray:
     return np.einsum("ji,nic->njc", x, f_rest.astype(np.float64)).astype(np.float32)
 
 
+def _matrices_to_quats(m: np.ndarray) -> np.ndarray:
+    """[N, 3, 3] rotation matrices → [N, 4] unit wxyz quaternions (Shepperd's method, branch per row)."""
+    trace = np.trace(m, axis1=1, axis2=2)
+    diagonal = np.diagonal(m, axis1=1, axis2=2)
+    pick = np.where(trace > diagonal.max(axis=1), 3, diagonal.argmax(axis=1))  # largest of 4|w|², 4|x|²…
+    q = np.empty((len(m), 4))
+    w = pick == 3
+    r = np.sqrt(np.maximum(1.0 + trace[w], 1e-300)) * 2
+    q[w] = np.stack([r / 4, (m[w, 2, 1] - m[w, 1, 2]) / r, (m[w, 0, 2] - m[w, 2, 0]) / r,
+                     (m[w, 1, 0] - m[w, 0, 1]) / r], axis=1)
+    for i, j, k in ((0, 1, 2), (1, 2, 0), (2, 0, 1)):
+        sel = pick == i
+        mm = m[sel]
+        r = np.sqrt(np.maximum(1.0 + mm[:, i, i] - mm[:, j, j] - mm[:, k, k], 1e-300)) * 2
+        out = np.empty((len(mm), 4))
+        out[:, 0] = (mm[:, k, j] - mm[:, j, k]) / r
+        out[:, 1 + i] = r / 4
+        out[:, 1 + j] = (mm[:, j, i] + mm[:, i, j]) / r
+        out[:, 1 + k] = (mm[:, k, i] + mm[:, i, k]) / r
+        q[sel] = out
+    return q
+
+
+def _quats_to_matrices(q: np.ndarray) -> np.ndarray:
+    """[N, 4] unit wxyz quaternions → [N, 3, 3] rotation matrices."""
+    w, x, y, z = np.moveaxis(np.asarray(q, np.float64), -1, 0)
+    return np.stack([1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
+                     2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
+                     2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)], axis=-1).reshape(-1, 3, 3)
+
+
+def is_similarity(matrix) -> bool:
+    """Whether the linear part of a 4×4 transform is a rotation times a positive uniform scale."""
+    a = np.array(matrix, np.float64).reshape(4, 4)[:3, :3]
+    gram = a.T @ a
+    uniform = np.eye(3) * np.trace(gram) / 3
+    return np.linalg.det(a) > 0 and np.allclose(gram, uniform, rtol=0, atol=1e-6 * np.trace(gram))
+
+
+def transform_warning(matrix, splats: Splats) -> str | None:
+    """What a transform cannot carry over exactly, or None: shapes always are exact (the covariance
+    A·Σ·Aᵀ is re-diagonalized), but view-dependent colour (SH beyond degree 0) follows only the nearest
+    rotation or mirror when the transform also stretches or shears."""
+    if splats.sh_rest_count and not is_similarity(matrix):
+        return ("its non-uniform scale or shear is applied exactly to the Gaussians' shapes, but their "
+                "view-dependent colour (SH) only follows the nearest rotation; apply a uniform scale "
+                "for an exact result")
+    return None
+
+
 def transform_splats(splats: Splats, matrix) -> Splats:
-    """Apply a 4×4 affine transform: positions fully; rotations and SH coefficients by its rotation
-    part; log-scales by its uniform scale (cube root of the determinant: a non-uniform scale cannot be
-    expressed on rotated Gaussians exactly). Identity returns the input unchanged, so untransformed
-    objects keep every bit."""
+    """Apply a 4×4 affine transform: positions fully; SH coefficients by its nearest rotation (or mirror);
+    shapes exactly: a similarity turns the quaternions and shifts the log-scales, anything else (non-uniform
+    scale, shear, mirror) re-diagonalizes each covariance A·R·S²·Rᵀ·Aᵀ. Identity returns the input
+    unchanged, so untransformed objects keep every bit."""
     m = np.array(matrix, np.float64).reshape(4, 4)
     if np.array_equal(m, np.eye(4)):
         return splats
     a, t = m[:3, :3], m[:3, 3]
     det = np.linalg.det(a)
-    if not det > 0:
-        raise ValueError("The object transform mirrors or flattens the Gaussians (negative or zero "
-                         "scale); apply a positive scale to the object and try again.")
-    s = det ** (1.0 / 3.0)
+    if abs(det) < 1e-12:
+        raise ValueError("The object transform flattens the Gaussians (a zero scale); give the object a "
+                         "non-zero scale on every axis and try again.")
     u, _, vt = np.linalg.svd(a)
-    rot = u @ vt  # nearest rotation (polar decomposition); proper since det > 0
-    q_rot = np.array(Matrix(rot.tolist()).to_quaternion(), np.float64)
-    return Splats(
-        means=(splats.means.astype(np.float64) @ a.T + t).astype(np.float32),
-        f_dc=splats.f_dc, f_rest=rotate_sh_rest(splats.f_rest, rot) if splats.sh_rest_count else splats.f_rest,
-        opacity_logits=splats.opacity_logits,
-        log_scales=(splats.log_scales.astype(np.float64) + np.log(s)).astype(np.float32),
-        quats=_quat_multiply(q_rot, splats.quats).astype(np.float32))
+    orthogonal = u @ vt  # nearest rotation or mirror (polar decomposition)
+    f_rest = rotate_sh_rest(splats.f_rest, orthogonal) if splats.sh_rest_count else splats.f_rest
+    if is_similarity(m):
+        q_rot = np.array(Matrix(orthogonal.tolist()).to_quaternion(), np.float64)
+        log_scales = splats.log_scales.astype(np.float64) + np.log(det) / 3
+        quats = _quat_multiply(q_rot, splats.quats)
+    else:
+        rot = _quats_to_matrices(_normalized_quats(splats.quats.astype(np.float64)))
+        axes = a @ rot * np.exp(splats.log_scales.astype(np.float64))[:, None, :]  # A·R·S
+        variances, vectors = np.linalg.eigh(axes @ axes.transpose(0, 2, 1))
+        vectors[np.linalg.det(vectors) < 0, :, 0] *= -1  # a proper rotation
+        log_scales = 0.5 * np.log(np.maximum(variances, 1e-300))
+        quats = _matrices_to_quats(vectors)
+    return Splats(means=(splats.means.astype(np.float64) @ a.T + t).astype(np.float32), f_dc=splats.f_dc,
+                  f_rest=f_rest, opacity_logits=splats.opacity_logits, log_scales=log_scales.astype(np.float32),
+                  quats=quats.astype(np.float32))
 
 
 def is_gaussian_object(obj) -> bool:
-    """A point cloud made by this add-on (it carries the raw Gaussian attributes)."""
+    """A point cloud made by this add-on (it carries the Gaussian attributes)."""
     return obj is not None and obj.type == 'POINTCLOUD' and \
-        all(name in obj.data.attributes for name in RAW_ATTRIBUTES)
+        all(name in obj.data.attributes for name in GAUSSIAN_ATTRIBUTES)
 
 
 def _layer_collection(layer_collection, name: str):
@@ -153,28 +244,6 @@ def ensure_collection(scene, view_layer) -> bpy.types.Collection:
     return coll
 
 
-def ensure_material() -> bpy.types.Material:
-    """Emission from the `color` attribute: material preview and Cycles show the Gaussians' colours."""
-    mat = bpy.data.materials.get(MATERIAL_NAME)
-    if mat is not None:
-        return mat
-    mat = bpy.data.materials.new(MATERIAL_NAME)
-    if mat.node_tree is None:  # Blender 4.5; 5.0 materials always have nodes
-        mat.use_nodes = True
-    nodes, links = mat.node_tree.nodes, mat.node_tree.links
-    nodes.clear()
-    attr = nodes.new("ShaderNodeAttribute")
-    attr.attribute_type = 'GEOMETRY'
-    attr.attribute_name = "color"
-    attr.location = (-400, 0)
-    emission = nodes.new("ShaderNodeEmission")
-    out = nodes.new("ShaderNodeOutputMaterial")
-    out.location = (250, 0)
-    links.new(attr.outputs["Color"], emission.inputs["Color"])
-    links.new(emission.outputs["Emission"], out.inputs["Surface"])
-    return mat
-
-
 def _set(attributes, name: str, kind: str, prop: str, values: np.ndarray) -> None:
     attr = attributes.new(name, kind, 'POINT')
     attr.data.foreach_set(prop, np.ascontiguousarray(values, np.float32).ravel())
@@ -194,31 +263,32 @@ def _select_only(view_layer, obj) -> None:
     view_layer.objects.active = obj
 
 
-def _mesh_with_attributes(name: str, splats: Splats) -> bpy.types.Mesh:
+def attribute_values(splats: Splats) -> dict[str, tuple[str, str, np.ndarray]]:
+    """The point attributes holding `splats`: {name: (type, foreach property, float32 values)}."""
     n = len(splats)
+    with np.errstate(over="ignore"):  # exp overflows to inf for logits below -88: opacity 0, as it should
+        opacity = 1.0 / (1.0 + np.exp(-splats.opacity_logits.astype(np.float64)))
+    scales = np.exp(splats.log_scales.astype(np.float64))
+    color = np.ones((n, 4), np.float32)
+    color[:, :3] = f_dc_to_linear(splats.f_dc)
+    values = {"splat_color": ('FLOAT_COLOR', "color", color),
+              "opacity": ('FLOAT', "value", opacity),
+              "scale": ('FLOAT_VECTOR', "vector", scales),
+              "rotation": ('QUATERNION', "value", _normalized_quats(splats.quats)),
+              "radius": ('FLOAT', "value", scales.mean(axis=1) * RADIUS_PER_SCALE)}
+    for k in range(splats.sh_rest_count):
+        values[f"sh_rest_{k:02d}"] = ('FLOAT_VECTOR', "vector", splats.f_rest[:, k, :])
+    return {name: (kind, prop, np.ascontiguousarray(v, np.float32)) for name, (kind, prop, v) in values.items()}
+
+
+def _mesh_with_attributes(name: str, splats: Splats) -> bpy.types.Mesh:
     mesh = bpy.data.meshes.new(name)
     try:
-        mesh.vertices.add(n)
+        mesh.vertices.add(len(splats))
         attrs = mesh.attributes
         attrs["position"].data.foreach_set("vector", np.ascontiguousarray(splats.means, np.float32).ravel())
-        scales = np.exp(splats.log_scales)
-        with np.errstate(over="ignore"):  # exp overflows to inf for logits below -88: opacity 0, as it should
-            opacity = np.float32(1.0) / (np.float32(1.0) + np.exp(-splats.opacity_logits))
-        color = np.empty((n, 4), np.float32)
-        color[:, :3] = srgb_to_linear(splats.display_rgb())
-        color[:, 3] = opacity
-        _set(attrs, "color", 'FLOAT_COLOR', "color", color)
-        _set(attrs, "opacity", 'FLOAT', "value", opacity)
-        _set(attrs, "scale", 'FLOAT_VECTOR', "vector", scales)
-        _set(attrs, "rotation", 'QUATERNION', "value", _normalized_quats(splats.quats))
-        _set(attrs, "radius", 'FLOAT', "value",
-             (scales[:, 0] + scales[:, 1] + scales[:, 2]) * np.float32(RADIUS_PER_SCALE / 3))
-        _set(attrs, "f_dc", 'FLOAT_VECTOR', "vector", splats.f_dc)
-        _set(attrs, "opacity_logit", 'FLOAT', "value", splats.opacity_logits)
-        _set(attrs, "log_scale", 'FLOAT_VECTOR', "vector", splats.log_scales)
-        _set(attrs, "rot_raw", 'QUATERNION', "value", splats.quats)
-        for k in range(splats.sh_rest_count):
-            _set(attrs, f"sh_rest_{k:02d}", 'FLOAT_VECTOR', "vector", splats.f_rest[:, k, :])
+        for attr_name, (kind, prop, values) in attribute_values(splats).items():
+            _set(attrs, attr_name, kind, prop, values)
     except BaseException:
         bpy.data.meshes.remove(mesh)
         raise
@@ -257,7 +327,7 @@ def create_object(context, name: str, splats: Splats) -> bpy.types.Object:
     cloud.name = name
     for helper in [a.name for a in cloud.attributes if a.name.startswith(".")]:
         cloud.attributes.remove(cloud.attributes[helper])
-    cloud.materials.append(ensure_material())
+    add_display(obj)
     ensure_collection(context.scene, view_layer).objects.link(obj)
     context.scene.collection.objects.unlink(obj)
     _select_only(view_layer, obj)
@@ -265,11 +335,15 @@ def create_object(context, name: str, splats: Splats) -> bpy.types.Object:
 
 
 def read_splats(obj) -> Splats:
-    """The Gaussians of a point-cloud object (original or evaluated) from its raw attributes, with the
-    object's world transform applied."""
+    """The Gaussians of a point-cloud object (original or evaluated: pass the evaluated one so modifiers
+    count) converted back to raw PLY values, with the object's world transform applied.
+
+    Round trip of an import (float32 attributes): f_dc within 1e-6·(1 + |f_dc|), log-scales within 1e-6,
+    rotations normalized, opacity logits exact to float32 opacity (|Δσ| ≤ 6e-8, logits clamped to 16.6).
+    """
     if not is_gaussian_object(obj):
         raise ValueError(f"'{obj.name}' is not a Wonderland Gaussian point cloud (it lacks the "
-                         f"attributes {', '.join(RAW_ATTRIBUTES)}); import a 3DGS PLY first.")
+                         f"attributes {', '.join(GAUSSIAN_ATTRIBUTES)}); import a 3DGS PLY first.")
     attrs = obj.data.attributes
     n = len(obj.data.points)
     rest_ids = sorted(int(m.group(1)) for a in attrs if (m := _SH_REST.fullmatch(a.name)))
@@ -279,9 +353,10 @@ def read_splats(obj) -> Splats:
     f_rest = np.empty((n, len(rest_ids), 3), np.float32)
     for k in rest_ids:
         f_rest[:, k, :] = _get(attrs, f"sh_rest_{k:02d}", "vector", n, 3)
+    scales = np.maximum(_get(attrs, "scale", "vector", n, 3).astype(np.float64), _FLOAT32_TINY)
     splats = Splats(means=_get(attrs, "position", "vector", n, 3),
-                    f_dc=_get(attrs, "f_dc", "vector", n, 3), f_rest=f_rest,
-                    opacity_logits=_get(attrs, "opacity_logit", "value", n, 1),
-                    log_scales=_get(attrs, "log_scale", "vector", n, 3),
-                    quats=_get(attrs, "rot_raw", "value", n, 4))
+                    f_dc=linear_to_f_dc(_get(attrs, "splat_color", "color", n, 4)[:, :3]), f_rest=f_rest,
+                    opacity_logits=opacity_to_logit(_get(attrs, "opacity", "value", n, 1)),
+                    log_scales=np.log(scales).astype(np.float32),
+                    quats=_normalized_quats(_get(attrs, "rotation", "value", n, 4)).astype(np.float32))
     return transform_splats(splats, obj.matrix_world)

@@ -8,6 +8,8 @@ from pathlib import Path
 import bpy
 from bpy.props import EnumProperty, IntProperty, StringProperty
 
+from .torch_choice import CUDA_BUILDS, TorchChoiceError
+
 ENV_BACKEND_PYTHON = "WONDERLAND_BACKEND_PYTHON"
 DEFAULT_MODEL = "default"   # the backend's shipped model (backend/weights/default)
 INSTALLER_VENV = "venv"      # the "Install backend" venv, inside extension_path_user
@@ -84,6 +86,14 @@ class WonderlandPreferences(bpy.types.AddonPreferences):
                      "then the source checkout's .venv, then the installed backend)"))
     default_model: StringProperty(name="Default Model", default=DEFAULT_MODEL,
                                   description="A shipped model name or a model folder")
+    torch_build: EnumProperty(name="Torch Build", default='auto', items=(
+        ('auto', "Auto", "A CUDA build for an NVIDIA GPU (newest its driver runs), the macOS build on Apple "
+                         "silicon (MPS), else the CPU build"),
+        ('cpu', "CPU", "The CPU build (Linux, Windows): small, slow"),
+        ('macos', "macOS", "The standard macOS build (Apple silicon: MPS)"),
+        *((tag, f"CUDA {cuda}", f"NVIDIA GPU, driver {needs['Linux']}+ on Linux, {needs['Windows']}+ on Windows")
+          for tag, cuda, needs in CUDA_BUILDS)),
+        description="The torch build Install Backend puts into the backend's environment")
     device: EnumProperty(name="Device", default='auto', items=(
         ('auto', "Auto", "CUDA if available, else Apple MPS, else CPU"),
         ('cuda', "CUDA", "NVIDIA GPU"),
@@ -109,7 +119,13 @@ class WonderlandPreferences(bpy.types.AddonPreferences):
         path, where = resolve_backend_python(self)
         layout.label(text=f"Using {path} ({where})" if path else where, icon='CHECKMARK' if path else 'ERROR')
         if hasattr(bpy.types, "WONDERLAND_OT_install_backend"):
-            from .ops_install import install_status
+            from .ops_install import install_status, torch_for_this_machine
+            layout.prop(self, "torch_build")
+            try:
+                layout.label(text=f"Install Backend will install {torch_for_this_machine(self.torch_build).reason}",
+                             icon='INFO')
+            except TorchChoiceError as e:
+                layout.label(text=str(e), icon='ERROR')
             layout.operator("wonderland.install_backend", icon='IMPORT')
             running, text = install_status()
             if text:

@@ -1,17 +1,24 @@
 """A job's preview renders (preview/0000.png …) as one Blender image sequence, and an operator to show it.
 
-One image datablock per job (source SEQUENCE, files left in the job folder, not packed) rather than one
-per frame, so a 49-frame preview adds one entry to the image list. The frame count is kept on the image
-(`PREVIEW_COUNT_KEY`) because Blender only knows a sequence's length through an image user.
+One image datablock per job (source SEQUENCE) rather than one per frame, so a 49-frame preview adds one
+entry to the image list. The frame count is kept on the image (`PREVIEW_COUNT_KEY`) because Blender only
+knows a sequence's length through an image user. Blender packs only the first file of a sequence, so
+the previews are kept beside the .blend instead: on every save their files are copied into
+"<blend name>_wonderland/<image name>/" next to it and the image points there by a relative path, so the
+.blend no longer needs its job folders (housekeeping.py may remove them) and can move with that folder.
 """
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import bpy
 
 PREVIEW_COUNT_KEY = "wonderland_preview_count"
+SOURCE_KEY = "wonderland_source"  # the folder the files were loaded from (they may be copied away since)
+BESIDE_SUFFIX = "_wonderland"
 
 
 def load_previews(paths: list[str | os.PathLike], name: str) -> bpy.types.Image | None:
@@ -27,6 +34,7 @@ def load_previews(paths: list[str | os.PathLike], name: str) -> bpy.types.Image 
     if len(paths) > 1:
         image.source = 'SEQUENCE'
     image[PREVIEW_COUNT_KEY] = len(paths)
+    image[SOURCE_KEY] = str(paths[0].parent.resolve())
     image.use_fake_user = True  # nothing else uses it yet: without this, saving the .blend would drop it
     return image
 
@@ -35,12 +43,62 @@ def preview_count(image) -> int:
     return int(image.get(PREVIEW_COUNT_KEY, 1))
 
 
+def beside_folder(blend_path: str | os.PathLike) -> Path:
+    """Where the previews of the .blend at `blend_path` are kept."""
+    blend_path = Path(blend_path)
+    return blend_path.parent / f"{blend_path.stem}{BESIDE_SUFFIX}"
+
+
+def _copy_atomic(source: Path, target: Path) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=".preview.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    try:
+        shutil.copyfile(source, tmp)
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def keep_previews_beside(blend_path: str | os.PathLike) -> list[bpy.types.Image]:
+    """Copy every preview sequence not yet beside the .blend at `blend_path` there and point it at the copy."""
+    folder = beside_folder(blend_path)
+    moved = []
+    for image in bpy.data.images:
+        if PREVIEW_COUNT_KEY not in image or not image.filepath or image.packed_file is not None:
+            continue
+        first = Path(bpy.path.abspath(image.filepath))
+        if os.path.normcase(str(first.parent.parent)) == os.path.normcase(str(folder)) or not first.is_file():
+            continue
+        target = folder / bpy.path.clean_name(image.name)
+        digits = len(first.stem)
+        try:
+            target.mkdir(parents=True, exist_ok=True)
+            for i in range(int(first.stem), int(first.stem) + preview_count(image)):
+                name = f"{i:0{digits}d}{first.suffix}"
+                if (first.parent / name).is_file():
+                    _copy_atomic(first.parent / name, target / name)
+        except OSError as e:  # the .blend still saves; its previews stay in the job folder, which is kept
+            print(f"Wonderland: could not copy the previews of '{image.name}' beside the .blend ({e}); "
+                  f"they stay in {first.parent}")
+            continue
+        image.filepath = bpy.path.relpath(str(target / first.name), start=str(Path(blend_path).parent))
+        moved.append(image)
+    return moved
+
+
+@bpy.app.handlers.persistent
+def _on_save_pre(blend_path, *_args) -> None:
+    if isinstance(blend_path, str) and blend_path:
+        keep_previews_beside(blend_path)
+
+
 def find_preview(job_dir: str | os.PathLike) -> bpy.types.Image | None:
     """The preview image loaded from `job_dir`/preview, if it is still in the .blend."""
     folder = os.path.normcase(os.path.abspath(os.path.join(job_dir, "preview")))
     for image in bpy.data.images:
-        if PREVIEW_COUNT_KEY in image and image.filepath and \
-                os.path.normcase(os.path.dirname(os.path.abspath(bpy.path.abspath(image.filepath)))) == folder:
+        source = image.get(SOURCE_KEY) or os.path.dirname(bpy.path.abspath(image.filepath))
+        if PREVIEW_COUNT_KEY in image and os.path.normcase(os.path.abspath(source)) == folder:
             return image
     return None
 
@@ -90,7 +148,10 @@ class WONDERLAND_OT_open_preview(bpy.types.Operator):
 
 def register():
     bpy.utils.register_class(WONDERLAND_OT_open_preview)
+    bpy.app.handlers.save_pre.append(_on_save_pre)
 
 
 def unregister():
+    if _on_save_pre in bpy.app.handlers.save_pre:
+        bpy.app.handlers.save_pre.remove(_on_save_pre)
     bpy.utils.unregister_class(WONDERLAND_OT_open_preview)

@@ -51,6 +51,9 @@ class WonderlandSceneSettings(bpy.types.PropertyGroup):
     last_count: IntProperty(name="Gaussians", min=0, default=0)
     last_seconds: FloatProperty(name="Seconds", min=0.0, default=0.0)
     last_error: StringProperty(name="Last Error")
+    last_move_length: FloatProperty(name="Camera Move", min=0.0, default=0.0,
+                                    description="How far the last result's camera moved: it sets the scene's size")
+    last_warnings: StringProperty(name="Backend Warnings", description="The last job's warnings, one a line")
 
 
 def settings(context) -> WonderlandSceneSettings:

@@ -1,10 +1,12 @@
 """The "Wonderland Gaussians" render engine: F12 and Render Animation through the backend's splat renderer.
 
-Per frame: gather every Gaussian point cloud the render depsgraph sees (raw attributes, world transform
-applied) into a temporary PLY, write the scene camera as cameras.json (cameras.md), ask the backend's
-render worker for rgb/alpha/depth, and fill Combined (scene-linear, premultiplied alpha) and Depth.
-Blender makes a new engine per frame, so the worker lives at module level and survives across frames;
-it is started lazily, restarted if it died, and ended on unregister and at exit.
+Per frame: gather every Gaussian point cloud the render depsgraph sees, instances included (world
+transform applied) into a temporary PLY, write the scene camera as cameras.json (cameras.md), ask the
+backend's render worker for rgb/alpha/depth of the Render Region (the whole frame without one), and fill
+Combined (scene-linear, premultiplied alpha) and Depth. Only Gaussians render here: meshes join them by
+depth compositing (mixing.py). Blender makes a new engine per frame, so the worker lives at module level
+and survives across frames; it is started lazily, restarted if it died, closed after WORKER_IDLE_SECONDS
+without a frame (its memory freed) and ended on unregister and at exit.
 """
 from __future__ import annotations
 
@@ -18,14 +20,15 @@ import shutil
 import subprocess
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 import bpy
 import numpy as np
 
-from .intrinsics import intrinsics_matrix, opencv_c2w, render_size
+from .intrinsics import border_region, intrinsics_matrix, opencv_c2w, region_intrinsics, render_size
 from .plyio import Splats, write_ply
-from .pointcloud import is_gaussian_object, read_splats, srgb_to_linear
+from .pointcloud import is_gaussian_object, read_splats, srgb_to_linear, transform_splats
 from .preferences import SOURCE_ROOT, get_preferences, resolve_backend_python
 from .trajectory import write_cameras_json
 
@@ -34,6 +37,8 @@ EMPTY_DEPTH = 1e10  # what Blender's engines write where nothing is seen
 POLL_SECONDS = 0.1
 WORKER_START_SECONDS = 300.0  # first start imports torch (and may compile gsplat kernels)
 _STDERR_LINES = 40
+WORKER_IDLE_SECONDS = 120.0  # a worker without a frame for this long is closed (Render Animation keeps it busy)
+IDLE_CHECK_SECONDS = 15.0
 
 
 class RenderError(RuntimeError):
@@ -52,6 +57,8 @@ class _Worker:
         self.stderr = collections.deque(maxlen=_STDERR_LINES)
         self.next_id = 1
         self.ready = False
+        self.last_used = time.monotonic()
+        self.busy = False  # a request is waiting for its answer: never idle then
         threading.Thread(target=self._read_stdout, daemon=True).start()
         threading.Thread(target=self._read_stderr, daemon=True).start()
 
@@ -82,6 +89,13 @@ class _Worker:
         """
         request_id = self.next_id
         self.next_id += 1
+        self.busy = True
+        try:
+            return self._answer(request_id, payload, should_stop)
+        finally:
+            self.busy, self.last_used = False, time.monotonic()
+
+    def _answer(self, request_id: int, payload: dict, should_stop) -> dict | None:
         try:
             self.proc.stdin.write(json.dumps({"id": request_id, **payload}) + "\n")
             self.proc.stdin.flush()
@@ -158,10 +172,43 @@ def shutdown() -> None:
         _scratch = None
 
 
+def close_idle_worker(max_idle: float = WORKER_IDLE_SECONDS) -> bool:
+    """Close the worker when it has had no request for `max_idle` seconds (frees its memory: the next F12
+    starts a new one). True when it was closed."""
+    global _worker
+    if _worker is None or _worker.busy or time.monotonic() - _worker.last_used < max_idle:
+        return False
+    _worker.close()
+    _worker = None
+    return True
+
+
+def _idle_timer() -> float:
+    """bpy.app.timers callback on the main thread (registered once, as renders run on another thread)."""
+    close_idle_worker()
+    return IDLE_CHECK_SECONDS
+
+
 def gather_splats(depsgraph) -> Splats | None:
-    """All Gaussians the depsgraph renders, in world space; None when there are none."""
-    parts = [read_splats(obj) for obj in depsgraph.objects if is_gaussian_object(obj)]
-    parts = [p for p in parts if len(p)]
+    """All Gaussians the depsgraph renders, in world space; None when there are none.
+
+    Read from `depsgraph.object_instances`, so collection instances, linked duplicates and objects
+    instanced by geometry nodes or particles count, each at its instance's matrix. Instances made by a
+    Gaussian cloud itself (its display geometry) are skipped: the cloud's own points are what render.
+    """
+    parts = []
+    for instance in depsgraph.object_instances:
+        if instance.is_instance and is_gaussian_object(instance.parent):
+            continue
+        obj = instance.object
+        if not is_gaussian_object(obj) or (not instance.is_instance and not instance.show_self):
+            continue
+        splats = read_splats(obj)  # at obj.matrix_world; an instance sits at its own matrix
+        relative = np.array(instance.matrix_world, np.float64) @ np.linalg.inv(np.array(obj.matrix_world))
+        if not np.allclose(relative, np.eye(4), atol=1e-7):
+            splats = transform_splats(splats, relative)
+        if len(splats):
+            parts.append(splats)
     return Splats.concatenate(parts) if parts else None
 
 
@@ -181,8 +228,9 @@ def _scene_ply(splats: Splats) -> Path:
     return path
 
 
-def camera_dict(depsgraph, width: int, height: int) -> dict:
-    """cameras.json of the scene camera at the depsgraph's frame (one frame)."""
+def camera_dict(depsgraph, width: int, height: int, region: tuple[int, int, int, int] | None = None) -> dict:
+    """cameras.json of the scene camera at the depsgraph's frame (one frame), for the `region`
+    (x0, y0 from the top, w, h) of the width × height frame: the whole frame when None."""
     scene = depsgraph.scene
     if scene.camera is None:
         raise RenderError("the scene has no camera: add one and set it as the scene camera")
@@ -200,22 +248,34 @@ def camera_dict(depsgraph, width: int, height: int) -> dict:
         c2w = opencv_c2w(cam_obj.matrix_world)
     except ValueError as e:
         raise RenderError(f"camera '{cam_obj.name}': {e}") from None
+    x0, y0, width, height = region or (0, 0, width, height)
+    K = region_intrinsics(K, x0, y0)
     return {"width": width, "height": height,
             "frames": [{"frame": scene.frame_current, "K": K.tolist(), "c2w": c2w.tolist()}]}
 
 
-def render_arrays(depsgraph, width: int, height: int, should_stop=lambda: False):
-    """(rgba [H, W, 4] scene-linear premultiplied, depth [H, W]) top row first; None if stopped."""
+def render_threads(render) -> int:
+    """The CPU threads Blender's render settings allow: the fixed count, else every CPU."""
+    return render.threads if render.threads_mode == 'FIXED' else (os.cpu_count() or 1)
+
+
+def render_arrays(depsgraph, width: int, height: int, should_stop=lambda: False,
+                  region: tuple[int, int, int, int] | None = None):
+    """(rgba [h, w, 4] scene-linear premultiplied, depth [h, w]) top row first, of the `region`
+    (x0, y0 from the top, w, h) of the width × height frame (all of it when None); None if stopped."""
+    region_w, region_h = (region[2], region[3]) if region else (width, height)
     splats = gather_splats(depsgraph)
     if splats is None:
-        return np.zeros((height, width, 4), np.float32), np.full((height, width), EMPTY_DEPTH, np.float32)
+        return (np.zeros((region_h, region_w, 4), np.float32),
+                np.full((region_h, region_w), EMPTY_DEPTH, np.float32))
     scratch = _scratch_dir()
     ply = _scene_ply(splats)
     cameras = scratch / "cameras.json"
-    write_cameras_json(camera_dict(depsgraph, width, height), str(cameras))
+    write_cameras_json(camera_dict(depsgraph, width, height, region), str(cameras))
     out = scratch / "frame"
-    response = _get_worker().request({"ply": str(ply), "cameras": str(cameras), "width": width,
-                                      "height": height, "out": str(out)}, should_stop)
+    response = _get_worker().request({"ply": str(ply), "cameras": str(cameras), "width": region_w,
+                                      "height": region_h, "out": str(out),
+                                      "threads": render_threads(depsgraph.scene.render)}, should_stop)
     if response is None:
         return None
     if not response.get("ok"):
@@ -224,6 +284,27 @@ def render_arrays(depsgraph, width: int, height: int, should_stop=lambda: False)
     alpha = np.load(response["alpha"])
     depth = np.load(response["depth"])
     return to_scene_linear(rgb, alpha), np.where(alpha > 0, depth, EMPTY_DEPTH).astype(np.float32)
+
+
+def world_background(world) -> tuple[np.ndarray, str]:
+    """(linear RGB, where it came from): the colour put behind the Gaussians when Film ▸ Transparent is off.
+
+    A World whose output is fed by a Background node with a plain colour gives colour × strength; any
+    other setup (a texture, a sky) cannot be evaluated here, and the World's Viewport Display colour is
+    used instead, which the second string says so that the engine can tell the user.
+    """
+    tree = world.node_tree
+    output = next((n for n in tree.nodes if n.bl_idname == 'ShaderNodeOutputWorld' and n.is_active_output),
+                  None) if tree is not None else None
+    links = output.inputs["Surface"].links if output is not None else ()
+    node = links[0].from_node if links else None
+    if node is not None and node.bl_idname == 'ShaderNodeBackground' and \
+            not node.inputs["Color"].is_linked and not node.inputs["Strength"].is_linked:
+        rgb = np.asarray(node.inputs["Color"].default_value[:3], np.float32) * node.inputs["Strength"].default_value
+        return rgb, ""
+    return np.asarray(world.color, np.float32), (
+        f"World '{world.name}' is not a plain Background colour: the Wonderland engine used its Viewport "
+        "Display colour behind the Gaussians (or turn on Film ▸ Transparent and composite a background)")
 
 
 def to_scene_linear(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
@@ -249,29 +330,45 @@ class WonderlandRenderEngine(bpy.types.RenderEngine):
             self.register_pass(scene, renderlayer, "Depth", 1, "Z", 'VALUE')
 
     def render(self, depsgraph):
-        scene = depsgraph.scene
-        width, height = render_size(scene.render.resolution_x, scene.render.resolution_y,
-                                    scene.render.resolution_percentage)
-        self.update_stats("", "Wonderland: rendering Gaussians")
         try:
-            arrays = render_arrays(depsgraph, width, height, self.test_break)
-        except (RenderError, ValueError, OSError) as e:
-            self.report({'ERROR'}, str(e))
-            self.error_set(str(e))
-            return
+            self._render(depsgraph)
+        except Exception as e:  # noqa: BLE001 - any failure must be a visible error, never an empty frame
+            message = str(e) if isinstance(e, (RenderError, ValueError, OSError)) else f"{type(e).__name__}: {e}"
+            self.report({'ERROR'}, f"Wonderland: {message}")
+            self.error_set(message)
+
+    def _render(self, depsgraph):
+        scene = depsgraph.scene
+        render = scene.render
+        width, height = render_size(render.resolution_x, render.resolution_y, render.resolution_percentage)
+        border = (render.border_min_x, render.border_min_y, render.border_max_x, render.border_max_y)
+        region = border_region(width, height, border if render.use_border and border != (0, 0, 1, 1) else None)
+        self.update_stats("", "Wonderland: rendering Gaussians")
+        arrays = render_arrays(depsgraph, width, height, self.test_break, region)
         if arrays is None:
             return  # cancelled
         rgba, depth = arrays
-        if not scene.render.film_transparent and scene.world is not None:
-            background = np.asarray(scene.world.color, np.float32)
+        if not render.film_transparent and scene.world is not None:
+            background, note = world_background(scene.world)
+            if note:
+                self.report({'WARNING'}, note)
             rgba[..., :3] += (1.0 - rgba[..., 3:]) * background
             rgba[..., 3] = 1.0
-        result = self.begin_result(0, 0, width, height, layer=depsgraph.view_layer.name)
-        layer = result.layers[0]
-        layer.passes["Combined"].rect = rgba[::-1].reshape(-1, 4)  # Blender's rows go bottom-up
-        depth_pass = layer.passes.find_by_name("Depth", "")
-        if depth_pass is not None:
-            depth_pass.rect = depth[::-1].reshape(-1, 1)
+        h, w = depth.shape
+        result = self.begin_result(0, 0, w, h, layer=depsgraph.view_layer.name)
+        try:
+            if (result.resolution_x, result.resolution_y) != (w, h):
+                raise RenderError(f"Blender expects a {result.resolution_x}×{result.resolution_y} image for the "
+                                  f"Render Region but the engine computed {w}×{h}: turn Render Region off and "
+                                  "report this")
+            layer = result.layers[0]
+            layer.passes["Combined"].rect = rgba[::-1].reshape(-1, 4)  # Blender's rows go bottom-up
+            depth_pass = layer.passes.find_by_name("Depth", "")
+            if depth_pass is not None:
+                depth_pass.rect = depth[::-1].reshape(-1, 1)
+        except BaseException:
+            self.end_result(result, cancel=True)
+            raise
         self.end_result(result)
 
 
@@ -315,9 +412,12 @@ def register():
     for panel in _compatible_panels():
         panel.COMPAT_ENGINES.add(ENGINE_ID)
     atexit.register(shutdown)
+    bpy.app.timers.register(_idle_timer, first_interval=IDLE_CHECK_SECONDS, persistent=True)
 
 
 def unregister():
+    if bpy.app.timers.is_registered(_idle_timer):
+        bpy.app.timers.unregister(_idle_timer)
     atexit.unregister(shutdown)
     shutdown()
     for panel in _compatible_panels():

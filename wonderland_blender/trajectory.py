@@ -15,7 +15,6 @@ from .intrinsics import intrinsics_matrix, opencv_c2w, relative_motion, render_s
 # the input view. Beyond these the views show mostly what the picture never showed.
 MAX_ROTATION_DEG = 90.0      # largest rotation of any camera away from the first one
 MAX_TRAVEL_PER_FOCUS = 1.0   # largest distance from the first camera, in units of the focus distance
-MODEL_FRAMES = 49            # the paper model's frame count: longer or shorter trajectories are resampled
 
 
 class TrajectoryError(ValueError):

@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -16,8 +15,11 @@ from pathlib import Path
 from backend.atomic import atomic_write_text
 from backend.detail_size import DEFAULT_DETAIL_SIZE, MAX_DETAIL_SIZE, check_detail_size
 from backend.devices import DEVICES, DTYPES
-from backend.errors import Cancelled, InputError
-from backend.job import CancelWatch, EventLog
+from backend.commands.generate_checks import check_args, check_result, decode_min_side
+from backend.errors import InputError
+from backend.job import CancelWatch, EventLog, job_folder
+
+OUTPUTS = ("scene.ply", "preview", "meta.json")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -74,19 +76,6 @@ def _prompt_embeds(args, video_config):
     return None
 
 
-def _check_args(args) -> None:
-    for name in ("steps", "previews", "preview_size", "max_gaussians"):
-        value = getattr(args, name)
-        if value is not None and value < (0 if name == "previews" else 1):
-            raise InputError(f"--{name.replace('_', '-')} {value} is out of range", "use a positive number")
-    args.detail_size = check_detail_size(args.detail_size)
-
-
-def _clean_outputs(out: Path) -> None:
-    (out / "scene.ply").unlink(missing_ok=True)
-    shutil.rmtree(out / "preview", ignore_errors=True)
-
-
 def _versions() -> dict:
     from importlib.metadata import version
 
@@ -98,29 +87,8 @@ def _versions() -> dict:
 
 
 def run(args) -> int:
-    out = Path(args.out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    _clean_outputs(out)
-    events = EventLog(out / "events.jsonl")
-    watch = CancelWatch(out)
-    try:
+    with job_folder(args.out, OUTPUTS) as (out, events, watch):
         result_event = _generate(args, out, events, watch)
-    except Cancelled:
-        _clean_outputs(out)
-        events.emit("cancelled")
-        (out / "cancel").unlink(missing_ok=True)  # the request is served; a re-run in DIR starts afresh
-        raise
-    except InputError as e:
-        _clean_outputs(out)
-        events.emit("error", message=str(e), kind="input")
-        raise
-    except BaseException as e:
-        _clean_outputs(out)
-        events.emit("error", message=f"{type(e).__name__}: {e}")
-        raise
-    finally:
-        watch.close()
-        events.close()
     print(f"done: {result_event['count']} Gaussians in {result_event['ply']}")
     return 0
 
@@ -132,8 +100,9 @@ def _generate(args, out: Path, events: EventLog, watch: CancelWatch) -> dict:
     from backend.devices import pick_device, pick_dtype
     from backend.images import load_rgb, save_png
 
-    _check_args(args)  # bad input fails fast, before the heavy imports below
-    image = load_rgb(args.image)
+    check_args(args)  # bad input fails fast, before the heavy imports below
+    args.detail_size = check_detail_size(args.detail_size)
+    image = load_rgb(args.image, min_side=decode_min_side(args))
     cameras = load_cameras(args.cameras)
     device = pick_device(args.device)
     dtype = pick_dtype(args.dtype, device)
@@ -141,6 +110,7 @@ def _generate(args, out: Path, events: EventLog, watch: CancelWatch) -> dict:
     from backend.pipelines.wonderland import generate, load_pipeline
     from backend.ply import write_ply
     started = time.perf_counter()
+    watch.check()
     pipe = load_pipeline(args.model, dtype=dtype)
     if pipe.random_weights:
         print(f"warning: --model {args.model} has no trained weights here: using {pipe.source}; "
@@ -173,6 +143,7 @@ def _generate(args, out: Path, events: EventLog, watch: CancelWatch) -> dict:
         print(f"warning: {warning}", file=sys.stderr)
 
     watch.check()
+    check_result(result.gaussians, args, pipe.source)
     images = [("preview", i, rgb) for i, rgb in enumerate(result.previews)]
     images += [("preview/video", i, rgb) for i, rgb in enumerate(result.video)]
     total_writes = 2 + len(images)

@@ -19,7 +19,8 @@ def summarize(path: str | Path) -> dict:
     g, report = read_ply(path)
     summary = {"file": str(path), "bytes": Path(path).stat().st_size, "format": report.format,
                "count": report.count, "dropped_nonfinite": report.dropped_nonfinite,
-               "sh_degree": report.sh_degree, "ignored_elements": list(report.ignored_elements)}
+               "sh_degree": report.sh_degree, "ignored_elements": list(report.ignored_elements),
+               "warnings": list(report.warnings)}
     if len(g):
         q = torch.tensor([0.05, 0.5, 0.95])
         lo, hi = g.means.min(0).values, g.means.max(0).values

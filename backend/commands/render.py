@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import torch
@@ -32,10 +33,17 @@ def parse_background(text: str) -> tuple[float, float, float]:
     return values
 
 
+MAX_SIDE = 16384
+MAX_PIXELS = 8192 * 8192  # an RGBA float frame of this size alone takes 1 GiB
+
+
 def output_size(args, cameras) -> tuple[int, int]:
     width, height = args.width or cameras.width, args.height or cameras.height
     if width <= 0 or height <= 0:
         raise InputError(f"output size {width}x{height} is not positive", "give --width and --height above 0")
+    if width > MAX_SIDE or height > MAX_SIDE or width * height > MAX_PIXELS:
+        raise InputError(f"output size {width}x{height} is too large to render (at most {MAX_SIDE} a side "
+                         f"and {MAX_PIXELS // 10**6} megapixels)", "give a smaller --width and --height")
     return width, height
 
 
@@ -49,6 +57,8 @@ def run(args) -> int:
     cameras = load_cameras(args.cameras)
     width, height = output_size(args, cameras)
     gaussians, report = read_ply(args.ply)
+    for warning in report.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     device = pick_device(args.device)
     gaussians, cameras = gaussians.to(device), cameras.to(device)
     bg = torch.zeros(3) if args.rgba else torch.tensor(background)

@@ -12,6 +12,7 @@ import json
 
 from backend.commands.training_options import add_training_arguments, data_options, run_training, train_config
 from backend.errors import InputError
+from backend.render import BACKENDS
 
 DEFAULT_STAGES_HELP = ("progressive stages as JSON [[steps, height, width], ...] or [{\"steps\":..., \"height\":..., "
                        "\"width\":..., \"render_height\":..., \"render_width\":...}, ...]; the last stage runs until "
@@ -36,6 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--extra-frames", type=int, default=0, help="clip frames beyond the input video (supervision only)")
     p.add_argument("--render-size", type=int, nargs=2, metavar=("H", "W"),
                    help="supervision render size (default: the stage's pixel size)")
+    p.add_argument("--renderer", choices=BACKENDS, default="auto",
+                   help="supervision renders: auto = gsplat on CUDA, our torch rasterizer elsewhere; torch on CUDA "
+                        "needs no gsplat build (a GPU machine without nvcc, or minutes saved on a short lease)")
     p.add_argument("--perceptual-weight", type=float, default=0.5,
                    help="VGG-19 perceptual loss weight (needs --vgg19); 0 turns it off")
     p.add_argument("--vgg19", metavar="FILE.safetensors", help="torchvision vgg19 weights converted to safetensors")
@@ -73,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
         stage_config(model, stage)  # a size the model cannot take is an InputError now, not hours later
     render_h, render_w = args.render_size or (None, None)
     data = LRMData(views=args.views, input_stride=args.input_stride, extra_frames=args.extra_frames,
-                   render_height=render_h, render_width=render_w)
+                   render_height=render_h, render_width=render_w, renderer=args.renderer)
     weights = LossWeights(perceptual=args.perceptual_weight, ssim=args.ssim_weight, scale=args.scale_weight,
                           opacity=args.opacity_weight)
     return run_training(train_lrm, LRMRun(

@@ -19,6 +19,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                            export="write the trained video model into this model folder")
     p.add_argument("--base", metavar="DIR",
                    help="the pretrained base: a local CogVideoX-5b-I2V folder (diffusers' layout) or a model folder")
+    p.add_argument("--init", metavar="MODEL_DIR",
+                   help="start from a model folder's video model (base and camera branches), e.g. to train the "
+                        "shipped default further; with --train-base the base trains too")
     p.add_argument("--train-base", action="store_true",
                    help="train the whole model (small configs from scratch); default: only the camera branches")
     p.add_argument("--vae", metavar="DIR",
@@ -40,4 +43,4 @@ def run(args: argparse.Namespace) -> int:
         train=train_config(args), model=video_model_config(args.model_config), scenes=data_options(args),
         base=args.base, vae=args.vae, latent_cache=args.latent_cache, prompt_embeds=args.prompt_embeds,
         train_base=args.train_base, dropout=Dropout(args.text_dropout, args.image_dropout, args.camera_dropout),
-        resume=args.resume, export=args.export))
+        resume=args.resume, export=args.export, init=args.init))

@@ -6,12 +6,14 @@ latent shape agree, so latents flow from the sampler into the LaLRM without any 
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass
 from typing import Any
 
 from backend.errors import InputError
 from backend.models.lalrm import LaLRMConfig
 from backend.models.video import VideoModelConfig
+from backend.models.weights import check_field_types
 
 CONFIG_FORMAT = "wonderland-model"
 CONFIG_VERSION = 1
@@ -57,13 +59,24 @@ class ModelConfig:
         if not isinstance(d, dict) or d.get("format") != CONFIG_FORMAT:
             raise InputError(f"{source} is not a Wonderland model config (no \"format\": \"{CONFIG_FORMAT}\")",
                              "point --model at a folder written by save_pretrained or train-* --export")
-        if d.get("version") != CONFIG_VERSION:
-            raise InputError(f"{source} has config version {d.get('version')}, this backend reads "
+        version = d.get("version")
+        if isinstance(version, str):
+            raise InputError(f"{source}: \"version\" is the string {json.dumps(version)}, must be the number "
+                             f"{CONFIG_VERSION}", f"write \"version\": {CONFIG_VERSION} without quotes")
+        if version != CONFIG_VERSION:
+            raise InputError(f"{source} has config version {version}, this backend reads "
                              f"{CONFIG_VERSION}", "update the backend, or re-export the model")
         known = {f.name for f in dataclasses.fields(cls)}
         extra = sorted(set(d) - known - {"format", "version"})
         if extra:
             raise InputError(f"{source} has unknown keys {extra}", f"known keys: {sorted(known)}")
+        check_field_types(cls, {k: v for k, v in d.items() if k in known}, source)
+        if d.get("prune_opacity") is not None and not 0 <= d["prune_opacity"] <= 1:
+            raise InputError(f"{source}: 'prune_opacity' is {d['prune_opacity']}, must lie in 0..1",
+                             "opacities lie in 0..1; the default is 0.005")
+        if d.get("max_gaussians") is not None and d["max_gaussians"] < 1:
+            raise InputError(f"{source}: 'max_gaussians' is {d['max_gaussians']}, must be 1 or more",
+                             "or null for no cap")
         return cls(name=d["name"], video=VideoModelConfig.from_dict(d["video"]),
                    lalrm=LaLRMConfig.from_dict(d["lalrm"]), prune_opacity=d.get("prune_opacity", 0.005),
                    max_gaussians=d.get("max_gaussians"))

@@ -37,9 +37,18 @@ def read_manifest(directory: Path) -> dict:
     if not path.is_file():
         return {"format": CONFIG_FORMAT, "version": CONFIG_VERSION, "name": directory.name}
     try:
-        return json.loads(path.read_text())
-    except ValueError as e:
-        raise InputError(f"{path} is not valid JSON: {e}", "restore the file, or export the model again") from e
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, RecursionError) as e:
+        raise InputError(f"{path} is not valid JSON: {e or 'nested too deeply'}",
+                         "restore the file, or export the model again") from None
+    if not isinstance(manifest, dict):
+        raise InputError(f"{path}: the top level must be an object, got {type(manifest).__name__}",
+                         "restore the file, or export the model again")
+    base = manifest.get("base_model")
+    if base is not None and not isinstance(base, str):
+        raise InputError(f"{path}: 'base_model' must be a folder path (a string), got {json.dumps(base)[:60]}",
+                         "give the path of a CogVideoX-5B-I2V folder in diffusers' layout, or remove the key")
+    return manifest
 
 
 def base_folder(directory: Path, manifest: dict | None = None) -> Path:

@@ -44,7 +44,7 @@ from peft import LoraConfig
 from torch import Tensor, nn
 
 from backend.errors import InputError
-from backend.models.weights import config_from_dict
+from backend.models.weights import check_field_types, config_from_dict
 from backend.plucker import group_frames_for_latents
 
 PLUCKER_CHANNELS = 6
@@ -158,6 +158,8 @@ class VideoModelConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "VideoModelConfig":
         """Inverse of `to_dict`; unknown or missing fields are an InputError."""
+        if isinstance(d, dict):
+            check_field_types(cls, d, "video model config")
         return config_from_dict(cls, d, "video model config")
 
     # --- derived sizes ---------------------------------------------------------------------------

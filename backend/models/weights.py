@@ -10,6 +10,9 @@ import dataclasses
 import json
 import os
 from pathlib import Path
+import math
+import types
+import typing
 from typing import Any, Callable, Mapping, TypeVar
 
 import torch
@@ -185,6 +188,37 @@ def config_from_dict(cls: type[T], data: Any, source: str = "config") -> T:
         return cls(**data)
     except TypeError as error:  # e.g. a required field is missing
         raise InputError(f"{source} is not a valid {cls.__name__}: {error}") from error
+
+
+_SCALARS = {int: "a whole number", float: "a number", str: "a string", bool: "true or false"}
+
+
+def _scalar_ok(kind: type, value: Any) -> bool:
+    if kind is bool:
+        return isinstance(value, bool)
+    if isinstance(value, bool):
+        return False
+    if kind is float:
+        return isinstance(value, (int, float)) and math.isfinite(value)
+    return isinstance(value, kind)
+
+
+def check_field_types(cls: type, data: Mapping[str, Any], source: str) -> None:
+    """An InputError naming the first field of `data` whose JSON value does not fit the dataclass field's
+    scalar type (int, float, str, bool, or one of them | None); other fields are left to their consumers."""
+    hints = typing.get_type_hints(cls)
+    for name, value in data.items():
+        hint = hints.get(name)
+        options = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+        kinds = [k for k in options if k in _SCALARS]
+        if not kinds or len(kinds) + (type(None) in options) != len(options):
+            continue
+        if value is None and type(None) in options:
+            continue
+        if not any(_scalar_ok(kind, value) for kind in kinds):
+            wanted = " or ".join(_SCALARS[k] for k in kinds) + (" or null" if type(None) in options else "")
+            raise InputError(f"{source}: '{name}' must be {wanted}, got {json.dumps(value)[:60]}",
+                             "fix the value in the file, or export the model again")
 
 
 def load_config(path: str | os.PathLike, cls: type[T]) -> T:

@@ -42,7 +42,7 @@ from backend.models.lalrm import LaLRM, LaLRMConfig
 from backend.models.model_dir import load_vae, write_vae_if_missing
 from backend.models.weights import named_or_file_config
 from backend.plucker import plucker_embedding
-from backend.render import render
+from backend.render import BACKENDS, render
 from backend.training.engine import Trainer, TrainConfig, image_validator
 from backend.training.losses import LossWeights, ReconstructionLoss
 
@@ -57,11 +57,14 @@ class LRMData:
     extra_frames: int = 0
     render_height: int | None = None   # default: the stage's (or model's) pixel size
     render_width: int | None = None
+    renderer: str = "auto"             # backend.render's backend for the supervision renders
 
     def __post_init__(self) -> None:
         if self.views < 1 or self.input_stride < 1 or self.extra_frames < 0:
             raise InputError(f"views {self.views}, input stride {self.input_stride}, extra frames "
                              f"{self.extra_frames}", "use views >= 1, input stride >= 1, extra frames >= 0")
+        if self.renderer not in BACKENDS:
+            raise InputError(f"renderer {self.renderer!r} is unknown", f"use one of {', '.join(BACKENDS)}")
 
     def clip_frames(self, num_frames: int) -> int:
         return (num_frames - 1) * self.input_stride + 1 + self.extra_frames
@@ -147,7 +150,8 @@ class LaLRMObjective:
             available = batch["frames"].shape[1]
             views = torch.randperm(available)[:self.data.views].sort().values
             target = resize_frames(batch["frames"][b, views].float(), rh, rw)
-            rgb = render(g, cams[b][1][views.tolist()], width=rw, height=rh).rgb.permute(0, 3, 1, 2)
+            rgb = render(g, cams[b][1][views.tolist()], width=rw, height=rh,
+                         backend=self.data.renderer).rgb.permute(0, 3, 1, 2)
             for name, value in self.loss(rgb, target, g).items():
                 total[name] = total.get(name, 0) + value / len(gaussians)
         return total
@@ -161,7 +165,7 @@ class LaLRMObjective:
         g = predict_clip_gaussians(model or self.lalrm, self.lalrm, config, latents, [cams[0][0]])[0]
         held_out = sorted(set(range(item_batch["frames"].shape[1])) - set(self.data.input_index(config.num_frames)))
         views = held_out or list(range(item_batch["frames"].shape[1]))
-        rgb = render(g, cams[0][1][views], width=rw, height=rh).rgb.permute(0, 3, 1, 2)
+        rgb = render(g, cams[0][1][views], width=rw, height=rh, backend=self.data.renderer).rgb.permute(0, 3, 1, 2)
         return rgb.clamp(0, 1), resize_frames(item_batch["frames"][0, views].float(), rh, rw)
 
 

@@ -97,6 +97,17 @@ def build_transformer(config: VideoModelConfig, base: CogVideoXTransformer3DMode
     return model
 
 
+def load_camera_branches(model: CameraControlledTransformer, directory: Path) -> None:
+    """The camera branches of the model folder `directory` (train-video --init), into `model`."""
+    from backend.models.model_dir import CAMERA_FILE
+    from backend.models.weights import load_state_dict
+    try:
+        model.load_camera_state_dict(load_state_dict(directory / CAMERA_FILE))
+    except InputError as e:
+        raise InputError(f"--init {directory}: {e.message}", "start from a model folder of the same --model-config "
+                         "(e.g. --model-config small for the shipped default)") from None
+
+
 @dataclass
 class Dropout:
     """Condition dropout probabilities (backend.training.diffusion, "Condition dropout")."""
@@ -196,13 +207,14 @@ class VideoRun:
     dropout: Dropout = dataclasses.field(default_factory=Dropout)
     resume: bool = False
     export: str | None = None
+    init: str | None = None                 # a model folder whose video model (base + camera branches) to start from
 
 
 def train_video(run: VideoRun) -> dict:
     """Train (or resume) a video model run; returns {"steps", "loss", "val": {...}} at the end."""
     from backend.data import collate
     cfg, model_cfg = run.train, run.model
-    if run.base is None and not run.train_base:
+    if run.base is None and run.init is None and not run.train_base:
         raise InputError("the camera branches need a trained base: a frozen random base teaches them nothing",
                          "pass --base DIR (a local CogVideoX-5b-I2V, or a model folder), or --train-base to train "
                          "a small config's whole model from scratch")
@@ -222,13 +234,16 @@ def train_video(run: VideoRun) -> dict:
     scheduler = build_scheduler(model_cfg)
 
     def make_model() -> CameraControlledTransformer:
-        base = load_base(run.base) if run.base else None
-        return build_transformer(model_cfg, base, run.train_base, cfg.gradient_checkpointing)
+        base = load_base(run.base or run.init) if run.base or run.init else None
+        model = build_transformer(model_cfg, base, run.train_base, cfg.gradient_checkpointing)
+        if run.init:
+            load_camera_branches(model, Path(run.init))
+        return model
 
     trainer = Trainer(cfg, make_model, run_info={
         "command": "train-video", "video": model_cfg.to_dict(), "data": [str(r) for r in run.scenes.roots],
         "base": run.base, "vae": run.vae, "latent_cache": run.latent_cache, "prompt_embeds": run.prompt_embeds,
-        "train_base": run.train_base, "dropout": dataclasses.asdict(run.dropout)})
+        "train_base": run.train_base, "dropout": dataclasses.asdict(run.dropout), "init": run.init})
     if run.latent_cache:
         from backend.data.latent_cache import LatentCacheDataset, build_latent_cache
         if not cache_ready and train_scenes:

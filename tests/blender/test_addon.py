@@ -12,6 +12,7 @@ import pytest
 
 import wonderland_blender
 from wonderland_blender import panel, preferences, properties
+from wonderland_blender.model_info import ModelSpec
 from wonderland_blender.trajectory import MAX_ROTATION_DEG, camera_trajectory
 
 OUR_TYPES = (("PropertyGroup", "WonderlandSceneSettings"), ("AddonPreferences", "WonderlandPreferences"),
@@ -101,16 +102,23 @@ def test_effective_camera_prefers_the_picked_one(scene, make_camera):
     assert properties.effective_camera(bpy.context) == second
 
 
-def test_framing_text():
-    assert panel.framing_text(1024, 1024) == "Image 1024×1024 → center crop 1024×683 → 720×480"
-    assert panel.framing_text(2000, 1000) == "Image 2000×1000 → center crop 1500×1000 → 720×480"
-    assert panel.framing_text(1440, 960) == "Image 1440×960 → 720×480"
+def test_framing_follows_the_camera_and_the_chosen_model(scene):
+    spec, unknown = panel.chosen_model(bpy.context)
+    assert spec == ModelSpec("default", 96, 64, 9) and not unknown  # the shipped default, from its wonderland.json
+    assert panel.framing_lines(720, 477, 1920, 1080, spec) == [
+        "Image 720×477 → crop 607×405 → model 96×64",
+        "The image (1.51:1) is cropped to the camera's 1.78:1 (Output Properties ▸ Resolution)"]
+    assert panel.framing_lines(1440, 960, 1080, 720, spec) == ["Image 1440×960 → model 96×64"]
+    scene.wonderland.model = "tiny"  # a named config without a folder: said, not guessed
+    spec, unknown = panel.chosen_model(bpy.context)
+    assert spec is None and "no wonderland.json" in unknown
 
 
 def test_frames_and_progress_text(scene):
-    assert panel.frames_text(1, 49) == "Frames 1–49 (49)"
-    assert panel.frames_text(1, 100) == "Frames 1–100 (100, resampled to the model's 49)"
-    assert "empty" in panel.frames_text(5, 4)
+    assert panel.frames_text(1, 9, 9) == "Frames 1–9 (9)"
+    assert panel.frames_text(1, 100, 9) == "Frames 1–100 (100, resampled to the model's 9)"
+    assert panel.frames_text(1, 100, None) == "Frames 1–100 (100)"
+    assert "empty" in panel.frames_text(5, 4, 9)
     s = scene.wonderland
     s.stage, s.step, s.total = "denoise", 12, 50
     assert panel.progress_text(s) == "denoise 12/50"

@@ -107,7 +107,7 @@ def test_generate_end_to_end_imports_gaussians_and_previews(job_scene, tmp_path,
     after = snapshot()
     assert {k: sorted(set(after[k]) - set(before[k])) for k in DATA_KINDS if after[k] != before[k]} == {
         "objects": [obj.name], "collections": ["Wonderland"], "pointclouds": [obj.data.name],
-        "images": [preview.name], "materials": ["Wonderland Gaussians"]}
+        "images": [preview.name], "materials": ["Wonderland Gaussians", "Wonderland Points"]}
     out = capsys.readouterr().out
     assert "Wonderland: denoise 1/2 (42%)" in out and "Wonderland: write 4/4 (100%)" in out  # progress lines
 
@@ -303,11 +303,13 @@ def test_the_base_python_for_the_venv_is_3_11_or_newer(install_op):
                          capture_output=True, text=True, check=True).stdout.split()
     assert tuple(map(int, out)) >= (3, 11)
     venv = Path("/nonexistent/venv")
-    steps = install_op.install_steps(exe, venv, install_op.BACKEND_SRC)
-    assert [label for label, _ in steps] == ["Making the virtual environment", "pip install of the backend",
-                                             "Checking the backend"]
+    torch = install_op.choose_torch("Linux", "x86_64", None)
+    steps = install_op.install_steps(exe, venv, install_op.BACKEND_SRC, torch)
+    assert [label for label, _ in steps] == ["Making the virtual environment", f"pip install of {torch.reason}",
+                                             "pip install of the backend", "Checking the backend"]
     assert steps[0][1] == [exe, "-m", "venv", str(venv)]
-    assert steps[1][1][-1] == str(install_op.BACKEND_SRC)
+    assert steps[1][1][-3:] == torch.pip_args()
+    assert steps[2][1][-1] == str(install_op.BACKEND_SRC)
 
 
 def test_an_unedited_image_file_datablock_is_copied_byte_for_byte(job_scene, tmp_path):
@@ -321,3 +323,18 @@ def test_an_unedited_image_file_datablock_is_copied_byte_for_byte(job_scene, tmp
     job_scene.wonderland.image.pixels[0] = 1.0   # painted in Blender: now its pixels are what counts
     written = ops_generate.write_input_image(job_scene.wonderland, folder)
     assert written == folder / "image.png" and np.asarray(Image.open(written))[-1, 0, 0] == 255
+
+
+def test_a_background_generate_with_a_timeout_stops_a_hung_backend_with_a_clear_message(job_scene, tmp_path,
+                                                                                       monkeypatch):
+    fake = tmp_path / "hung-python"
+    fake.write_text("#!/bin/sh\necho 'loading the model' >&2\nexec sleep 60\n")
+    fake.chmod(fake.stat().st_mode | stat.S_IXUSR)
+    monkeypatch.setenv(ENV_BACKEND_PYTHON, str(fake))
+    before, started = snapshot(), time.monotonic()
+    with pytest.raises(RuntimeError, match="ran longer than the 1.5 s timeout"):
+        bpy.ops.wonderland.generate(timeout=1.5)
+    assert time.monotonic() - started < 20
+    assert snapshot() == before
+    assert "timeout" in job_scene.wonderland.last_error
+    assert not job_scene.wonderland.is_running and ops_generate.active_job() is None

@@ -108,6 +108,16 @@ def check_trajectory(folder: Path) -> dict:
     return results
 
 
+def _differences(out: Splats, src: Splats) -> dict:
+    """Largest |exported − source| per field; opacity as sigmoid, rotations against the normalized source."""
+    sigmoid = lambda x: 1 / (1 + np.exp(-x.astype(np.float64)))  # noqa: E731
+    unit = src.quats / np.linalg.norm(src.quats, axis=1, keepdims=True)
+    pairs = {name: (getattr(out, name), getattr(src, name)) for name in RAW_FIELDS}
+    pairs["opacity_logits"] = (sigmoid(out.opacity_logits), sigmoid(src.opacity_logits))
+    pairs["quats"] = (out.quats, unit)
+    return {name: float(np.abs(a.astype(np.float64) - b).max()) for name, (a, b) in pairs.items()}
+
+
 def check_ply(folder: Path) -> dict:
     """A PLY from the add-on's writer → import_gaussians (mesh, then object.convert to POINTCLOUD) →
     export_gaussians."""
@@ -122,13 +132,15 @@ def check_ply(folder: Path) -> dict:
     obj = bpy.context.active_object
     attributes = {a.name: a.data_type for a in obj.data.attributes} if obj is not None else {}
     points = len(obj.data.points) if obj is not None and obj.type == 'POINTCLOUD' else None
+    depsgraph = bpy.context.evaluated_depsgraph_get()
+    quads = [len(i.object.data.polygons) for i in depsgraph.object_instances if i.object.type == 'MESH']
     status_out = bpy.ops.wonderland.export_gaussians(filepath=str(folder / "out.ply"))
     out = read_ply(folder / "out.ply").splats
     result = {"import_status": sorted(status_in), "export_status": sorted(status_out),
               "object_type": obj.type if obj is not None else None, "points": points, "expected_points": n,
               "attributes": attributes, "meshes_left": len(bpy.data.meshes),
-              "bitwise_equal": {name: getattr(out, name).tobytes() == getattr(src, name).tobytes()
-                                for name in RAW_FIELDS}}
+              "max_difference": _differences(out, src), "modifiers": [m.name for m in obj.modifiers],
+              "display_quads": quads, "expected_quads": int((src.opacity_logits >= np.log(1 / 254)).sum())}
     addon_utils.disable(ADDON, default_set=True)
     return result
 

@@ -1,5 +1,5 @@
 """Camera moves through a procedural room, like those in real captures: forward walk, orbit, pan, crane,
-truck, dolly in/out. The straight moves, pans and orbits are the add-on's presets (presets.preset_poses);
+truck, dolly in/out. The straight moves, pans and orbits are the add-on's presets (camera_moves.preset_poses);
 a walk is a horizontal forward move with a slow turn.
 
 Each move starts at a free spot looking at a piece of furniture (or a wall), and every frame's camera stays
@@ -15,7 +15,7 @@ import bpy
 import numpy as np
 from mathutils import Matrix, Vector
 
-from wonderland_blender.presets import preset_poses
+from wonderland_blender.camera_moves import preset_poses
 
 from .rooms import Room
 

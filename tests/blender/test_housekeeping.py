@@ -1,0 +1,79 @@
+"""Re-generating, previews beside the .blend, the job folder policy, and the panel's truth about a job,
+in the real bpy with the real backend (`--model tiny`)."""
+from __future__ import annotations
+
+import json
+
+import bpy
+import numpy as np
+import pytest
+from test_generate import FAST_PREVIEWS, generate_ops, job_scene  # noqa: F401 - fixtures
+
+from wonderland_blender import housekeeping, previews
+from wonderland_blender.housekeeping import RESULT_KEY, clean_job_folders, job_folders, used_paths
+
+
+def write_pngs(folder, count: int) -> list:
+    folder.mkdir(parents=True)
+    paths = []
+    for i in range(count):
+        image = bpy.data.images.new(f"p{i}", 4, 4)
+        image.pixels.foreach_set(np.full(64, (i + 1) / count, np.float32))
+        image.filepath_raw, image.file_format = str(folder / f"{i:04d}.png"), 'PNG'
+        image.save()
+        bpy.data.images.remove(image)
+        paths.append(folder / f"{i:04d}.png")
+    return paths
+
+
+def test_regenerating_hides_the_previous_result_and_shows_backend_warnings(job_scene, tmp_path):
+    scene = job_scene
+    assert bpy.ops.wonderland.generate(extra_args=FAST_PREVIEWS) == {'FINISHED'}
+    first = next(o for o in scene.objects if RESULT_KEY in o)
+    assert scene.wonderland.last_warnings.startswith("--model tiny has no trained weights")  # stderr's warning
+    assert "aspect" not in scene.wonderland.last_warnings  # picture and camera are both 64×48
+    assert scene.wonderland.last_move_length == pytest.approx(0.3, abs=1e-5)  # the camera's x went 0 → 0.3
+    scene.render.resolution_x = 96  # a 2:1 camera for a 4:3 picture: the backend crops and says so
+    assert bpy.ops.wonderland.generate(extra_args=FAST_PREVIEWS) == {'FINISHED'}
+    second = next(o for o in scene.objects if RESULT_KEY in o and o != first)
+    assert first.name in bpy.data.objects  # kept, never deleted
+    assert first.hide_render and first.hide_get() and not second.hide_render and not second.hide_get()
+    assert "centre-cropped to the cameras' aspect" in scene.wonderland.last_warnings
+    assert len(job_folders(tmp_path / "jobs")) == 2  # both used by the .blend
+
+
+def test_previews_are_kept_beside_the_saved_blend(generate_ops, tmp_path):
+    job = tmp_path / "jobs" / "20260101-120000"
+    image = previews.load_previews(write_pngs(job / "preview", 3), "Wonderland Preview")
+    blend = tmp_path / "shot" / "shot.blend"
+    blend.parent.mkdir()
+    bpy.ops.wm.save_as_mainfile(filepath=str(blend))
+    assert image.filepath == "//shot_wonderland/Wonderland_Preview/0000.png"
+    assert sorted(p.name for p in (blend.parent / "shot_wonderland" / "Wonderland_Preview").iterdir()) == \
+        ["0000.png", "0001.png", "0002.png"]
+    assert previews.find_preview(job) == image  # still found by its job
+    for path in (job / "preview").iterdir():  # the job folder may go now
+        path.unlink()
+    bpy.ops.wm.open_mainfile(filepath=str(blend))
+    reopened = bpy.data.images["Wonderland Preview"]
+    reopened.reload()
+    assert tuple(reopened.size) == (4, 4) and reopened.has_data
+
+
+def test_job_folders_beyond_the_newest_go_unless_the_blend_uses_them(generate_ops, tmp_path):
+    root = tmp_path / "jobs"
+    names = [f"20260101-1200{i:02d}" for i in range(14)] + ["20260101-120013-2", "notes", "20250101-000000"]
+    for name in names:
+        (root / name).mkdir(parents=True)
+        if name != "20250101-000000":  # not a job: no cameras.json
+            (root / name / "cameras.json").write_text(json.dumps({}))
+    used_obj = bpy.data.objects.new("Old result", None)
+    used_obj[RESULT_KEY] = str(root / "20260101-120001")
+    previews.load_previews(write_pngs(root / "20260101-120002" / "preview", 1), "Old preview")
+    removed = clean_job_folders(root, used_paths(), keep=housekeeping.KEEP_JOBS)
+    assert sorted(p.name for p in removed) == ["20260101-120000", "20260101-120003", "20260101-120004"]
+    kept = sorted(p.name for p in root.iterdir())
+    assert "20260101-120013-2" in kept and "notes" in kept and "20250101-000000" in kept
+    assert "20260101-120001" in kept and "20260101-120002" in kept  # used by the .blend
+
+

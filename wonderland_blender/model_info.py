@@ -1,0 +1,88 @@
+"""What the chosen model consumes (size, frame count), read from its wonderland.json, and the backend's
+warnings of a finished job: plain Python, no bpy and no backend import, so it is testable anywhere.
+
+The panel describes the model the job will use, not the paper's: a model is a folder holding
+wonderland.json, or the name of one the backend ships (backend/weights/NAME), found beside the add-on in
+a source checkout or in the site-packages of the backend's Python.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from .intrinsics import relative_motion
+
+CONFIG_FILE = "wonderland.json"
+WARNING_PREFIX = "warning: "  # how the backend starts a warning line on stderr
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    width: int
+    height: int
+    frames: int
+
+
+def weights_dirs(source_root: Path, python: str | None) -> list[Path]:
+    """Where shipped models may be: the checkout's backend/weights, then the backend Python's site-packages."""
+    dirs = [Path(source_root) / "backend" / "weights"]
+    if python:
+        prefix = Path(python).resolve().parent.parent  # <venv>/bin/python or <venv>/Scripts/python.exe
+        dirs += sorted(prefix.glob("lib/python3*/site-packages/backend/weights"))
+        dirs.append(prefix / "Lib" / "site-packages" / "backend" / "weights")
+    return dirs
+
+
+def find_model_config(model: str, dirs: list[Path]) -> Path | None:
+    """The wonderland.json of `model` (a folder, or a shipped model's name), or None when not found."""
+    folder = Path(os.path.expanduser(model))
+    if folder.is_absolute() and (folder / CONFIG_FILE).is_file():
+        return folder / CONFIG_FILE
+    for root in dirs:
+        if (Path(root) / model / CONFIG_FILE).is_file():
+            return Path(root) / model / CONFIG_FILE
+    return None
+
+
+def read_model_spec(config: Path) -> ModelSpec:
+    """Size and frame count of a model from its wonderland.json (the video model's width, height, num_frames)."""
+    try:
+        video = json.loads(Path(config).read_text(encoding="utf-8"))["video"]
+        return ModelSpec(Path(config).parent.name, int(video["width"]), int(video["height"]),
+                         int(video["num_frames"]))
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{config} does not say the model's size and frames ({e}): reinstall the model") from None
+
+
+def job_warnings(out_dir: Path, meta: str | None = None) -> list[str]:
+    """The backend's warnings for a job: meta.json's "warnings" and the stderr lines starting 'warning: ',
+    each once, in order."""
+    found = []
+    meta_path = Path(meta) if meta else Path(out_dir) / "meta.json"
+    try:
+        found += [str(w) for w in json.loads(meta_path.read_text(encoding="utf-8")).get("warnings", [])]
+    except (OSError, ValueError, AttributeError):
+        pass
+    try:
+        lines = (Path(out_dir) / "stderr.log").read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        lines = []
+    found += [line[len(WARNING_PREFIX):].strip() for line in lines if line.startswith(WARNING_PREFIX)]
+    return list(dict.fromkeys(w for w in found if w))
+
+
+def move_length(cameras_json: str | os.PathLike) -> float:
+    """How far the job's camera moved from its first position (scene units). The backend scales the
+    trajectory to a fixed size and back, so this length sets the size of the scene it makes."""
+    frames = json.loads(Path(cameras_json).read_text(encoding="utf-8"))["frames"]
+    return relative_motion([frame["c2w"] for frame in frames])[0]
+
+
+def scale_text(length: float) -> str:
+    """The panel's line on where the result's scale comes from."""
+    if length < 1e-6:
+        return "Scale: the camera only turns, so the scene's size is arbitrary (no move to measure it by)"
+    return f"Scale follows the camera move ({length:.3g} units here): twice the move, twice the scene"
