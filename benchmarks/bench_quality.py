@@ -110,8 +110,8 @@ def table(results: dict[str, list[SceneScores]]) -> str:
     beyond = {m: mean_scores([v for s in r for v in s.beyond]) for m, r in results.items()}
     inputs = {m: mean_scores([s.input for s in r]) for m, r in results.items()}
     near = {m: mean_scores([v for s in r for v in s.novel[:NEAR_VIEWS]]) for m, r in results.items()}
-    lines = ["| method | novel PSNR ↑ | novel SSIM ↑ | near (1–2) PSNR ↑ | beyond-clip PSNR ↑ | input-view PSNR ↑ "
-             "| Δ novel PSNR / SSIM vs plane | Δ novel PSNR / SSIM vs unchanged |",
+    lines = ["| method | novel PSNR ↑ | novel SSIM ↑ | near (1–2) PSNR ↑ | beyond-clip PSNR ↑ "
+             "| input-view PSNR ↑ | Δ novel PSNR / SSIM vs plane | Δ novel PSNR / SSIM vs unchanged |",
              "|---|---|---|---|---|---|---|---|"]
     for m in results:
         lines.append(f"| {m} | {fmt(novel[m]['psnr'])} | {fmt(novel[m]['ssim'], 3)} | {fmt(near[m]['psnr'])} "

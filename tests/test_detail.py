@@ -73,7 +73,8 @@ def test_occluders_are_culled_by_footprint_not_centre():
 
     def at(pixel_x, z, sigma, opacity=0.5):
         x = (pixel_x - w / 2) / 80.0 * z
-        return dict(means=[x, 0.0, z], log_scales=[math.log(sigma)] * 3, opacity_logits=math.log(opacity / (1 - opacity)))
+        return dict(means=[x, 0.0, z], log_scales=[math.log(sigma)] * 3,
+                    opacity_logits=math.log(opacity / (1 - opacity)))
     cases = {"big, centre behind the object": (at(40, 2.0, 0.3), True),
              "small, centre behind the object": (at(40, 2.0, 0.005), False),
              "in front of the wall": (at(70, 2.0, 0.005), True),
