@@ -26,7 +26,6 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from backend.cameras import CameraBatch
-from backend.errors import InputError
 from backend.gaussians import SH_C0, Gaussians
 from backend.render import render
 from backend.render.reference import ALPHA_MIN
@@ -35,6 +34,7 @@ SPLAT_SIGMA = 0.6               # std-dev in pixel footprints: coverage >= 0.93 
 SPLAT_OPACITY = 0.995           # the rasterizer caps alpha at 0.999: opaque
 CULL_TOLERANCE = 0.2            # a Gaussian counts as in front when its z < surface z / (1 + this)
 EDGE_CONTRAST = 0.1             # relative inverse-depth range in a window that marks a depth edge
+FALLBACK_DEPTH = 10.0           # normalized units (the camera path is 1): where nothing of the model is seen
 GUIDE_EPS = 1e-3                # guided filter regularization (guide in 0..1): edges above ~0.03 contrast pass
 
 
@@ -94,11 +94,10 @@ def model_inverse_depth(local: Gaussians, camera0: CameraBatch) -> Tensor:
         out = render(local, camera0)
     alpha = out.alpha[..., 0].clamp(0, 1)[:, None]
     z = out.depth[..., 0][:, None]
-    inv = torch.where(alpha > 1e-4, 1.0 / z.clamp_min(1e-6), torch.zeros_like(z))
-    if not bool((alpha > 1e-4).any()):
-        raise InputError("the model's Gaussians are all outside camera 0's view: no depth for the detail layer",
-                         "use --detail-size 0, or check that camera 0 is the picture's camera")
-    return fill_holes(inv, alpha.clamp(0, 1))
+    seen = alpha > 1e-4
+    if not bool(seen.any()):   # a model that puts nothing in front of camera 0: the photo on a far plane
+        return torch.full_like(z, 1.0 / FALLBACK_DEPTH)
+    return fill_holes(torch.where(seen, 1.0 / z.clamp_min(1e-6), torch.zeros_like(z)), alpha)
 
 
 def snap_silhouettes(inv_depth: Tensor, radius: int) -> Tensor:

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from backend.cameras import CameraBatch, load_cameras
-from backend.detail import detail_depth, lift, occluders, snap_silhouettes
+from backend.detail import FALLBACK_DEPTH, detail_depth, lift, occluders, snap_silhouettes
 from backend.detail_size import MAX_DETAIL_SIZE, detail_grid
 from backend.gaussians import Gaussians
 from backend.images import crop_resize, load_rgb, save_png
@@ -190,3 +190,11 @@ def test_bad_detail_size_exits_2_with_a_hint(tmp_path, run_backend, value):
                          "--detail-size", value, check=2)
     assert "--detail-size" in result.stderr and f"0 to {MAX_DETAIL_SIZE}" in result.stderr
     assert events_of(out)[-1]["event"] == "error" and not (out / "scene.ply").exists()
+
+
+def test_a_model_that_shows_nothing_at_camera_0_puts_the_photo_on_a_far_plane():
+    behind = Gaussians(means=torch.tensor([[0.0, 0.0, -1.0]]), log_scales=torch.full((1, 3), -3.0),
+                       quats=torch.tensor([[1.0, 0, 0, 0]]), opacity_logits=torch.tensor([3.0]),
+                       sh0=torch.zeros(1, 3), sh_rest=None)
+    depth = detail_depth(behind, camera(12, 8, 10.0), torch.rand(16, 24, 3))
+    assert torch.allclose(depth, torch.full((16, 24), FALLBACK_DEPTH))

@@ -244,7 +244,7 @@ def generate(pipe: WonderlandPipeline, image: np.ndarray, cameras: CameraBatch, 
             max_count=cfg.max_gaussians if max_gaussians is None else max_gaussians)
     model_count = len(local)
     info["detail"] = {"size": None, "count": 0, "culled": 0}
-    if detail_size:
+    if detail_size and model_count:   # no model Gaussians, no depth: the result stays empty, and says so
         box = input_crop(cfg.size, image.shape[1::-1], cameras)[0]
         width, height = detail_grid(box, cfg.size, detail_size)
         photo = torch.from_numpy(crop_resize(image, box, width, height))
