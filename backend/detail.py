@@ -30,7 +30,7 @@ from backend.gaussians import SH_C0, Gaussians
 from backend.render import render
 from backend.render.reference import ALPHA_MIN
 
-SPLAT_SIGMA = 0.6               # std-dev in pixel footprints: coverage >= 0.93 between splats when magnified
+SPLAT_SIGMA = 0.6               # std-dev in pixel footprints: coverage >= 0.96 between splats dollying in x4
 SPLAT_OPACITY = 0.995           # the rasterizer caps alpha at 0.999: opaque
 CULL_TOLERANCE = 0.2            # a Gaussian counts as in front when its z < surface z / (1 + this)
 EDGE_CONTRAST = 0.1             # relative inverse-depth range in a window that marks a depth edge

@@ -17,7 +17,9 @@ DIR holds held-out scenes (tools/synthetic_scenes.py --split test; each with dep
 The clip is the first 1 + (F - 1)k frames of a scene (F = the model's frame count, k as large as fits),
 so every model frame has a ground-truth image; later frames are scored separately ("beyond").
 Scores are averaged over all views of all scenes. Δ columns: novel-view scores minus each baseline's.
-"Near" is frames 1-2 (the views next to the input). With --data-4x (the same test seeds rendered at 4x the
+"Near" is frames 1-2 (the views next to the input). A third table gives, for the Gaussian methods, frame 0's
+depth rendered at camera 0 (expected z, where alpha > 0.5) against the scene's depth/0000.npy: AbsRel and
+the share of pixels within 1.25x (δ < 1.25). With --data-4x (the same test seeds rendered at 4x the
 model's size, e.g. --size 384x256), a second table gives each Gaussian method's input-view PSNR / SSIM
 there, generate given the photo at that size and rendered at camera 0 at that size.
 """
@@ -42,6 +44,7 @@ from backend.errors import InputError  # noqa: E402
 from backend.evaluation import (EvalScene, SceneScores, blurred_baseline, evaluate_scene,  # noqa: E402
                                 load_eval_scene, mean_scores, plane_method, render_views, unchanged_baseline)
 from backend.gaussians import Gaussians  # noqa: E402
+from backend.render import render  # noqa: E402
 from backend.pipelines.wonderland import WonderlandPipeline, generate, load_pipeline, model_inputs  # noqa: E402
 from backend.training.metrics import image_metrics  # noqa: E402
 from machine import device_name  # noqa: E402
@@ -120,6 +123,28 @@ def table(results: dict[str, list[SceneScores]]) -> str:
     return "\n".join(lines)
 
 
+def depth_scores(gaussians: Gaussians, scene: EvalScene, device: torch.device) -> dict[str, float]:
+    """AbsRel and δ < 1.25 of the expected camera z at camera 0 against the scene's frame-0 depth."""
+    with torch.no_grad():
+        out = render(gaussians.to(device), scene.cameras[0].to(device))
+    z, alpha = out.depth[0, ..., 0].cpu(), out.alpha[0, ..., 0].cpu()
+    truth = torch.from_numpy(scene.depth0)
+    valid = (alpha > 0.5) & (truth > 0) & (z > 0)
+    if not valid.any():
+        return {"absrel": math.nan, "delta": math.nan}
+    z, truth = z[valid], truth[valid]
+    return {"absrel": float(((z - truth).abs() / truth).mean()),
+            "delta": float((torch.maximum(z / truth, truth / z) < 1.25).float().mean())}
+
+
+def remembering(method):
+    """The method, keeping its last prediction in `.last` (to score its depth without running it again)."""
+    def run(image: np.ndarray, cameras: CameraBatch, scene: EvalScene):
+        run.last = method(image, cameras, scene)
+        return run.last
+    return run
+
+
 def input_view_at_size(scene: EvalScene, method, clip: int, device: torch.device) -> dict[str, float]:
     """PSNR / SSIM at camera 0 of a Gaussian method given the scene's photo at the scene's own size."""
     image = scene.image(0)
@@ -154,18 +179,27 @@ def main(argv: list[str] | None = None) -> int:
     if args.levers:
         for name, levers in SPEED_LEVERS.items():
             methods[f"full pipeline, {name}"] = pipeline_method(pipe, args.steps, args.seed, device, **levers)
+    methods = {name: remembering(method) for name, method in methods.items()}
     results: dict[str, list[SceneScores]] = {m: [] for m in methods}
+    depths: dict[str, list[dict[str, float]]] = {}
     t0 = time.perf_counter()
     for folder in folders:
         scene = load_eval_scene(folder)
         clip = clip_length(len(scene.frames), pipe.config.frames)
         for name, method in methods.items():
             results[name].append(evaluate_scene(scene, method, clip, device))
+            if isinstance(getattr(method, "last", None), Gaussians):
+                depths.setdefault(name, []).append(depth_scores(method.last, scene, device))
         print(f"{scene.name}: {len(scene.frames)} frames, clip {clip}", flush=True)
     weights = f"{pipe.source.upper()}: the numbers are meaningless" if pipe.random_weights else pipe.source
     print(f"\nModel: {args.model} ({weights}). Scenes: {len(folders)} from {args.data}. "
           f"Device: {device_name(device)}. {time.perf_counter() - t0:.1f} s.\n")
     print(table(results))
+    print(f"\nFrame-0 depth rendered at camera 0 against the scenes' depth ({len(folders)} scenes):\n")
+    print("| method | depth AbsRel ↓ | δ < 1.25 ↑ |\n|---|---|---|")
+    for name, values in depths.items():
+        print(f"| {name} | {fmt(float(np.nanmean([v['absrel'] for v in values])), 3)} "
+              f"| {fmt(float(np.nanmean([v['delta'] for v in values])), 3)} |")
     if args.data_4x is not None:
         print(large_input_table(args.data_4x, [f.name for f in folders], pipe,
                                 {m: methods[m] for m in (FULL, DETAIL_OFF, PLANE)}, device))

@@ -139,7 +139,13 @@ def test_bench_quality_end_to_end_with_random_tiny_model(tmp_path, capsys, bench
     assert bench_quality.main(["--data", data, "--model", "tiny", "--steps", "2", "--levers", "--data-4x", data]) == 0
     out = capsys.readouterr().out
     assert "RANDOM WEIGHTS" in out and "Device:" in out
-    main_table, large_table = out.split("Input view at ")
+    main_table, rest = out.split("Frame-0 depth rendered")
+    depth_table, large_table = rest.split("Input view at ")
+    depth = {line.split("|")[1].strip(): [float(c) for c in line.split("|")[2:4]] for line in depth_table.splitlines()
+             if line.startswith("| ") and not line.startswith("| method")}
+    assert set(depth) == {bench_quality.FULL, bench_quality.DETAIL_OFF, "LaLRM on ground-truth latents (upper bound)",
+                          "plane baseline", *(f"full pipeline, {lever}" for lever in bench_quality.SPEED_LEVERS)}
+    assert depth["plane baseline"][0] < 0.01 and depth["plane baseline"][1] > 0.99   # the plane sits at the truth
     rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
             for line in main_table.splitlines() if line.startswith("| ") and not line.startswith("| method")}
     assert len(rows) == 6 + len(bench_quality.SPEED_LEVERS)
