@@ -135,18 +135,32 @@ def horizontal_detail(image: np.ndarray) -> float:
 
 def test_bench_quality_end_to_end_with_random_tiny_model(tmp_path, capsys, bench_quality):
     make_plane_scene(tmp_path / "data" / "scene_0000001", frames=9)
-    assert bench_quality.main(["--data", str(tmp_path / "data"), "--model", "tiny", "--steps", "2", "--levers"]) == 0
+    data = str(tmp_path / "data")
+    assert bench_quality.main(["--data", data, "--model", "tiny", "--steps", "2", "--levers", "--data-4x", data]) == 0
     out = capsys.readouterr().out
     assert "RANDOM WEIGHTS" in out and "Device:" in out
+    main_table, rest = out.split("Frame-0 depth rendered")
+    depth_table, large_table = rest.split("Input view at ")
+    depth = {line.split("|")[1].strip(): [float(c) for c in line.split("|")[2:4]] for line in depth_table.splitlines()
+             if line.startswith("| ") and not line.startswith("| method")}
+    assert set(depth) == {bench_quality.FULL, bench_quality.DETAIL_OFF, "LaLRM on ground-truth latents (upper bound)",
+                          "plane baseline", *(f"full pipeline, {lever}" for lever in bench_quality.SPEED_LEVERS)}
+    assert depth["plane baseline"][0] < 0.01 and depth["plane baseline"][1] > 0.99   # the plane sits at the truth
     rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
-            for line in out.splitlines() if line.startswith("| ") and not line.startswith("| method")}
-    assert len(rows) == 5 + len(bench_quality.SPEED_LEVERS)
+            for line in main_table.splitlines() if line.startswith("| ") and not line.startswith("| method")}
+    assert len(rows) == 6 + len(bench_quality.SPEED_LEVERS)
     for lever in bench_quality.SPEED_LEVERS:
         assert float(rows[f"full pipeline, {lever}"][0]) > 0
     plane, unchanged = rows["plane baseline"], rows["unchanged baseline"]
     assert float(plane[0]) > 24 and float(plane[0]) > float(unchanged[0]) + 6
-    assert plane[4].startswith("+0.00 dB") and unchanged[3] == "∞"
-    delta = float(re.match(r"([+-][\d.]+) dB", unchanged[4]).group(1))
+    assert float(plane[2]) > float(plane[0])                                   # near views: the plane holds up
+    assert plane[5].startswith("+0.00 dB") and unchanged[4] == "∞"
+    delta = float(re.match(r"([+-][\d.]+) dB", unchanged[5]).group(1))
     assert delta == pytest.approx(float(unchanged[0]) - float(plane[0]), abs=0.011)
     for name, cells in rows.items():
         assert math.isfinite(float(cells[0])) and 0 < float(cells[1]) <= 1, name
+    # the input view at the 4x scenes' size (here the same scene): the detail layer lifts the photo itself
+    large = {line.split("|")[1].strip(): float(line.split("|")[2]) for line in large_table.splitlines()
+             if line.startswith("| ") and not line.startswith("| method")}
+    assert set(large) == {bench_quality.FULL, bench_quality.DETAIL_OFF, "plane baseline"}
+    assert large[bench_quality.FULL] > large[bench_quality.DETAIL_OFF] + 3, large

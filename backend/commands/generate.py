@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from backend.atomic import atomic_write_text
+from backend.detail_size import DEFAULT_DETAIL_SIZE, MAX_DETAIL_SIZE, check_detail_size
 from backend.devices import DEVICES, DTYPES
 from backend.commands.generate_checks import check_args, check_result, decode_min_side
 from backend.errors import InputError
@@ -53,6 +54,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="decode the video preview in tiles: far less memory at 480x720, soft tile seams")
     p.add_argument("--max-gaussians", type=int, help="keep at most this many (the most opaque)")
     p.add_argument("--prune-opacity", type=float, help="drop Gaussians less opaque than this")
+    p.add_argument("--detail-size", default=DEFAULT_DETAIL_SIZE, metavar="PX",
+                   help=f"long side of the detail layer, the photo lifted into Gaussians at its own resolution "
+                        f"(default {DEFAULT_DETAIL_SIZE}, at most {MAX_DETAIL_SIZE} and the photo's size; 0: off, "
+                        "the paper's behaviour)")
 
 
 def _prompt_embeds(args, video_config):
@@ -96,6 +101,7 @@ def _generate(args, out: Path, events: EventLog, watch: CancelWatch) -> dict:
     from backend.images import load_rgb, save_png
 
     check_args(args)  # bad input fails fast, before the heavy imports below
+    args.detail_size = check_detail_size(args.detail_size)
     image = load_rgb(args.image, min_side=decode_min_side(args))
     cameras = load_cameras(args.cameras)
     device = pick_device(args.device)
@@ -128,8 +134,8 @@ def _generate(args, out: Path, events: EventLog, watch: CancelWatch) -> dict:
                           preview_count=args.previews, preview_size=args.preview_size,
                           video_preview=args.video_preview, vae_tiling=args.vae_tiling,
                           prune_opacity=args.prune_opacity, max_gaussians=args.max_gaussians,
-                          prompt_embeds=prompt_embeds, device=device, offload=args.offload,
-                          on_progress=on_progress, should_cancel=watch.requested)
+                          detail_size=args.detail_size, prompt_embeds=prompt_embeds, device=device,
+                          offload=args.offload, on_progress=on_progress, should_cancel=watch.requested)
     finally:
         for bar in bars.values():
             bar.close()
@@ -159,6 +165,7 @@ def _generate(args, out: Path, events: EventLog, watch: CancelWatch) -> dict:
     atomic_write_text(out / "meta.json", json.dumps(meta, indent=1))
     events.stage("write", total_writes, total_writes)
     done = {"ply": str(ply), "previews": written["preview"], "count": len(result.gaussians),
+            "detail": result.info["detail"],
             "meta": str(out / "meta.json"), "seconds": meta["total_s"]}
     if result.video:
         done["video"] = written["preview/video"]

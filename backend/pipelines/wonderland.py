@@ -16,6 +16,8 @@ import torch
 from diffusers import AutoencoderKLCogVideoX, CogVideoXDPMScheduler
 
 from backend.cameras import CameraBatch, center_crop_box, fit_cameras, normalize, resample
+from backend.detail import detail_layer
+from backend.detail_size import DEFAULT_DETAIL_SIZE, check_detail_size, detail_grid
 from backend.errors import Cancelled, InputError
 from backend.gaussians import Gaussians
 from backend.images import crop_resize
@@ -114,16 +116,16 @@ class GenerateResult:
     info: dict = field(default_factory=dict)
 
 
-def model_inputs(pipe: WonderlandPipeline, image: np.ndarray, cameras: CameraBatch
-                 ) -> tuple[np.ndarray, CameraBatch, dict]:
-    """The image and trajectory at the model's size and frame count, cropped identically.
+def input_crop(model_size: tuple[int, int], image_size: tuple[int, int], cameras: CameraBatch
+               ) -> tuple[tuple, tuple, list[str]]:
+    """The crop boxes (x0, y0, w, h) of the image (in its pixels) and of the cameras (in theirs) that give
+    the model's aspect, and warnings.
 
     Crop policy: the image is first centre-cropped to the cameras' aspect (when they differ, a
     warning says so), then image and cameras take the same centred crop to the model's aspect
-    (3:2 for the paper model) and are resized to the model's size, K adjusted to match.
+    (3:2 for the paper model).
     """
-    model_w, model_h = pipe.config.size
-    img_h, img_w = image.shape[:2]
+    (model_w, model_h), (img_w, img_h) = model_size, image_size
     warnings = []
     aspect_box = center_crop_box(img_w, img_h, cameras.width, cameras.height)
     if abs((img_w / img_h) / (cameras.width / cameras.height) - 1.0) > ASPECT_TOLERANCE:
@@ -132,6 +134,16 @@ def model_inputs(pipe: WonderlandPipeline, image: np.ndarray, cameras: CameraBat
     cam_box = center_crop_box(cameras.width, cameras.height, model_w, model_h)
     s = aspect_box[2] / cameras.width
     image_box = (aspect_box[0] + cam_box[0] * s, aspect_box[1] + cam_box[1] * s, cam_box[2] * s, cam_box[3] * s)
+    return image_box, cam_box, warnings
+
+
+def model_inputs(pipe: WonderlandPipeline, image: np.ndarray, cameras: CameraBatch
+                 ) -> tuple[np.ndarray, CameraBatch, dict]:
+    """The image and trajectory at the model's size and frame count, cropped identically (input_crop),
+    resized to the model's size, K adjusted to match."""
+    model_w, model_h = pipe.config.size
+    img_h, img_w = image.shape[:2]
+    image_box, cam_box, warnings = input_crop(pipe.config.size, (img_w, img_h), cameras)
     pixels = crop_resize(image, image_box, model_w, model_h)
     fitted = fit_cameras(resample(cameras, pipe.config.frames), model_w, model_h, cam_box)
     info = {"image_size": [img_w, img_h], "image_crop_box": [round(v, 3) for v in image_box],
@@ -146,7 +158,7 @@ def generate(pipe: WonderlandPipeline, image: np.ndarray, cameras: CameraBatch, 
              cache: str | None = None, compile: bool = False, preview_count: int = 8, preview_size: int = 256,
              video_preview: bool = False, vae_tiling: bool = False,
              prune_opacity: float | None = None, max_gaussians: int | None = None,
-             device: torch.device | None = None, offload: bool = False,
+             detail_size: int = DEFAULT_DETAIL_SIZE, device: torch.device | None = None, offload: bool = False,
              on_progress: ProgressFn | None = None, should_cancel: Callable[[], bool] | None = None
              ) -> GenerateResult:
     """Image [H, W, 3] floats in 0..1 and the caller's trajectory -> Gaussians in the caller's world.
@@ -157,7 +169,9 @@ def generate(pipe: WonderlandPipeline, image: np.ndarray, cameras: CameraBatch, 
     backend.errors.Cancelled. With `offload`, the components wait on the CPU and each visits `device`
     only for its own stage (peak GPU memory = the largest one). `video_preview` also decodes the video
     latents with the VAE (`vae_tiling`: in tiles), a look at what the video model made; the 3D path
-    never needs it, so it counts as one more step of the render stage.
+    never needs it, so it counts as one more step of the render stage. `detail_size` (long side in
+    pixels, 0 = off, the paper's behaviour) adds the photo itself as pixel-aligned Gaussians
+    (backend/detail.py) and culls the model's Gaussians in front of it.
     """
 
     def progress(stage: str, step: int, total: int) -> None:
@@ -178,6 +192,7 @@ def generate(pipe: WonderlandPipeline, image: np.ndarray, cameras: CameraBatch, 
             raise InputError("VAE tiling only applies to the video preview", "add --video-preview, or leave out "
                              "--vae-tiling")
         check_tiling(pipe.vae)  # before the minutes of sampling, not after
+    check_detail_size(detail_size)
     steps = steps or video_cfg.num_inference_steps
     device, dtype = device or pipe.device, pipe.lalrm.dtype
 
@@ -227,6 +242,15 @@ def generate(pipe: WonderlandPipeline, image: np.ndarray, cameras: CameraBatch, 
         local = pipe.lalrm.predict_gaussians(
             latents[0], cams_norm, prune_opacity=cfg.prune_opacity if prune_opacity is None else prune_opacity,
             max_count=cfg.max_gaussians if max_gaussians is None else max_gaussians)
+    model_count = len(local)
+    info["detail"] = {"size": None, "count": 0, "culled": 0}
+    if detail_size and model_count:   # no model Gaussians, no depth: the result stays empty, and says so
+        box = input_crop(cfg.size, image.shape[1::-1], cameras)[0]
+        width, height = detail_grid(box, cfg.size, detail_size)
+        photo = torch.from_numpy(crop_resize(image, box, width, height))
+        detail, keep, info["detail"] = detail_layer(local, photo, cams_norm[0])
+        local = Gaussians.cat([local.to(torch.float32)[keep.to(local.device)], detail.to(local.device)])
+    with torch.no_grad():
         gaussians = normalization.gaussians_to_world(local).detach().to(dtype=torch.float32)
     progress("reconstruct", 1, 1)
     timings["reconstruct"] = time.perf_counter() - t2
@@ -244,7 +268,8 @@ def generate(pipe: WonderlandPipeline, image: np.ndarray, cameras: CameraBatch, 
                                lambda stage, i, n: progress(stage, i + offset, n + offset), check)
     timings["render"] = time.perf_counter() - t3
     info.update({"steps": steps, "seed": seed, "normalization_scale": normalization.scale,
-                 "count": len(gaussians), "timings_s": {k: round(v, 3) for k, v in timings.items()}})
+                 "count": len(gaussians),
+                 "model_count": model_count, "timings_s": {k: round(v, 3) for k, v in timings.items()}})
     return GenerateResult(gaussians.to("cpu"), previews, video, info)
 
 
