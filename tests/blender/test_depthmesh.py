@@ -1,0 +1,191 @@
+"""Input View as Mesh in the real bpy: a hand-made job folder with a known detail grid (a slanted-free wall at
+camera depth 2 and a box at 1.2 in front of it), the mesh it gives, its texture, and a Cycles render from
+camera 0 that shows the photo's colours."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import bpy
+import numpy as np
+import pytest
+from mathutils import Euler, Matrix
+from PIL import Image
+
+from wonderland_blender.housekeeping import RESULT_KEY
+from wonderland_blender.plyio import SH_C0, Splats, write_ply
+from wonderland_blender.pointcloud import create_object, srgb_to_linear
+
+W, H, F = 24, 16, 20.0                   # detail grid and its focal length in grid pixels
+WALL, BOX = 2.0, 1.2                     # camera z of the wall and of the box in front of it
+BOX_ROWS, BOX_COLS = slice(4, 11), slice(5, 12)
+OFFSET = np.array([0.3, -0.2, 0.5])      # the result object's location: the mesh must follow it
+PICTURES = Path("/tmp/wonderland-depthmesh")
+
+
+def camera0_c2w() -> np.ndarray:
+    """Camera 0 in the OpenCV convention (x right, y down, z forward), looking roughly along +Y."""
+    blender = Matrix.Translation((0.5, -3.0, 1.0)) @ Euler((1.4, 0.0, 0.25)).to_matrix().to_4x4()
+    return np.array(blender, np.float64) @ np.diag([1.0, -1.0, -1.0, 1.0])
+
+
+def photo() -> np.ndarray:
+    """[H, W, 3] colours (sRGB 0..1): a red/green ramp on the wall, a flat blue box."""
+    v, u = np.meshgrid(np.arange(H) + 0.5, np.arange(W) + 0.5, indexing="ij")
+    rgb = np.stack([0.2 + 0.6 * u / W, 0.2 + 0.6 * v / H, np.full_like(u, 0.3)], axis=-1)
+    rgb[BOX_ROWS, BOX_COLS] = (0.15, 0.3, 0.85)
+    return rgb
+
+
+def depth() -> np.ndarray:
+    z = np.full((H, W), WALL)
+    z[BOX_ROWS, BOX_COLS] = BOX
+    return z
+
+
+def detail_splats() -> Splats:
+    """One Gaussian per pixel on its ray at depth(), in the world, row-major top row first (as the backend)."""
+    v, u = np.meshgrid(np.arange(H) + 0.5, np.arange(W) + 0.5, indexing="ij")
+    z = depth()
+    cam = np.stack([(u - W / 2) / F * z, (v - H / 2) / F * z, z], axis=-1).reshape(-1, 3)
+    c2w = camera0_c2w()
+    n = H * W
+    return Splats((cam @ c2w[:3, :3].T + c2w[:3, 3]).astype(np.float32),
+                  ((photo().reshape(-1, 3) - 0.5) / SH_C0).astype(np.float32), np.zeros((n, 0, 3), np.float32),
+                  np.full(n, 5.3, np.float32), np.full((n, 3), -4.0, np.float32),
+                  np.tile(np.float32([1, 0, 0, 0]), (n, 1)))
+
+
+def model_splats(n: int = 7) -> Splats:
+    rng = np.random.default_rng(0)
+    return Splats(rng.normal(size=(n, 3)).astype(np.float32), rng.normal(size=(n, 3)).astype(np.float32),
+                  np.zeros((n, 0, 3), np.float32), np.zeros(n, np.float32), np.full((n, 3), -2.0, np.float32),
+                  np.tile(np.float32([1, 0, 0, 0]), (n, 1)))
+
+
+def write_job(folder: Path, detail: dict) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    write_ply(folder / "scene.ply", Splats.concatenate([model_splats(), detail_splats()]))
+    K = [[F, 0, W / 2], [0, F, H / 2], [0, 0, 1]]
+    (folder / "cameras.json").write_text(json.dumps(
+        {"width": W, "height": H, "frames": [{"frame": 1, "K": K, "c2w": camera0_c2w().tolist()}]}))
+    (folder / "meta.json").write_text(json.dumps({"count": 7 + W * H, "detail": detail}))
+    return folder
+
+
+@pytest.fixture
+def result(scene, tmp_path):
+    """A generated-looking result: the Gaussian object linked to its job folder, moved by OFFSET."""
+    job = write_job(tmp_path / "20261206-112233", {"size": [W, H], "count": W * H, "culled": 0})
+    obj = create_object(bpy.context, "Wonderland 20261206-112233",
+                        Splats.concatenate([model_splats(), detail_splats()]))
+    obj[RESULT_KEY] = str(job)
+    obj.location = OFFSET
+    bpy.context.view_layer.update()
+    return obj
+
+
+def make_mesh(obj):
+    bpy.context.view_layer.objects.active = obj
+    assert bpy.ops.wonderland.input_view_mesh() == {'FINISHED'}
+    return bpy.data.objects[f"{obj.name} Input View"]
+
+
+def test_the_mesh_is_the_detail_grid_cut_at_the_box(result):
+    mesh_obj = make_mesh(result)
+    mesh = mesh_obj.data
+    assert bpy.context.view_layer.objects.active == mesh_obj
+    assert set(mesh_obj.users_collection) == set(result.users_collection)
+    co = np.empty(3 * len(mesh.vertices), np.float32)
+    mesh.vertices.foreach_get("co", co)
+    np.testing.assert_allclose(co.reshape(-1, 3), detail_splats().means + OFFSET, atol=1e-5)
+    in_box = (depth() == BOX).ravel()
+    sides = [set(in_box[list(p.vertices)]) for p in mesh.polygons]
+    assert all(len(s) == 1 for s in sides), "a face joins the box to the wall"
+    cells = depth()
+    whole = (cells[:-1, :-1] == cells[1:, 1:]) & (cells[:-1, :-1] == cells[1:, :-1]) & (cells[:-1, :-1] == cells[:-1, 1:])
+    assert sum(len(p.vertices) == 4 for p in mesh.polygons) == int(whole.sum())
+    assert {True} in sides and {False} in sides
+    # faces face camera 0
+    cam_centre = camera0_c2w()[:3, 3] + OFFSET
+    for p in list(mesh.polygons)[:20]:
+        assert np.dot(np.array(p.normal), cam_centre - np.array(p.center)) > 0
+
+
+def test_the_texture_is_the_photo_packed_with_pixel_centre_uvs(result):
+    mesh = make_mesh(result).data
+    (mat,) = mesh.materials
+    (tex,) = [n for n in mat.node_tree.nodes if n.type == 'TEX_IMAGE']
+    image = tex.image
+    assert tuple(image.size) == (W, H) and image.packed_file is not None
+    pixels = np.empty(W * H * 4, np.float32)
+    image.pixels.foreach_get(pixels)
+    top_first = pixels.reshape(H, W, 4)[::-1, :, :3]
+    np.testing.assert_allclose(top_first, photo(), atol=0.5 / 255 + 1e-6)
+    uv = np.empty(2 * len(mesh.loops), np.float32)
+    mesh.uv_layers["UVMap"].data.foreach_get("uv", uv)
+    first = mesh.polygons[0].loop_start
+    vertex = mesh.loops[first].vertex_index
+    row, col = divmod(vertex, W)
+    np.testing.assert_allclose(uv.reshape(-1, 2)[first], [(col + 0.5) / W, 1 - (row + 0.5) / H], atol=1e-6)
+
+
+def test_cycles_from_camera_0_shows_the_photo(result):
+    """Under a white World of strength 1 the diffuse surface's radiance is its albedo, so with the Standard
+    view transform camera 0 sees the photo (away from the box's edges, where it shades the wall)."""
+    scene = bpy.context.scene
+    make_mesh(result)
+    result.hide_render = True
+    cam = bpy.data.objects.new("Camera 0", bpy.data.cameras.new("Camera 0"))
+    scene.collection.objects.link(cam)
+    scene.camera = cam
+    blender = camera0_c2w() @ np.diag([1.0, -1.0, -1.0, 1.0])
+    blender[:3, 3] += OFFSET
+    cam.matrix_world = Matrix(blender.tolist())
+    scene.render.resolution_x, scene.render.resolution_y, scene.render.resolution_percentage = 2 * W, 2 * H, 100
+    cam.data.sensor_width, cam.data.lens = 36.0, F / W * 36.0
+    scene.world = bpy.data.worlds.new("White")
+    scene.world.color = (1.0, 1.0, 1.0)
+    for node in scene.world.node_tree.nodes if scene.world.node_tree else []:
+        if node.type == 'BACKGROUND':
+            node.inputs["Color"].default_value = (1.0, 1.0, 1.0, 1.0)
+            node.inputs["Strength"].default_value = 1.0
+    scene.view_settings.view_transform = 'Standard'
+    scene.render.engine = 'CYCLES'
+    scene.cycles.samples, scene.cycles.device, scene.cycles.use_denoising = 16, 'CPU', False
+    PICTURES.mkdir(exist_ok=True)
+    scene.render.filepath = str(PICTURES / "cycles.png")
+    bpy.ops.render.render(write_still=True)
+    rendered = np.asarray(Image.open(scene.render.filepath).convert("RGB"), np.float64) / 255
+    expected = np.repeat(np.repeat(photo(), 2, axis=0), 2, axis=1)
+    # compare away from the frame border (half a grid pixel outside the mesh) and the box's edges
+    near_edge = np.zeros((H, W), bool)
+    box = depth() == BOX
+    for dr in (-1, 0, 1):
+        for dc in (-1, 0, 1):
+            near_edge |= np.roll(box, (dr, dc), axis=(0, 1)) != box
+    near_edge[[0, -1], :] = near_edge[:, [0, -1]] = True
+    wall_shade = np.zeros((H, W), bool)   # the box occludes the World for the wall around it
+    wall_shade[BOX_ROWS.start - 4:BOX_ROWS.stop + 4, BOX_COLS.start - 4:BOX_COLS.stop + 4] = True
+    keep = np.repeat(np.repeat(~near_edge & ~(wall_shade & ~box), 2, axis=0), 2, axis=1)
+    error = np.abs(rendered - expected)[keep]
+    assert keep.sum() > 200 and error.mean() < 0.02 and error.max() < 0.06, (error.mean(), error.max())
+    # the box itself is lit too (it is a surface, not a decal): blue there, the ramp elsewhere
+    assert np.allclose(rendered[2 * 7, 2 * 8], (0.15, 0.3, 0.85), atol=0.04)
+    assert srgb_to_linear(rendered[keep]).min() > 0.01  # nothing black
+
+
+def test_a_result_without_detail_layer_is_refused(result):
+    folder = Path(result[RESULT_KEY])
+    write_job(folder, {"size": None, "count": 0, "culled": 0})
+    bpy.context.view_layer.objects.active = result
+    with pytest.raises(RuntimeError, match="no detail layer"):
+        bpy.ops.wonderland.input_view_mesh()
+    assert not bpy.data.meshes and not bpy.data.images
+
+
+def test_an_imported_ply_is_refused(result):
+    del result[RESULT_KEY]
+    bpy.context.view_layer.objects.active = result
+    with pytest.raises(RuntimeError, match="not generated here.*imported PLY"):
+        bpy.ops.wonderland.input_view_mesh()
