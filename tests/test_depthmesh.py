@@ -22,33 +22,55 @@ def test_a_smooth_grid_is_all_quads_facing_the_camera():
     assert normal[2] < 0   # (y down, z forward) : pointing back at the camera
 
 
+def sides(grid, near: np.ndarray) -> list[set]:
+    """For each face, the set of surfaces its vertices lie on (twins lie on the far one)."""
+    side = np.concatenate([near.ravel(), np.zeros(len(grid.twins), bool)])
+    return [set(side[face]) for face in [*grid.quads, *grid.triangles]]
+
+
 def test_a_depth_jump_cuts_the_faces_across_it():
-    """Left half at distance 1, right half at 3: no face joins the halves, each half stays whole."""
+    """Left half at distance 1, right half at 3: no face joins the halves; the far half is closed up to the
+    silhouette by the near edge's twins, pushed back to distance 3."""
     h, w = 6, 8
     distance = np.ones((h, w))
     distance[:, 4:] = 3.0
     grid = grid_faces(distance, 0.1)
-    side = (np.arange(h * w) % w) >= 4
-    for face in [*grid.quads, *grid.triangles]:
-        assert len(set(side[face])) == 1, face
-    assert len(grid.quads) == (h - 1) * (w - 2) and len(grid.triangles) == 0
-    # a looser threshold joins them again
-    assert len(grid_faces(distance, 3.0).quads) == (h - 1) * (w - 1)
+    assert all(len(s) == 1 for s in sides(grid, distance == 1.0))
+    assert list(grid.twins) == [r * w + 3 for r in range(h)]       # the near column beside the far one
+    np.testing.assert_allclose(grid.twin_scale, 3.0)
+    assert len(grid.quads) == (h - 1) * (w - 1) and len(grid.triangles) == 0   # near, far and closing quads
+    closing = [q for q in grid.quads if (q >= h * w).any()]
+    assert len(closing) == h - 1
+    # a looser threshold joins the halves directly, with no twins
+    loose = grid_faces(distance, 3.0)
+    assert len(loose.quads) == (h - 1) * (w - 1) and len(loose.twins) == 0
 
 
-def test_a_diagonal_silhouette_keeps_the_triangle_on_each_side():
-    """A cell with one corner on the far surface keeps the triangle of its three near corners."""
+def test_a_diagonal_silhouette_keeps_the_near_triangle_and_closes_the_far_surface():
+    """A cell with one corner on the far surface: the triangle of its three near corners, and a quad of the
+    far corner with the near corners' twins behind it."""
     distance = np.ones((2, 2))
     distance[1, 1] = 5.0
     grid = grid_faces(distance)
-    assert len(grid.quads) == 0
     assert [sorted(t) for t in grid.triangles] == [[0, 1, 2]]
+    assert list(grid.twins) == [0, 1, 2] and list(grid.quads[0]) == [4, 6, 3, 5]  # TL, BL, BR, TR
+
+
+def test_twins_pushed_past_the_far_surface_do_not_close_it():
+    """Columns at 16, 1, 4: the middle column's twins go back to 16 (their farthest neighbour), which is not the
+    surface at 4, so the cell between 1 and 4 stays open rather than slanting to 16."""
+    distance = np.array([[16.0, 1.0, 4.0], [16.0, 1.0, 4.0]])
+    grid = grid_faces(distance)
+    np.testing.assert_allclose(grid.twin_scale, 16.0)
+    assert [list(q) for q in grid.quads] == [[0, 3, 7, 6]]   # only the 16 surface closed behind the middle
+    assert len(grid.triangles) == 0
 
 
 def test_small_relative_changes_stay_joined():
     """A slanted floor whose distance grows 5 % per row is one surface at the default threshold."""
     distance = np.repeat(1.05 ** np.arange(6), 4).reshape(6, 4)
-    assert len(grid_faces(distance).quads) == 5 * 3
+    grid = grid_faces(distance)
+    assert len(grid.quads) == 5 * 3 and len(grid.twins) == 0
 
 
 def test_loops_list_quads_then_triangles():
@@ -56,14 +78,15 @@ def test_loops_list_quads_then_triangles():
     distance[2, 2] = 9.0
     grid = grid_faces(distance)
     vertices, starts = grid.loops()
-    assert len(grid.quads) == 3 and len(grid.triangles) == 1
-    assert list(starts) == [0, 4, 8, 12] and len(vertices) == 15
+    assert len(grid.quads) == 4 and len(grid.triangles) == 1   # 3 near quads, the closing one; 1 near triangle
+    assert list(starts) == [0, 4, 8, 12, 16] and len(vertices) == 19
 
 
 def test_uvs_are_pixel_centres_with_v_up():
-    uv = grid_uvs(4, 2)
+    uv = grid_uvs(4, 2, np.array([5]))
     np.testing.assert_allclose(uv[0], [0.125, 0.75])    # top-left pixel
     np.testing.assert_allclose(uv[7], [0.875, 0.25])    # bottom-right pixel
+    np.testing.assert_allclose(uv[8], uv[5])            # a twin maps like its pixel
 
 
 def test_texture_pixels_put_the_top_row_last():

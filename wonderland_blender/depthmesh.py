@@ -27,9 +27,12 @@ class DepthMeshError(ValueError):
 @dataclass
 class Grid:
     """Faces of a w×h vertex grid: quads [Q, 4] and triangles [T, 3] of row-major vertex indices, counter-
-    clockwise as seen from the camera (whose image rows run top to bottom)."""
+    clockwise as seen from the camera (whose image rows run top to bottom). Indices from w·h on are twins:
+    twin k is grid vertex twins[k] pushed along its ray to twin_scale[k] times its distance from the camera."""
     quads: np.ndarray
     triangles: np.ndarray
+    twins: np.ndarray
+    twin_scale: np.ndarray
 
     def loops(self) -> tuple[np.ndarray, np.ndarray]:
         """(loop vertex indices, polygon loop starts): quads first, then triangles."""
@@ -74,38 +77,62 @@ def read_job(job_dir: str | Path) -> tuple[tuple[int, int], np.ndarray]:
     return size, centre
 
 
+def neighbourhood_max(x: np.ndarray) -> np.ndarray:
+    """The largest value in each element's 3×3 neighbourhood (the border repeated)."""
+    h, w = x.shape
+    pad = np.pad(x, 1, mode="edge")
+    return np.max([pad[r:r + h, c:c + w] for r in range(3) for c in range(3)], axis=0)
+
+
 def grid_faces(distance: np.ndarray, max_jump: float = DEFAULT_MAX_JUMP) -> Grid:
     """Faces between grid neighbours of `distance` [h, w] (from camera 0; > 0) whose corners' largest
-    distance is at most (1 + max_jump) × their smallest."""
+    distance is at most (1 + max_jump) × their smallest.
+
+    A cell across a silhouette keeps the triangle (either diagonal) of its corners on one surface, and the
+    surface behind is closed up to the silhouette: the near corners' twins, pushed back along their rays to
+    the far side's distance, complete its quad. Without them camera 0 would see the World through a one-pixel
+    slit around every object; with them it sees the photo there (the near pixel's colour fading into the far
+    one's, as the photo itself does), and other views see that one-pixel fringe on the far surface.
+    """
     if max_jump <= 0:
         raise DepthMeshError(f"max_jump must be above 0 (a relative distance jump, e.g. 0.1), got {max_jump}")
     h, w = distance.shape
+    limit = 1.0 + max_jump
+    far = neighbourhood_max(distance)
+    has_twin = (far > limit * distance).ravel()
+    twins = np.flatnonzero(has_twin)
+    twin_of = np.full(h * w, -1)
+    twin_of[twins] = h * w + np.arange(len(twins))
     index = np.arange(h * w).reshape(h, w)
     # corners of each grid cell: top-left, bottom-left, bottom-right, top-right (CCW seen from the camera)
-    a, b, c, d = index[:-1, :-1], index[1:, :-1], index[1:, 1:], index[:-1, 1:]
-    flat = distance.ravel()
-    limit = 1.0 + max_jump
+    corners = [index[:-1, :-1].ravel(), index[1:, :-1].ravel(), index[1:, 1:].ravel(), index[:-1, 1:].ravel()]
+    flat, far_flat = distance.ravel(), far.ravel()
+    ds = np.stack([flat[k] for k in corners])
 
-    def smooth(*corners):
-        ds = np.stack([flat[k] for k in corners])
-        return ds.max(axis=0) <= limit * ds.min(axis=0)
+    def smooth(d):
+        return d.max(axis=0) <= limit * d.min(axis=0)
 
-    quad = smooth(a, b, c, d)
-    tris = [(a, b, c), (a, c, d), (a, b, d), (b, c, d)]
-    keep = [~quad & smooth(*t) for t in tris]
-    # both triangles of one diagonal may pass while the quad fails (the other two corners differ): keep
-    # at most one diagonal's pair, the first one's
-    keep[2] &= ~(keep[0] | keep[1])
+    quad = smooth(ds)
+    near = ds.max(axis=0) > limit * ds           # corners in front of the cell's farthest
+    pushed = np.where(near, np.stack([far_flat[k] for k in corners]), ds)
+    backed = ~quad & smooth(pushed)                                  # the far surface closed behind them
+    tris = [(0, 1, 2), (0, 2, 3), (0, 1, 3), (1, 2, 3)]
+    keep = [~quad & smooth(ds[list(t)]) for t in tris]
+    keep[2] &= ~(keep[0] | keep[1])   # at most one diagonal's triangles
     keep[3] &= ~(keep[0] | keep[1])
-    triangles = np.concatenate([np.stack([k[m] for k in t], axis=1) for t, m in zip(tris, keep)])
-    quads = np.stack([k[quad] for k in (a, b, c, d)], axis=1)
-    return Grid(quads.reshape(-1, 4), triangles.reshape(-1, 3))
+    keep = [k & ~(backed & ~near[list(t)].any(axis=0)) for k, t in zip(keep, tris)]  # far ones: in the quad
+    back = np.stack([np.where(near[i], twin_of[corners[i]], corners[i]) for i in range(4)], axis=1)[backed]
+    triangles = np.concatenate([np.stack([corners[i][k] for i in t], axis=1) for t, k in zip(tris, keep)])
+    quads = np.concatenate([np.stack([k[quad] for k in corners], axis=1), back])
+    return Grid(quads.reshape(-1, 4), triangles.reshape(-1, 3), twins, far_flat[twins] / flat[twins])
 
 
-def grid_uvs(w: int, h: int) -> np.ndarray:
-    """UV [h·w, 2] of each grid vertex: its pixel centre, v up (Blender images store the bottom row first)."""
+def grid_uvs(w: int, h: int, twins: np.ndarray) -> np.ndarray:
+    """UV [h·w + len(twins), 2] of each grid vertex, then each twin: the pixel centre, v up (Blender images
+    store the bottom row first)."""
     v, u = np.meshgrid((np.arange(h) + 0.5) / h, (np.arange(w) + 0.5) / w, indexing="ij")
-    return np.stack([u.ravel(), 1.0 - v.ravel()], axis=1).astype(np.float32)
+    uv = np.stack([u.ravel(), 1.0 - v.ravel()], axis=1).astype(np.float32)
+    return np.concatenate([uv, uv[twins]])
 
 
 def texture_pixels(rgb: np.ndarray, w: int, h: int) -> np.ndarray:

@@ -18,8 +18,8 @@ from .pointcloud import is_gaussian_object
 
 
 def detail_gaussians(obj) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[int, int]]:
-    """(world positions [n, 3] with the object's transform applied, display colours [n, 3] (sRGB 0..1),
-    distances from camera 0 [h, w], (w, h)) of a generated result's detail layer; DepthMeshError if none."""
+    """(positions [n, 3] and display colours [n, 3] (sRGB 0..1) as scene.ply holds them, camera 0's centre,
+    (w, h)) of a generated result's detail layer; DepthMeshError when it has none."""
     if not is_gaussian_object(obj):
         raise DepthMeshError("Select a Wonderland result (a Gaussian point cloud) to make its input view mesh.")
     if RESULT_KEY not in obj:
@@ -35,10 +35,17 @@ def detail_gaussians(obj) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[int
         raise DepthMeshError(f"{job_dir}/scene.ply holds {len(splats)} Gaussians, fewer than its {w}x{h} "
                              "detail grid; the job folder is damaged, generate again.")
     detail = splats.select(slice(len(splats) - w * h, None))  # the detail layer is written last
-    means = detail.means.astype(np.float64)
-    distance = np.linalg.norm(means - centre, axis=1).reshape(h, w)
+    return detail.means.astype(np.float64), detail.display_rgb(), centre, (w, h)
+
+
+def mesh_vertices(obj, max_jump: float):
+    """(world positions of the grid vertices and their twins (the object's transform applied), the Grid,
+    colours, (w, h))."""
+    means, rgb, centre, (w, h) = detail_gaussians(obj)
+    grid = grid_faces(np.linalg.norm(means - centre, axis=1).reshape(h, w), max_jump)
+    twins = centre + (means[grid.twins] - centre) * grid.twin_scale[:, None]
     m = np.array(obj.matrix_world, np.float64)
-    return means @ m[:3, :3].T + m[:3, 3], detail.display_rgb(), distance, (w, h)
+    return np.concatenate([means, twins]) @ m[:3, :3].T + m[:3, 3], grid, rgb, (w, h)
 
 
 def _material(name: str, image) -> bpy.types.Material:
@@ -65,8 +72,7 @@ def _material(name: str, image) -> bpy.types.Material:
 def build_mesh_object(context, obj, max_jump: float) -> bpy.types.Object:
     """A new mesh object '<result> Input View' beside `obj` (same collections), textured with the detail
     colours (image packed into the .blend); nothing new stays when it fails."""
-    positions, rgb, distance, (w, h) = detail_gaussians(obj)
-    grid = grid_faces(distance, max_jump)
+    positions, grid, rgb, (w, h) = mesh_vertices(obj, max_jump)
     loop_vertices, loop_starts = grid.loops()
     name = f"{obj.name} Input View"
     mesh = bpy.data.meshes.new(name)
@@ -79,7 +85,7 @@ def build_mesh_object(context, obj, max_jump: float) -> bpy.types.Object:
         mesh.polygons.add(len(loop_starts))
         mesh.polygons.foreach_set("loop_start", loop_starts)
         mesh.update(calc_edges=True)
-        mesh.uv_layers.new(name="UVMap").data.foreach_set("uv", grid_uvs(w, h)[loop_vertices].ravel())
+        mesh.uv_layers.new(name="UVMap").data.foreach_set("uv", grid_uvs(w, h, grid.twins)[loop_vertices].ravel())
         mesh.shade_smooth()
         image = bpy.data.images.new(name, w, h, alpha=False)
         image.pixels.foreach_set(texture_pixels(rgb, w, h))
