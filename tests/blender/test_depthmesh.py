@@ -12,6 +12,7 @@ import pytest
 from mathutils import Euler, Matrix
 from PIL import Image
 
+from test_generate import FAST_PREVIEWS, generate_ops, job_scene  # noqa: F401 - fixtures
 from wonderland_blender.housekeeping import RESULT_KEY
 from wonderland_blender.plyio import SH_C0, Splats, write_ply
 from wonderland_blender.pointcloud import create_object, srgb_to_linear
@@ -198,3 +199,27 @@ def test_an_imported_ply_is_refused(result):
     bpy.context.view_layer.objects.active = result
     with pytest.raises(RuntimeError, match="not generated here.*imported PLY"):
         bpy.ops.wonderland.input_view_mesh()
+
+
+def test_a_generated_result_becomes_its_input_view(job_scene, tmp_path):
+    """End to end with the real backend (tiny model): the mesh has one vertex per detail Gaussian, and they
+    project into camera 0 as a regular pixel grid, row-major with the top row first."""
+    assert bpy.ops.wonderland.generate(extra_args=f"{FAST_PREVIEWS} --detail-size 24") == {'FINISHED'}
+    obj = bpy.context.view_layer.objects.active
+    folder = Path(obj[RESULT_KEY])
+    w, h = json.loads((folder / "meta.json").read_text())["detail"]["size"]
+    mesh = make_mesh(obj).data
+    assert len(mesh.vertices) >= w * h and len(mesh.polygons) > (w - 1) * (h - 1) // 2
+    co = np.empty(3 * len(mesh.vertices), np.float32)
+    mesh.vertices.foreach_get("co", co)
+    frame = json.loads((folder / "cameras.json").read_text())["frames"][0]
+    c2w, K = np.array(frame["c2w"]), np.array(frame["K"])
+    cam = (co.reshape(-1, 3)[:w * h] - c2w[:3, 3]) @ c2w[:3, :3]
+    assert (cam[:, 2] > 0).all()
+    uv = (cam @ K.T)[:, :2] / cam[:, 2:]
+    u, v = uv[:, 0].reshape(h, w), uv[:, 1].reshape(h, w)
+    step_u, step_v = np.diff(u, axis=1), np.diff(v, axis=0)
+    assert step_u.min() > 0 and step_v.min() > 0              # left to right, top to bottom
+    np.testing.assert_allclose(step_u, step_u.mean(), rtol=1e-3)
+    np.testing.assert_allclose(step_v, step_v.mean(), rtol=1e-3)
+    np.testing.assert_allclose(u, np.broadcast_to(u[:1], u.shape), atol=1e-3)   # columns are vertical
