@@ -134,11 +134,10 @@ def test_the_texture_is_the_photo_packed_with_pixel_centre_uvs(result):
     np.testing.assert_allclose(uv.reshape(-1, 2)[first], [(col + 0.5) / W, 1 - (row + 0.5) / H], atol=1e-6)
 
 
-def test_cycles_from_camera_0_shows_the_photo(result):
-    """Under a white World of strength 1 the diffuse surface's radiance is its albedo, so with the Standard
-    view transform camera 0 sees the photo (away from the box's edges, where it shades the wall)."""
+def shoot_from_camera_0(result, world: float):
+    """The scene camera at camera 0 (moved with the result), 2W×2H, a grey World of strength `world`,
+    Standard view transform; the result's Gaussians out of the render."""
     scene = bpy.context.scene
-    make_mesh(result)
     result.hide_render = True
     cam = bpy.data.objects.new("Camera 0", bpy.data.cameras.new("Camera 0"))
     scene.collection.objects.link(cam)
@@ -148,19 +147,31 @@ def test_cycles_from_camera_0_shows_the_photo(result):
     cam.matrix_world = Matrix(blender.tolist())
     scene.render.resolution_x, scene.render.resolution_y, scene.render.resolution_percentage = 2 * W, 2 * H, 100
     cam.data.sensor_width, cam.data.lens = 36.0, F / W * 36.0
-    scene.world = bpy.data.worlds.new("White")
-    scene.world.color = (1.0, 1.0, 1.0)
+    scene.world = bpy.data.worlds.new("World")
+    scene.world.color = (world,) * 3
     for node in scene.world.node_tree.nodes if scene.world.node_tree else []:
         if node.type == 'BACKGROUND':
-            node.inputs["Color"].default_value = (1.0, 1.0, 1.0, 1.0)
+            node.inputs["Color"].default_value = (world, world, world, 1.0)
             node.inputs["Strength"].default_value = 1.0
     scene.view_settings.view_transform = 'Standard'
-    scene.render.engine = 'CYCLES'
+    scene.eevee.taa_render_samples = 8
     scene.cycles.samples, scene.cycles.device, scene.cycles.use_denoising = 16, 'CPU', False
     PICTURES.mkdir(exist_ok=True)
-    scene.render.filepath = str(PICTURES / "cycles.png")
+    return scene
+
+
+def render(scene, engine: str, name: str) -> np.ndarray:
+    scene.render.engine = engine
+    scene.render.filepath = str(PICTURES / f"{name}.png")
     bpy.ops.render.render(write_still=True)
-    rendered = np.asarray(Image.open(scene.render.filepath).convert("RGB"), np.float64) / 255
+    return np.asarray(Image.open(scene.render.filepath).convert("RGB"), np.float64) / 255
+
+
+def test_cycles_from_camera_0_shows_the_photo(result):
+    """Under a white World of strength 1 the diffuse surface's radiance is its albedo, so with the Standard
+    view transform camera 0 sees the photo (away from the box's edges, where it shades the wall)."""
+    make_mesh(result)
+    rendered = render(shoot_from_camera_0(result, 1.0), 'CYCLES', "cycles")
     expected = np.repeat(np.repeat(photo(), 2, axis=0), 2, axis=1)
     # compare away from the frame border (half a grid pixel outside the mesh), the box's rim (where the
     # photo's colours fade from box to wall) and the wall the box shades (it occludes the World there)
@@ -183,6 +194,34 @@ def test_cycles_from_camera_0_shows_the_photo(result):
     # the box itself is lit too (it is a surface, not a decal): blue there, the ramp elsewhere
     assert np.allclose(rendered[2 * 7, 2 * 8], (0.15, 0.3, 0.85), atol=0.04)
     assert srgb_to_linear(rendered[keep]).min() > 0.01  # nothing black
+
+
+def test_eevee_the_mesh_receives_shadows(result):
+    """A sun shining along camera 0's axis and a cube the camera does not see (it only casts shadows): EEVEE
+    draws the cube's shadow on the wall, half-way from where the cube stands in the view to the image centre
+    (the wall is twice as far), and nothing changes elsewhere."""
+    make_mesh(result)
+    scene = shoot_from_camera_0(result, 0.0)
+    sun = bpy.data.objects.new("Sun", bpy.data.lights.new("Sun", 'SUN'))
+    sun.data.energy = 3.0
+    sun.matrix_world = Matrix((camera0_c2w() @ np.diag([1.0, -1.0, -1.0, 1.0])).tolist())
+    scene.collection.objects.link(sun)
+    lit = render(scene, 'BLENDER_EEVEE', "eevee_lit")
+    row, col = 8, 18                                          # a wall pixel; the cube goes on its ray at depth 1
+    ray = np.array([(col + 0.5 - W / 2) / F, (row + 0.5 - H / 2) / F, 1.0])
+    c2w = camera0_c2w()
+    cube = bpy.data.objects.new("Cube", bpy.data.meshes.new("Cube"))
+    cube.data.from_pydata([(x, y, z) for x in (-1, 1) for y in (-1, 1) for z in (-1, 1)], [],
+                          [(0, 1, 3, 2), (4, 6, 7, 5), (0, 4, 5, 1), (2, 3, 7, 6), (0, 2, 6, 4), (1, 5, 7, 3)])
+    cube.location, cube.scale = c2w[:3, :3] @ ray + c2w[:3, 3] + OFFSET, (0.15, 0.15, 0.15)
+    cube.visible_camera = False
+    scene.collection.objects.link(cube)
+    shadowed = render(scene, 'BLENDER_EEVEE', "eevee_shadow")
+    shadow = 2 * row + 1, 2 * round((col + 0.5 - W / 2) / 2 + W / 2) + 1
+    assert lit[shadow].mean() > 0.2
+    assert shadowed[shadow].mean() < 0.3 * lit[shadow].mean(), (shadowed[shadow], lit[shadow])
+    np.testing.assert_allclose(shadowed[2 * row, 2 * col], lit[2 * row, 2 * col], atol=0.03)  # no cube seen
+    np.testing.assert_allclose(shadowed[20:, :8], lit[20:, :8], atol=0.03)   # bottom left: far from the cube
 
 
 def test_a_result_without_detail_layer_is_refused(result):
