@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from wonderland_blender.depthmesh import (DepthMeshError, detail_size, grid_faces, grid_uvs, read_job,
+from wonderland_blender.depthmesh import (DepthMeshError, detail_size, grid_faces, grid_uvs, pad_grid, read_job,
                                           texture_pixels)
 
 
@@ -82,11 +82,26 @@ def test_loops_list_quads_then_triangles():
     assert list(starts) == [0, 4, 8, 12, 16] and len(vertices) == 19
 
 
-def test_uvs_are_pixel_centres_with_v_up():
+def test_uvs_are_pixel_centres_with_v_up_and_the_ring_on_the_edges():
     uv = grid_uvs(4, 2, np.array([5]))
-    np.testing.assert_allclose(uv[0], [0.125, 0.75])    # top-left pixel
-    np.testing.assert_allclose(uv[7], [0.875, 0.25])    # bottom-right pixel
-    np.testing.assert_allclose(uv[8], uv[5])            # a twin maps like its pixel
+    assert uv.shape == (6 * 4 + 1, 2)
+    np.testing.assert_allclose(uv[1 * 6 + 1], [0.125, 0.75])    # top-left pixel
+    np.testing.assert_allclose(uv[2 * 6 + 4], [0.875, 0.25])    # bottom-right pixel
+    np.testing.assert_allclose(uv[0], [0.0, 1.0])               # the ring's top-left corner
+    np.testing.assert_allclose(uv[2 * 6 + 5], [1.0, 0.25])      # the ring right of the bottom-right pixel
+    np.testing.assert_allclose(uv[-1], uv[5])                   # a twin maps like its vertex
+
+
+def test_the_ring_is_half_a_pixel_outside_the_grid():
+    """Positions linear in the pixel index (a plane) are extended exactly to the pixel edges."""
+    v, u = np.meshgrid(np.arange(3.0), np.arange(4.0), indexing="ij")
+    padded = pad_grid(np.stack([u, v, 2 * u + v + 1], axis=-1))
+    assert padded.shape == (5, 6, 3)
+    np.testing.assert_allclose(padded[0, 0], [-0.5, -0.5, -0.5])
+    np.testing.assert_allclose(padded[-1, -1], [3.5, 2.5, 10.5])
+    np.testing.assert_allclose(padded[1:-1, 1:-1, 0], u)
+    with pytest.raises(DepthMeshError, match="1x3 pixels has no faces"):
+        pad_grid(np.ones((3, 1, 3)))
 
 
 def test_texture_pixels_put_the_top_row_last():

@@ -7,7 +7,8 @@ than a relative threshold: there the photo shows a silhouette, and a face would 
 from the object to what lies behind it. A quad whose four corners are on one surface stays a quad; one that
 straddles a silhouette keeps the triangle (either diagonal) that does not, so edges follow the outline.
 UVs are the pixel centres, so the texture (the detail colours, i.e. the cropped photo) maps exactly and the
-UV map is camera 0's projection.
+UV map is camera 0's projection; a ring of vertices half a pixel further out (pad_grid) takes the mesh to
+the photo's border.
 """
 from __future__ import annotations
 
@@ -127,11 +128,22 @@ def grid_faces(distance: np.ndarray, max_jump: float = DEFAULT_MAX_JUMP) -> Grid
     return Grid(quads.reshape(-1, 4), triangles.reshape(-1, 3), twins, far_flat[twins] / flat[twins])
 
 
+def pad_grid(values: np.ndarray) -> np.ndarray:
+    """[h, w, ...] → [h + 2, w + 2, ...]: a ring half a pixel outside the pixel centres, extrapolated
+    linearly from the two outermost rows and columns, so the mesh reaches the photo's border (pixel centres
+    alone leave half a pixel of World around the frame)."""
+    if values.shape[0] < 2 or values.shape[1] < 2:
+        raise DepthMeshError(f"A detail grid of {values.shape[1]}x{values.shape[0]} pixels has no faces; "
+                             "generate with a detail size of at least 2.")
+    v = np.concatenate([1.5 * values[:1] - 0.5 * values[1:2], values, 1.5 * values[-1:] - 0.5 * values[-2:-1]])
+    return np.concatenate([1.5 * v[:, :1] - 0.5 * v[:, 1:2], v, 1.5 * v[:, -1:] - 0.5 * v[:, -2:-1]], axis=1)
+
+
 def grid_uvs(w: int, h: int, twins: np.ndarray) -> np.ndarray:
-    """UV [h·w + len(twins), 2] of each grid vertex, then each twin: the pixel centre, v up (Blender images
-    store the bottom row first)."""
-    v, u = np.meshgrid((np.arange(h) + 0.5) / h, (np.arange(w) + 0.5) / w, indexing="ij")
-    uv = np.stack([u.ravel(), 1.0 - v.ravel()], axis=1).astype(np.float32)
+    """UV [(h + 2)·(w + 2) + len(twins), 2] of each vertex of the padded grid (pixel centres, the ring on the
+    image's edges), then each twin (its vertex's); v up (Blender images store the bottom row first)."""
+    v, u = np.meshgrid((np.arange(h + 2) - 0.5) / h, (np.arange(w + 2) - 0.5) / w, indexing="ij")
+    uv = np.clip(np.stack([u.ravel(), 1.0 - v.ravel()], axis=1), 0.0, 1.0).astype(np.float32)
     return np.concatenate([uv, uv[twins]])
 
 

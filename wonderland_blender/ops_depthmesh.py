@@ -11,7 +11,8 @@ import bpy
 import numpy as np
 from bpy.props import FloatProperty
 
-from .depthmesh import DEFAULT_MAX_JUMP, DepthMeshError, grid_faces, grid_uvs, read_job, texture_pixels
+from .depthmesh import (DEFAULT_MAX_JUMP, DepthMeshError, grid_faces, grid_uvs, pad_grid, read_job,
+                        texture_pixels)
 from .housekeeping import RESULT_KEY
 from .plyio import PlyError, read_ply
 from .pointcloud import is_gaussian_object
@@ -39,10 +40,11 @@ def detail_gaussians(obj) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[int
 
 
 def mesh_vertices(obj, max_jump: float):
-    """(world positions of the grid vertices and their twins (the object's transform applied), the Grid,
-    colours, (w, h))."""
+    """(world positions of the padded grid's vertices, row-major, then of the twins (the object's transform
+    applied), the Grid, colours [w·h, 3], (w, h))."""
     means, rgb, centre, (w, h) = detail_gaussians(obj)
-    grid = grid_faces(np.linalg.norm(means - centre, axis=1).reshape(h, w), max_jump)
+    means = pad_grid(means.reshape(h, w, 3)).reshape(-1, 3)
+    grid = grid_faces(np.linalg.norm(means - centre, axis=1).reshape(h + 2, w + 2), max_jump)
     twins = centre + (means[grid.twins] - centre) * grid.twin_scale[:, None]
     m = np.array(obj.matrix_world, np.float64)
     return np.concatenate([means, twins]) @ m[:3, :3].T + m[:3, 3], grid, rgb, (w, h)

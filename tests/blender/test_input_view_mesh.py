@@ -99,9 +99,10 @@ def test_the_mesh_is_the_detail_grid_cut_at_the_box(result):
     assert set(mesh_obj.users_collection) == set(result.users_collection)
     co = np.empty(3 * len(mesh.vertices), np.float32)
     mesh.vertices.foreach_get("co", co)
-    n = W * H
-    np.testing.assert_allclose(co.reshape(-1, 3)[:n], detail_splats().means + OFFSET, atol=1e-5)
-    in_box = np.concatenate([(depth() == BOX).ravel(), np.zeros(len(mesh.vertices) - n, bool)])
+    n = (W + 2) * (H + 2)                                       # the pixel grid and a ring around it
+    grid = co.reshape(-1, 3)[:n].reshape(H + 2, W + 2, 3)
+    np.testing.assert_allclose(grid[1:-1, 1:-1].reshape(-1, 3), detail_splats().means + OFFSET, atol=1e-5)
+    in_box = np.concatenate([np.pad(depth() == BOX, 1).ravel(), np.zeros(len(mesh.vertices) - n, bool)])
     sides = [set(in_box[list(p.vertices)]) for p in mesh.polygons]
     assert all(len(s) == 1 for s in sides), "a face joins the box to the wall"
     assert {True} in sides and {False} in sides
@@ -130,8 +131,9 @@ def test_the_texture_is_the_photo_packed_with_pixel_centre_uvs(result):
     mesh.uv_layers["UVMap"].data.foreach_get("uv", uv)
     first = mesh.polygons[0].loop_start
     vertex = mesh.loops[first].vertex_index
-    row, col = divmod(vertex, W)
-    np.testing.assert_allclose(uv.reshape(-1, 2)[first], [(col + 0.5) / W, 1 - (row + 0.5) / H], atol=1e-6)
+    row, col = divmod(vertex, W + 2)                    # in the grid padded by a ring on the image's edges
+    expected = np.clip([(col - 0.5) / W, 1 - (row - 0.5) / H], 0, 1)
+    np.testing.assert_allclose(uv.reshape(-1, 2)[first], expected, atol=1e-6)
 
 
 def shoot_from_camera_0(result, world: float):
@@ -173,17 +175,18 @@ def test_cycles_from_camera_0_shows_the_photo(result):
     make_mesh(result)
     rendered = render(shoot_from_camera_0(result, 1.0), 'CYCLES', "cycles")
     expected = np.repeat(np.repeat(photo(), 2, axis=0), 2, axis=1)
-    # compare away from the frame border (half a grid pixel outside the mesh), the box's rim (where the
-    # photo's colours fade from box to wall) and the wall the box shades (it occludes the World there)
+    # compare everywhere (up to the frame border: the mesh reaches it) but on the outermost pixels (the pixel
+    # filter reaches past the frame, into the World), at the box's rim (where the photo's colours fade from
+    # box to wall) and on the wall the box shades (it occludes the World there)
     box = depth() == BOX
     skip = np.zeros((H, W), bool)
     for dr in (-1, 0, 1):
         for dc in (-1, 0, 1):
             skip |= np.roll(box, (dr, dc), axis=(0, 1)) != box
-    skip[[0, -1], :] = skip[:, [0, -1]] = True
     shade = np.zeros((H, W), bool)
     shade[BOX_ROWS.start - 4:BOX_ROWS.stop + 4, BOX_COLS.start - 4:BOX_COLS.stop + 4] = True
     keep = np.repeat(np.repeat(~skip & ~(shade & ~box), 2, axis=0), 2, axis=1)
+    keep[[0, -1], :] = keep[:, [0, -1]] = False
     error = np.abs(rendered - expected)[keep]
     assert keep.sum() > 200 and error.mean() < 0.02 and error.max() < 0.06, (error.mean(), error.max())
     # no slit of World (white) between the box and the wall: the rim pixels are between box and wall colours
@@ -248,12 +251,13 @@ def test_a_generated_result_becomes_its_input_view(job_scene, tmp_path):
     folder = Path(obj[RESULT_KEY])
     w, h = json.loads((folder / "meta.json").read_text())["detail"]["size"]
     mesh = make_mesh(obj).data
-    assert len(mesh.vertices) >= w * h and len(mesh.polygons) > (w - 1) * (h - 1) // 2
+    assert len(mesh.vertices) >= (w + 2) * (h + 2) and len(mesh.polygons) > (w + 1) * (h + 1) // 2
     co = np.empty(3 * len(mesh.vertices), np.float32)
     mesh.vertices.foreach_get("co", co)
     frame = json.loads((folder / "cameras.json").read_text())["frames"][0]
     c2w, K = np.array(frame["c2w"]), np.array(frame["K"])
-    cam = (co.reshape(-1, 3)[:w * h] - c2w[:3, 3]) @ c2w[:3, :3]
+    padded = co.reshape(-1, 3)[:(w + 2) * (h + 2)].reshape(h + 2, w + 2, 3)
+    cam = (padded[1:-1, 1:-1].reshape(-1, 3) - c2w[:3, 3]) @ c2w[:3, :3]
     assert (cam[:, 2] > 0).all()
     uv = (cam @ K.T)[:, :2] / cam[:, 2:]
     u, v = uv[:, 0].reshape(h, w), uv[:, 1].reshape(h, w)
