@@ -136,6 +136,18 @@ def test_the_texture_is_the_photo_packed_with_pixel_centre_uvs(result):
     np.testing.assert_allclose(uv.reshape(-1, 2)[first], expected, atol=1e-6)
 
 
+def test_the_mesh_and_its_texture_survive_save_and_reopen(result, tmp_path):
+    name = make_mesh(result).name
+    bpy.ops.wm.save_as_mainfile(filepath=str(tmp_path / "scene.blend"))
+    (Path(result[RESULT_KEY]) / "scene.ply").unlink()     # the .blend needs nothing of the job folder
+    bpy.ops.wm.open_mainfile(filepath=str(tmp_path / "scene.blend"))
+    (mat,) = bpy.data.objects[name].data.materials
+    (image,) = [n.image for n in mat.node_tree.nodes if n.type == 'TEX_IMAGE']
+    pixels = np.empty(W * H * 4, np.float32)
+    image.pixels.foreach_get(pixels)
+    np.testing.assert_allclose(pixels.reshape(H, W, 4)[::-1, :, :3], photo(), atol=0.5 / 255 + 1e-6)
+
+
 def shoot_from_camera_0(result, world: float):
     """The scene camera at camera 0 (moved with the result), 2W×2H, a grey World of strength `world`,
     Standard view transform; the result's Gaussians out of the render."""
