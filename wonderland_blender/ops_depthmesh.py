@@ -71,7 +71,7 @@ def _material(name: str, image) -> bpy.types.Material:
     return mat
 
 
-def build_mesh_object(context, obj, max_jump: float) -> bpy.types.Object:
+def build_mesh_object(obj, max_jump: float) -> bpy.types.Object:
     """A new mesh object '<result> Input View' beside `obj` (same collections), textured with the detail
     colours (image packed into the .blend); nothing new stays when it fails."""
     positions, grid, rgb, (w, h) = mesh_vertices(obj, max_jump)
@@ -129,7 +129,7 @@ class WONDERLAND_OT_input_view_mesh(bpy.types.Operator):
         if context.mode != 'OBJECT':
             bpy.ops.object.mode_set(mode='OBJECT')
         try:
-            new = build_mesh_object(context, obj, self.max_jump)
+            new = build_mesh_object(obj, self.max_jump)
         except DepthMeshError as e:
             self.report({'ERROR'}, str(e))
             return {'CANCELLED'}

@@ -1,4 +1,4 @@
-"""Input View as Mesh in the real bpy: a hand-made job folder with a known detail grid (a slanted-free wall at
+"""Input View as Mesh in the real bpy: a hand-made job folder with a known detail grid (a flat wall at
 camera depth 2 and a box at 1.2 in front of it), the mesh it gives, its texture, and a Cycles render from
 camera 0 that shows the photo's colours."""
 from __future__ import annotations
