@@ -27,7 +27,7 @@ PYTHON = VENV / "bin" / "python"
 STAMP = VENV / "installed.txt"   # written last: a venv without it is half-made and is rebuilt
 # bpy-free, torch-free tests of the add-on
 NUMPY2_TESTS = ("tests/test_intrinsics.py", "tests/test_plyio.py", "tests/test_camera_moves.py",
-                "tests/test_formats.py")
+                "tests/test_formats.py", "tests/test_depthmesh.py")
 PACKAGES = ("numpy", "pytest", "plyfile")
 INSTALL_TIMEOUT_S = 600
 RUN_TIMEOUT_S = 300

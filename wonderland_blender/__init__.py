@@ -20,6 +20,7 @@ MODULE_NAMES = (
     "previews",
     "ops_generate",
     "ops_install",
+    "ops_depthmesh",
     "panel",
 )
 

@@ -1,0 +1,280 @@
+"""Input View as Mesh in the real bpy: a hand-made job folder with a known detail grid (a flat wall at
+camera depth 2 and a box at 1.2 in front of it), the mesh it gives, its texture, and a Cycles render from
+camera 0 that shows the photo's colours."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import bpy
+import numpy as np
+import pytest
+from mathutils import Euler, Matrix
+from PIL import Image
+
+from test_generate import FAST_PREVIEWS, generate_ops, job_scene  # noqa: F401 - fixtures
+from wonderland_blender.housekeeping import RESULT_KEY
+from wonderland_blender.plyio import SH_C0, Splats, write_ply
+from wonderland_blender.pointcloud import create_object, srgb_to_linear
+
+W, H, F = 24, 16, 20.0                   # detail grid and its focal length in grid pixels
+WALL, BOX = 2.0, 1.2                     # camera z of the wall and of the box in front of it
+BOX_ROWS, BOX_COLS = slice(4, 11), slice(5, 12)
+OFFSET = np.array([0.3, -0.2, 0.5])      # the result object's location: the mesh must follow it
+PICTURES = Path("/tmp/wonderland-depthmesh")
+
+
+def camera0_c2w() -> np.ndarray:
+    """Camera 0 in the OpenCV convention (x right, y down, z forward), looking roughly along +Y."""
+    blender = Matrix.Translation((0.5, -3.0, 1.0)) @ Euler((1.4, 0.0, 0.25)).to_matrix().to_4x4()
+    return np.array(blender, np.float64) @ np.diag([1.0, -1.0, -1.0, 1.0])
+
+
+def photo() -> np.ndarray:
+    """[H, W, 3] colours (sRGB 0..1): a red/green ramp on the wall, a flat blue box."""
+    v, u = np.meshgrid(np.arange(H) + 0.5, np.arange(W) + 0.5, indexing="ij")
+    rgb = np.stack([0.2 + 0.6 * u / W, 0.2 + 0.6 * v / H, np.full_like(u, 0.3)], axis=-1)
+    rgb[BOX_ROWS, BOX_COLS] = (0.15, 0.3, 0.85)
+    return rgb
+
+
+def depth() -> np.ndarray:
+    z = np.full((H, W), WALL)
+    z[BOX_ROWS, BOX_COLS] = BOX
+    return z
+
+
+def detail_splats() -> Splats:
+    """One Gaussian per pixel on its ray at depth(), in the world, row-major top row first (as the backend)."""
+    v, u = np.meshgrid(np.arange(H) + 0.5, np.arange(W) + 0.5, indexing="ij")
+    z = depth()
+    cam = np.stack([(u - W / 2) / F * z, (v - H / 2) / F * z, z], axis=-1).reshape(-1, 3)
+    c2w = camera0_c2w()
+    n = H * W
+    return Splats((cam @ c2w[:3, :3].T + c2w[:3, 3]).astype(np.float32),
+                  ((photo().reshape(-1, 3) - 0.5) / SH_C0).astype(np.float32), np.zeros((n, 0, 3), np.float32),
+                  np.full(n, 5.3, np.float32), np.full((n, 3), -4.0, np.float32),
+                  np.tile(np.float32([1, 0, 0, 0]), (n, 1)))
+
+
+def model_splats(n: int = 7) -> Splats:
+    rng = np.random.default_rng(0)
+    return Splats(rng.normal(size=(n, 3)).astype(np.float32), rng.normal(size=(n, 3)).astype(np.float32),
+                  np.zeros((n, 0, 3), np.float32), np.zeros(n, np.float32), np.full((n, 3), -2.0, np.float32),
+                  np.tile(np.float32([1, 0, 0, 0]), (n, 1)))
+
+
+def write_job(folder: Path, detail: dict) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    write_ply(folder / "scene.ply", Splats.concatenate([model_splats(), detail_splats()]))
+    K = [[F, 0, W / 2], [0, F, H / 2], [0, 0, 1]]
+    (folder / "cameras.json").write_text(json.dumps(
+        {"width": W, "height": H, "frames": [{"frame": 1, "K": K, "c2w": camera0_c2w().tolist()}]}))
+    (folder / "meta.json").write_text(json.dumps({"count": 7 + W * H, "detail": detail}))
+    return folder
+
+
+@pytest.fixture
+def result(scene, tmp_path):
+    """A generated-looking result: the Gaussian object linked to its job folder, moved by OFFSET."""
+    job = write_job(tmp_path / "20261206-112233", {"size": [W, H], "count": W * H, "culled": 0})
+    obj = create_object(bpy.context, "Wonderland 20261206-112233",
+                        Splats.concatenate([model_splats(), detail_splats()]))
+    obj[RESULT_KEY] = str(job)
+    obj.location = OFFSET
+    bpy.context.view_layer.update()
+    return obj
+
+
+def make_mesh(obj):
+    bpy.context.view_layer.objects.active = obj
+    assert bpy.ops.wonderland.input_view_mesh() == {'FINISHED'}
+    return bpy.data.objects[f"{obj.name} Input View"]
+
+
+def test_the_mesh_is_the_detail_grid_cut_at_the_box(result):
+    mesh_obj = make_mesh(result)
+    mesh = mesh_obj.data
+    assert bpy.context.view_layer.objects.active == mesh_obj
+    assert set(mesh_obj.users_collection) == set(result.users_collection)
+    co = np.empty(3 * len(mesh.vertices), np.float32)
+    mesh.vertices.foreach_get("co", co)
+    n = (W + 2) * (H + 2)                                       # the pixel grid and a ring around it
+    grid = co.reshape(-1, 3)[:n].reshape(H + 2, W + 2, 3)
+    np.testing.assert_allclose(grid[1:-1, 1:-1].reshape(-1, 3), detail_splats().means + OFFSET, atol=1e-5)
+    in_box = np.concatenate([np.pad(depth() == BOX, 1).ravel(), np.zeros(len(mesh.vertices) - n, bool)])
+    sides = [set(in_box[list(p.vertices)]) for p in mesh.polygons]
+    assert all(len(s) == 1 for s in sides), "a face joins the box to the wall"
+    assert {True} in sides and {False} in sides
+    # the wall is closed behind the box's rim: twins of the rim vertices, on their rays at the wall's distance
+    rim = len(mesh.vertices) - n
+    assert rim == 2 * (7 + 7) - 4
+    centre = camera0_c2w()[:3, 3] + OFFSET
+    twins = co.reshape(-1, 3)[n:] - centre
+    assert np.all(np.linalg.norm(twins, axis=1) > 1.5 * BOX)
+    # faces face camera 0
+    for p in list(mesh.polygons)[:20]:
+        assert np.dot(np.array(p.normal), centre - np.array(p.center)) > 0
+
+
+def test_the_texture_is_the_photo_packed_with_pixel_centre_uvs(result):
+    mesh = make_mesh(result).data
+    (mat,) = mesh.materials
+    (tex,) = [n for n in mat.node_tree.nodes if n.type == 'TEX_IMAGE']
+    image = tex.image
+    assert tuple(image.size) == (W, H) and image.packed_file is not None
+    pixels = np.empty(W * H * 4, np.float32)
+    image.pixels.foreach_get(pixels)
+    top_first = pixels.reshape(H, W, 4)[::-1, :, :3]
+    np.testing.assert_allclose(top_first, photo(), atol=0.5 / 255 + 1e-6)
+    uv = np.empty(2 * len(mesh.loops), np.float32)
+    mesh.uv_layers["UVMap"].data.foreach_get("uv", uv)
+    first = mesh.polygons[0].loop_start
+    vertex = mesh.loops[first].vertex_index
+    row, col = divmod(vertex, W + 2)                    # in the grid padded by a ring on the image's edges
+    expected = np.clip([(col - 0.5) / W, 1 - (row - 0.5) / H], 0, 1)
+    np.testing.assert_allclose(uv.reshape(-1, 2)[first], expected, atol=1e-6)
+
+
+def test_the_mesh_and_its_texture_survive_save_and_reopen(result, tmp_path):
+    name = make_mesh(result).name
+    bpy.ops.wm.save_as_mainfile(filepath=str(tmp_path / "scene.blend"))
+    (Path(result[RESULT_KEY]) / "scene.ply").unlink()     # the .blend needs nothing of the job folder
+    bpy.ops.wm.open_mainfile(filepath=str(tmp_path / "scene.blend"))
+    (mat,) = bpy.data.objects[name].data.materials
+    (image,) = [n.image for n in mat.node_tree.nodes if n.type == 'TEX_IMAGE']
+    pixels = np.empty(W * H * 4, np.float32)
+    image.pixels.foreach_get(pixels)
+    np.testing.assert_allclose(pixels.reshape(H, W, 4)[::-1, :, :3], photo(), atol=0.5 / 255 + 1e-6)
+
+
+def shoot_from_camera_0(result, world: float):
+    """The scene camera at camera 0 (moved with the result), 2W×2H, a grey World of strength `world`,
+    Standard view transform; the result's Gaussians out of the render."""
+    scene = bpy.context.scene
+    result.hide_render = True
+    cam = bpy.data.objects.new("Camera 0", bpy.data.cameras.new("Camera 0"))
+    scene.collection.objects.link(cam)
+    scene.camera = cam
+    blender = camera0_c2w() @ np.diag([1.0, -1.0, -1.0, 1.0])
+    blender[:3, 3] += OFFSET
+    cam.matrix_world = Matrix(blender.tolist())
+    scene.render.resolution_x, scene.render.resolution_y, scene.render.resolution_percentage = 2 * W, 2 * H, 100
+    cam.data.sensor_width, cam.data.lens = 36.0, F / W * 36.0
+    scene.world = bpy.data.worlds.new("World")
+    scene.world.color = (world,) * 3
+    for node in scene.world.node_tree.nodes if scene.world.node_tree else []:
+        if node.type == 'BACKGROUND':
+            node.inputs["Color"].default_value = (world, world, world, 1.0)
+            node.inputs["Strength"].default_value = 1.0
+    scene.view_settings.view_transform = 'Standard'
+    scene.eevee.taa_render_samples = 8
+    scene.cycles.samples, scene.cycles.device, scene.cycles.use_denoising = 16, 'CPU', False
+    PICTURES.mkdir(exist_ok=True)
+    return scene
+
+
+def render(scene, engine: str, name: str) -> np.ndarray:
+    scene.render.engine = engine
+    scene.render.filepath = str(PICTURES / f"{name}.png")
+    bpy.ops.render.render(write_still=True)
+    return np.asarray(Image.open(scene.render.filepath).convert("RGB"), np.float64) / 255
+
+
+def test_cycles_from_camera_0_shows_the_photo(result):
+    """Under a white World of strength 1 the diffuse surface's radiance is its albedo, so with the Standard
+    view transform camera 0 sees the photo (away from the box's edges, where it shades the wall)."""
+    make_mesh(result)
+    rendered = render(shoot_from_camera_0(result, 1.0), 'CYCLES', "cycles")
+    expected = np.repeat(np.repeat(photo(), 2, axis=0), 2, axis=1)
+    # compare everywhere (up to the frame border: the mesh reaches it) but on the outermost pixels (the pixel
+    # filter reaches past the frame, into the World), at the box's rim (where the photo's colours fade from
+    # box to wall) and on the wall the box shades (it occludes the World there)
+    box = depth() == BOX
+    skip = np.zeros((H, W), bool)
+    for dr in (-1, 0, 1):
+        for dc in (-1, 0, 1):
+            skip |= np.roll(box, (dr, dc), axis=(0, 1)) != box
+    shade = np.zeros((H, W), bool)
+    shade[BOX_ROWS.start - 4:BOX_ROWS.stop + 4, BOX_COLS.start - 4:BOX_COLS.stop + 4] = True
+    keep = np.repeat(np.repeat(~skip & ~(shade & ~box), 2, axis=0), 2, axis=1)
+    keep[[0, -1], :] = keep[:, [0, -1]] = False
+    error = np.abs(rendered - expected)[keep]
+    assert keep.sum() > 200 and error.mean() < 0.02 and error.max() < 0.06, (error.mean(), error.max())
+    # no slit of World (white) between the box and the wall: the rim pixels are between box and wall colours
+    rim_rows = 2 * BOX_ROWS.start - 1, 2 * BOX_ROWS.stop - 1
+    for r in rim_rows:
+        assert rendered[r, 2 * BOX_COLS.start + 2:2 * BOX_COLS.stop - 2].min(axis=0)[2] < 0.9, rendered[r]
+        assert np.all(rendered[r, 2 * BOX_COLS.start + 2:2 * BOX_COLS.stop - 2].sum(axis=1) < 2.4)
+    # the box itself is lit too (it is a surface, not a decal): blue there, the ramp elsewhere
+    assert np.allclose(rendered[2 * 7, 2 * 8], (0.15, 0.3, 0.85), atol=0.04)
+    assert srgb_to_linear(rendered[keep]).min() > 0.01  # nothing black
+
+
+def test_eevee_the_mesh_receives_shadows(result):
+    """A sun shining along camera 0's axis and a cube the camera does not see (it only casts shadows): EEVEE
+    draws the cube's shadow on the wall, half-way from where the cube stands in the view to the image centre
+    (the wall is twice as far), and nothing changes elsewhere."""
+    make_mesh(result)
+    scene = shoot_from_camera_0(result, 0.0)
+    sun = bpy.data.objects.new("Sun", bpy.data.lights.new("Sun", 'SUN'))
+    sun.data.energy = 3.0
+    sun.matrix_world = Matrix((camera0_c2w() @ np.diag([1.0, -1.0, -1.0, 1.0])).tolist())
+    scene.collection.objects.link(sun)
+    lit = render(scene, 'BLENDER_EEVEE', "eevee_lit")
+    row, col = 8, 18                                          # a wall pixel; the cube goes on its ray at depth 1
+    ray = np.array([(col + 0.5 - W / 2) / F, (row + 0.5 - H / 2) / F, 1.0])
+    c2w = camera0_c2w()
+    cube = bpy.data.objects.new("Cube", bpy.data.meshes.new("Cube"))
+    cube.data.from_pydata([(x, y, z) for x in (-1, 1) for y in (-1, 1) for z in (-1, 1)], [],
+                          [(0, 1, 3, 2), (4, 6, 7, 5), (0, 4, 5, 1), (2, 3, 7, 6), (0, 2, 6, 4), (1, 5, 7, 3)])
+    cube.location, cube.scale = c2w[:3, :3] @ ray + c2w[:3, 3] + OFFSET, (0.15, 0.15, 0.15)
+    cube.visible_camera = False
+    scene.collection.objects.link(cube)
+    shadowed = render(scene, 'BLENDER_EEVEE', "eevee_shadow")
+    shadow = 2 * row + 1, 2 * round((col + 0.5 - W / 2) / 2 + W / 2) + 1
+    assert lit[shadow].mean() > 0.2
+    assert shadowed[shadow].mean() < 0.3 * lit[shadow].mean(), (shadowed[shadow], lit[shadow])
+    np.testing.assert_allclose(shadowed[2 * row, 2 * col], lit[2 * row, 2 * col], atol=0.03)  # no cube seen
+    np.testing.assert_allclose(shadowed[20:, :8], lit[20:, :8], atol=0.03)   # bottom left: far from the cube
+
+
+def test_a_result_without_detail_layer_is_refused(result):
+    folder = Path(result[RESULT_KEY])
+    write_job(folder, {"size": None, "count": 0, "culled": 0})
+    bpy.context.view_layer.objects.active = result
+    with pytest.raises(RuntimeError, match="no detail layer"):
+        bpy.ops.wonderland.input_view_mesh()
+    assert not bpy.data.meshes and not bpy.data.images
+
+
+def test_an_imported_ply_is_refused(result):
+    del result[RESULT_KEY]
+    bpy.context.view_layer.objects.active = result
+    with pytest.raises(RuntimeError, match="not generated here.*imported PLY"):
+        bpy.ops.wonderland.input_view_mesh()
+
+
+def test_a_generated_result_becomes_its_input_view(job_scene, tmp_path):
+    """End to end with the real backend (tiny model): the mesh has one vertex per detail Gaussian, and they
+    project into camera 0 as a regular pixel grid, row-major with the top row first."""
+    assert bpy.ops.wonderland.generate(extra_args=f"{FAST_PREVIEWS} --detail-size 24") == {'FINISHED'}
+    obj = bpy.context.view_layer.objects.active
+    folder = Path(obj[RESULT_KEY])
+    w, h = json.loads((folder / "meta.json").read_text())["detail"]["size"]
+    mesh = make_mesh(obj).data
+    assert len(mesh.vertices) >= (w + 2) * (h + 2) and len(mesh.polygons) > (w + 1) * (h + 1) // 2
+    co = np.empty(3 * len(mesh.vertices), np.float32)
+    mesh.vertices.foreach_get("co", co)
+    frame = json.loads((folder / "cameras.json").read_text())["frames"][0]
+    c2w, K = np.array(frame["c2w"]), np.array(frame["K"])
+    padded = co.reshape(-1, 3)[:(w + 2) * (h + 2)].reshape(h + 2, w + 2, 3)
+    cam = (padded[1:-1, 1:-1].reshape(-1, 3) - c2w[:3, 3]) @ c2w[:3, :3]
+    assert (cam[:, 2] > 0).all()
+    uv = (cam @ K.T)[:, :2] / cam[:, 2:]
+    u, v = uv[:, 0].reshape(h, w), uv[:, 1].reshape(h, w)
+    step_u, step_v = np.diff(u, axis=1), np.diff(v, axis=0)
+    assert step_u.min() > 0 and step_v.min() > 0              # left to right, top to bottom
+    np.testing.assert_allclose(step_u, step_u.mean(), rtol=1e-3)
+    np.testing.assert_allclose(step_v, step_v.mean(), rtol=1e-3)
+    np.testing.assert_allclose(u, np.broadcast_to(u[:1], u.shape), atol=1e-3)   # columns are vertical
