@@ -4,8 +4,9 @@ One image datablock per job (source SEQUENCE) rather than one per frame, so a 49
 entry to the image list. The frame count is kept on the image (`PREVIEW_COUNT_KEY`) because Blender only
 knows a sequence's length through an image user. Blender packs only the first file of a sequence, so
 the previews are kept beside the .blend instead: on every save their files are copied into
-"<blend name>_wonderland/<image name>/" next to it and the image points there by a relative path, so the
-.blend no longer needs its job folders (housekeeping.py may remove them) and can move with that folder.
+"<blend name>_wonderland/<image name>/" next to it (unless they lie in the .blend's folder already) and
+the image points there by a relative path, so the .blend no longer needs its job folders (housekeeping.py
+may remove them) and can move with that folder.
 """
 from __future__ import annotations
 
@@ -60,6 +61,12 @@ def _copy_atomic(source: Path, target: Path) -> None:
             os.remove(tmp)
 
 
+def _inside(path: Path, folder: Path) -> bool:
+    """Whether `path` lies in `folder` or below it (compared as the OS compares paths)."""
+    path, folder = (Path(os.path.normcase(os.path.abspath(p))) for p in (path, folder))
+    return path.is_relative_to(folder)
+
+
 def keep_previews_beside(blend_path: str | os.PathLike) -> list[bpy.types.Image]:
     """Copy every preview sequence not yet beside the .blend at `blend_path` there and point it at the copy."""
     folder = beside_folder(blend_path)
@@ -68,7 +75,7 @@ def keep_previews_beside(blend_path: str | os.PathLike) -> list[bpy.types.Image]
         if PREVIEW_COUNT_KEY not in image or not image.filepath or image.packed_file is not None:
             continue
         first = Path(bpy.path.abspath(image.filepath))
-        if os.path.normcase(str(first.parent.parent)) == os.path.normcase(str(folder)) or not first.is_file():
+        if _inside(first, Path(blend_path).parent) or not first.is_file():  # travels with the .blend already
             continue
         target = folder / bpy.path.clean_name(image.name)
         digits = len(first.stem)

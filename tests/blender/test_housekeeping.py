@@ -3,6 +3,7 @@ in the real bpy with the real backend (`--model tiny`)."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import bpy
 import numpy as np
@@ -40,6 +41,13 @@ def test_regenerating_hides_the_previous_result_and_shows_backend_warnings(job_s
     assert first.hide_render and first.hide_get() and not second.hide_render and not second.hide_get()
     assert "centre-cropped to the cameras' aspect" in scene.wonderland.last_warnings
     assert len(job_folders(tmp_path / "jobs")) == 2  # both used by the .blend
+
+
+def test_previews_already_beside_the_blend_stay_where_they_are(generate_ops, tmp_path):
+    image = previews.load_previews(write_pngs(tmp_path / "shot" / "preview", 2), "Wonderland Preview")
+    bpy.ops.wm.save_as_mainfile(filepath=str(tmp_path / "shot" / "shot.blend"))
+    assert Path(bpy.path.abspath(image.filepath)) == tmp_path / "shot" / "preview" / "0000.png"
+    assert not (tmp_path / "shot" / "shot_wonderland").exists()
 
 
 def test_previews_are_kept_beside_the_saved_blend(generate_ops, tmp_path):
