@@ -93,8 +93,8 @@ def test_video_preview_opens_on_the_input_picture(held_out_scenes):
 @pytest.mark.slow
 def test_default_quality_on_held_out_scenes(held_out_scenes, capsys, bench_quality):
     """The model card's claims, through the quality benchmark itself, on held-out scenes: the full pipeline
-    beats both baselines on novel-view PSNR and SSIM and itself without the detail layer on PSNR, and the LaLRM on ground-truth latents beats both
-    baselines by more (random weights reach neither)."""
+    beats both baselines on novel-view PSNR and SSIM and itself without the detail layer on PSNR, and the
+    LaLRM on ground-truth latents beats both baselines by more (random weights reach neither)."""
     assert bench_quality.main(["--data", str(held_out_scenes), "--model", DEFAULT_MODEL]) == 0
     out = capsys.readouterr().out
     assert "RANDOM WEIGHTS" not in out
