@@ -3,6 +3,7 @@ without bpy or the backend, checked against the backend's own code and the shipp
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -62,7 +63,7 @@ def test_model_found_in_the_backend_pythons_site_packages(tmp_path):
     (weights / "wonderland.json").write_text(json.dumps({"video": {"width": 48, "height": 32, "num_frames": 5}}))
     (tmp_path / "venv" / "bin").mkdir()
     python = tmp_path / "venv" / "bin" / "python"
-    python.write_text("")
+    python.symlink_to(sys.executable)  # as `python -m venv` makes it on Linux and macOS
     assert read_model_spec(find_model_config("small", weights_dirs(tmp_path / "no-checkout", str(python)))).frames == 5
 
 

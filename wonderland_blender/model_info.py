@@ -30,7 +30,8 @@ def weights_dirs(source_root: Path, python: str | None) -> list[Path]:
     """Where shipped models may be: the checkout's backend/weights, then the backend Python's site-packages."""
     dirs = [Path(source_root) / "backend" / "weights"]
     if python:
-        prefix = Path(python).resolve().parent.parent  # <venv>/bin/python or <venv>/Scripts/python.exe
+        # <venv>/bin/python or <venv>/Scripts/python.exe; not resolved: a venv's python links to the base Python
+        prefix = Path(os.path.abspath(python)).parent.parent
         dirs += sorted(prefix.glob("lib/python3*/site-packages/backend/weights"))
         dirs.append(prefix / "Lib" / "site-packages" / "backend" / "weights")
     return dirs

@@ -204,12 +204,12 @@ class WONDERLAND_PT_main(bpy.types.Panel):
             for warning in filter(None, s.last_warnings.split("\n")):
                 box.label(text=f"Backend: {warning}", icon='ERROR')
             box.label(text=scale_text(s.last_move_length), icon='INFO')
+            if operator_available("WONDERLAND_OT_open_preview"):
+                box.operator("wonderland.open_preview", icon='IMAGE_DATA')
             if operator_available("WONDERLAND_OT_input_view_mesh"):
                 box.operator("wonderland.input_view_mesh", icon='MESH_GRID')
         if context.scene.render.engine == ENGINE_ID and operator_available("WONDERLAND_OT_setup_mesh_mixing"):
             layout.operator("wonderland.setup_mesh_mixing", icon='NODE_COMPOSITING')
-            if operator_available("WONDERLAND_OT_open_preview"):
-                box.operator("wonderland.open_preview", icon='IMAGE_DATA')
 
 
 def register():
