@@ -11,6 +11,7 @@ import importlib
 import sys
 
 from backend.errors import EXIT_BAD_INPUT, EXIT_CANCELLED, EXIT_FAILURE, Cancelled, InputError
+from backend.job import imports_done
 
 COMMANDS = {
     "generate": ("backend.commands.generate", "image + cameras.json -> scene.ply, previews, meta.json"),
@@ -47,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     debug = "--debug" in argv
     try:
         args = build_parser(argv).parse_args(argv)  # imports the command's module: a signal may come in it
+        imports_done()
         return _load(args.command).run(args)
     except InputError as e:
         print(f"error: {e.message}", file=sys.stderr)

@@ -25,7 +25,7 @@ import threading
 import time
 from pathlib import Path
 
-from backend.errors import Cancelled, InputError
+from backend.errors import EXIT_CANCELLED, Cancelled, InputError
 
 FINAL_EVENTS = ("done", "error", "cancelled")
 PARENT_PID_ENV = "WONDERLAND_PARENT_PID"
@@ -45,13 +45,24 @@ class _Guard:
     parent_handle = None  # Windows: a SYNCHRONIZE handle on the parent process
     started = False
     enforced = False      # the parent's death ends the process (see enforce_parent)
+    importing = False     # the command's modules are still loading (see imports_done): nothing is written yet
 
 
 def _on_signal(signum, _frame) -> None:
     reason = PARENT_GONE if not parent_alive() else f"signal {signal.Signals(signum).name}"
-    if not _Guard.watching:  # no job loop to notice it (imports, render, info): stop now, exit code 3
+    if _Guard.watching:  # a job loop checks it between steps
+        _Guard.reason = _Guard.reason or reason
+    elif _Guard.importing:  # nothing to clean up; an exception raised here may land in (and be swallowed by)
+        os.write(2, f"cancelled: {reason}\n".encode())  # one of importlib's callbacks, so leave at once
+        os._exit(EXIT_CANCELLED)
+    else:  # no job loop to notice it (render, info): stop now, exit code 3
         raise KeyboardInterrupt(reason)
-    _Guard.reason = _Guard.reason or reason
+
+
+def imports_done() -> None:
+    """The command is about to run: from now on a signal is a cancel that it handles (a job loop's check,
+    or KeyboardInterrupt), no longer an immediate exit."""
+    _Guard.importing = False
 
 
 def parent_watch_kind(platform: str) -> str:
@@ -95,11 +106,12 @@ def _watch_parent() -> None:
         _thread.interrupt_main(signal.SIGTERM)
 
 
-def guard_process(environ=os.environ) -> None:
-    """Install the SIGINT/SIGTERM handlers and the parent watch; call before any heavy import."""
+def guard_process(environ=os.environ, importing: bool = False) -> None:
+    """Install the SIGINT/SIGTERM handlers and the parent watch; call before any heavy import. `importing`:
+    the caller is a process that only now loads its command (a signal ends it at once until imports_done)."""
     if _Guard.started:
         return
-    _Guard.started = True
+    _Guard.started, _Guard.importing = True, importing
     try:
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, _on_signal)
