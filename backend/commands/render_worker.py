@@ -26,7 +26,6 @@ import gc
 import json
 import os
 import queue
-import resource
 import sys
 import threading
 import time
@@ -157,9 +156,6 @@ def _read_lines(lines: queue.Queue) -> None:
 
 
 def _rss_mb() -> float:
-    """Current resident memory in MB (Linux; elsewhere the peak, which is what the OS reports)."""
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-    except (OSError, ValueError, AttributeError):
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2**20 if sys.platform == "darwin" else 2**10)
+    """Current resident memory in MB (psutil comes with accelerate; the `resource` module is Unix-only)."""
+    import psutil
+    return psutil.Process().memory_info().rss / 2**20
