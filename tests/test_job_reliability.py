@@ -245,6 +245,24 @@ def test_a_large_photo_is_decoded_reduced_but_never_below_the_minimum_side(tmp_p
     assert load_rgb(path).shape == (900, 1200, 3)
 
 
+def test_palette_and_16_bit_photos_are_decoded_reduced_with_their_values(tmp_path):
+    """Image.reduce refuses palette and 16-bit images (and would average palette indices): they are
+    converted first, so the colours and the 16-bit precision survive the reduction."""
+    halves = np.zeros((300, 420, 3), np.uint8)
+    halves[:, :210] = (255, 0, 0)
+    halves[:, 210:] = (0, 0, 255)
+    Image.fromarray(halves).convert("P", palette=Image.Palette.ADAPTIVE, colors=2).save(tmp_path / "palette.png")
+    ramp = (np.arange(420, dtype=np.uint16)[None, :].repeat(300, axis=0) * 150 + 7).astype(np.uint16)
+    Image.fromarray(ramp).save(tmp_path / "grey16.png")
+    assert [Image.open(tmp_path / f).mode for f in ("palette.png", "grey16.png")] == ["P", "I;16"]
+    rgb = load_rgb(tmp_path / "palette.png", min_side=100)
+    assert rgb.shape == (100, 140, 3)
+    assert np.allclose(rgb[:, :70], (1, 0, 0)) and np.allclose(rgb[:, 70:], (0, 0, 1))
+    grey = load_rgb(tmp_path / "grey16.png", min_side=100)
+    expected = ramp.reshape(100, 3, 140, 3).astype(np.float64).mean(axis=(1, 3)) / 65535
+    assert grey.shape == (100, 140, 3) and np.allclose(grey[..., 0], expected, atol=1e-6)
+
+
 # --- 7. the job folder --------------------------------------------------------------------------------------
 
 def test_a_rerun_starts_the_log_afresh_and_removes_stale_outputs(tmp_path):
