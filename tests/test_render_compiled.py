@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from backend.cameras import CameraBatch
+from backend.errors import InputError
 from backend.gaussians import Gaussians, sh_rest_count
 from backend.render import pick_backend, render
 
@@ -121,6 +122,17 @@ def test_auto_picks_compiled_for_inference_and_torch_for_gradients():
     assert pick_backend(gaussians) == "torch"
     render(gaussians, camera(16, 16)).rgb.sum().backward()
     assert gaussians.means.grad is not None
+
+
+def test_compiled_refuses_gaussians_that_want_gradients():
+    """The compiled rasterizer gives no gradients: asked for them, it says so instead of training nothing."""
+    gaussians = random_scene(10)
+    gaussians.opacity_logits.requires_grad_(True)
+    with pytest.raises(InputError, match="compiled renderer returns images without gradients") as err:
+        render(gaussians, camera(16, 16), backend="compiled")
+    assert "torch.no_grad()" in err.value.hint
+    with torch.no_grad():
+        assert render(gaussians, camera(16, 16), backend="compiled").rgb.shape == (1, 16, 16, 3)
 
 
 def test_thread_count_is_clamped_and_does_not_change_the_image():
