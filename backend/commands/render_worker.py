@@ -24,6 +24,7 @@ import argparse
 import ctypes
 import gc
 import json
+import math
 import os
 import queue
 import sys
@@ -36,9 +37,20 @@ import numpy as np
 from backend.devices import DEVICES
 
 
+def _seconds(text: str) -> float:
+    """A positive number of seconds (0 would make the idle wait a busy loop)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not value > 0 or math.isinf(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive, finite number of seconds: pass e.g. 60")
+    return value
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", choices=DEVICES, default="auto")
-    p.add_argument("--idle-free", type=float, default=60.0, metavar="SECONDS",
+    p.add_argument("--idle-free", type=_seconds, default=60.0, metavar="SECONDS",
                    help="free the cached scene after this many idle seconds (default 60)")
 
 
