@@ -153,6 +153,14 @@ def test_cache_dir_is_per_user_and_overridable(tmp_path, monkeypatch):
     assert "wonderland" in compiled.cache_dir().parts and compiled.cache_dir().is_relative_to(Path.home())
 
 
+def test_a_numba_cache_dir_that_is_set_is_used_and_no_other_folder_made(tmp_path):
+    code = ("import os; from backend.render import compiled; assert compiled.unavailable_reason() is None\n"
+            "print(os.environ['NUMBA_CACHE_DIR'])")
+    done = run_child(code, {"NUMBA_CACHE_DIR": str(tmp_path / "mine"), "WONDERLAND_CACHE_DIR": str(tmp_path / "ours")})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == str(tmp_path / "mine") and not (tmp_path / "ours").exists()
+
+
 def run_child(code: str, env: dict | None = None, timeout: float = 240) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]), **(env or {}))
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout, env=env,
