@@ -212,7 +212,8 @@ def _model_folder(tmp_path, edit):
     (lambda m: m.update(base_model=5), "'base_model' must be a folder path"),
     (lambda m: m.update(version="1"), 'is the string "1"'),
     (lambda m: [m], "top level must be an object"),
-    (lambda m: "[" * 100000 + "]" * 100000, "not valid JSON"),
+    (lambda m: "[" * 100000 + "]" * 100000, "JSON nested too deeply to read"),
+    (lambda m: "{not json", "not valid JSON"),
 ])
 def test_a_model_config_with_bad_types_is_bad_input(tmp_path, edit, message):
     with pytest.raises(InputError, match=message.replace("(", r"\(")):
