@@ -74,10 +74,11 @@ def doubled_window_max(m: Tensor, radius: int) -> Tensor:
 
 def fill_holes(inv_depth: Tensor, alpha: Tensor) -> Tensor:
     """Inverse depth where the model saw little (alpha < 1) blended with an alpha-weighted blur of it
-    (normalized convolution at growing radii), so empty pixels take their surroundings' depth."""
+    (normalized convolution at growing radii), so empty pixels take their surroundings' depth; where no
+    window holds enough alpha (a nearly transparent model), the far plane at FALLBACK_DEPTH."""
     h, w = inv_depth.shape[-2:]
     filled, weight = inv_depth * alpha, alpha
-    blurred = inv_depth
+    blurred = torch.full_like(inv_depth, 1.0 / FALLBACK_DEPTH)
     radius = 1
     while radius < max(h, w):
         num, den = box_mean(filled, radius), box_mean(weight, radius)

@@ -41,7 +41,7 @@ def load_rgb(path: str | Path, background: tuple[float, float, float] = (1.0, 1.
                     im.draft(im.mode, (im.width // factor, im.height // factor))
                     factor = reduction_factor(*im.size, min_side)
                 if factor > 1:
-                    im = im.reduce(factor)
+                    im = _reducible(im).reduce(factor)
                 im = ImageOps.exif_transpose(im)
                 rgb, alpha = _to_float(im)
     except Image.DecompressionBombError as e:
@@ -55,9 +55,24 @@ def load_rgb(path: str | Path, background: tuple[float, float, float] = (1.0, 1.
     return np.clip(rgb, 0.0, 1.0).astype(np.float32)
 
 
+_SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N")
+
+
+def _reducible(im: Image.Image) -> Image.Image:
+    """`im` in a mode that Image.reduce takes and averages right: it refuses 1, P and the 16-bit modes, and
+    would average the palette indices of PA. 16-bit greyscale becomes float in [0, 1] (mode F)."""
+    if im.mode in _SIXTEEN_BIT:
+        grey = Image.fromarray(np.asarray(im, dtype=np.float32) / 65535.0)
+        grey.info = im.info.copy()  # the EXIF orientation, as reduce keeps it
+        return grey
+    if im.mode in ("1", "P", "PA"):
+        return im.convert("RGBA" if im.mode == "PA" or "transparency" in im.info else "RGB")
+    return im
+
+
 def _to_float(im: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
     """(rgb, alpha or None) as float32 in [0, 1], whatever the mode."""
-    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N"):
+    if im.mode in _SIXTEEN_BIT:
         grey = np.asarray(im, dtype=np.float32) / 65535.0
         return np.repeat(grey[..., None], 3, axis=2), None
     if im.mode == "I":

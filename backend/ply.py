@@ -153,20 +153,23 @@ def body_size_check(path: Path) -> str | None:
         if words[:1] == ["format"] and len(words) > 1:
             ascii_body = words[1] == "ascii"
         elif words[:1] == ["element"] and len(words) == 3 and words[2].isdigit():
-            elements.append([words[1], int(words[2]), 0])
+            elements.append([words[1], int(words[2]), 0, 0])
         elif words[:1] == ["property"] and elements and len(words) >= 3:
             is_list = words[1] == "list"
             exact &= not is_list
             elements[-1][2] += 1 if is_list else _TYPE_BYTES.get(words[1], 1)
+            elements[-1][3] += 1  # a list holds at least its count
     # every value takes at least 2 bytes in ascii ("0 "), its type's size in binary
-    least = sum(count * (2 * row if ascii_body else row) for _, count, row in elements)
+    least = sum(count * (2 * values if ascii_body else row) for _, count, row, values in elements)
+    if ascii_body and least:
+        least -= 1  # the last value may lack its newline
     if least > body:
-        claims = ", ".join(f"{count:,} {name}" for name, count, _ in elements)
+        claims = ", ".join(f"{count:,} {name}" for name, count, *_ in elements)
         raise InputError(f"{path}: the header claims {claims}, but the body is cut short: its {body:,} bytes "
                          "cannot hold them", "the file is damaged or truncated: export or copy it again")
     if exact and not ascii_body and body > least:
         return (f"{path.name} holds {body - least:,} bytes after the elements its header counts "
-                f"({', '.join(f'{count:,} {name}' for name, count, _ in elements)}): they were not read")
+                f"({', '.join(f'{count:,} {name}' for name, count, *_ in elements)}): they were not read")
     return None
 
 

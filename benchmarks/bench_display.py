@@ -107,8 +107,10 @@ def child_scale(n: int, out: str) -> dict:
             "eevee_one_sample_s": one_sample}
 
 
-def run_child(*args: str) -> dict:
-    done = subprocess.run([sys.executable, __file__, "--child", *args], capture_output=True, text=True, cwd=ROOT)
+def run_child(out: str, *args: str) -> dict:
+    """A child run of this script: its renders go to `out`, as the parent's do."""
+    done = subprocess.run([sys.executable, __file__, "--child", *args, "--out", out], capture_output=True, text=True,
+                          cwd=ROOT)
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
     if done.returncode != 0 or not lines:
         sys.exit(f"child {args} failed:\n{done.stderr[-3000:]}")
@@ -130,7 +132,7 @@ def main() -> None:
     Path(args.out).mkdir(parents=True, exist_ok=True)
     print(f"device: {cpu_description()}; EEVEE on software OpenGL (headless bpy 5.0.1); renders in {args.out}")
     if args.blend:
-        r = run_child("compare", args.blend)
+        r = run_child(args.out, "compare", args.blend)
         print(f"\n{r['gaussians']:,} Gaussians at {r['size'][0]}×{r['size'][1]}, frame 1, black World, Standard\n")
         print("| renderer | frame s |\n|---|---:|")
         for engine, seconds in r["seconds"].items():
@@ -141,7 +143,7 @@ def main() -> None:
     print("\n| Gaussians | import + display eval s | EEVEE 1st frame s | EEVEE 2nd frame s | 2nd at 1 sample s |")
     print("|---:|---:|---:|---:|---:|")
     for n in args.sizes:
-        r = run_child("scale", str(n))
+        r = run_child(args.out, "scale", str(n))
         print(f"| {n:,} | {r['import_s']:.2f} | {r['eevee_first_s']:.1f} | {r['eevee_second_s']:.1f} | "
               f"{r['eevee_one_sample_s']:.1f} |")
 

@@ -164,6 +164,15 @@ def fmt(row: dict | None, key: str, spec: str) -> str:
     return "—" if row is None else format(row[key], spec)
 
 
+def table_line(row: dict, ours: dict | None, ref: dict | None) -> str:
+    """One row of the CPU table; `ours` or `ref` is None where that render ran past its timeout."""
+    ratio = f"{ref['seconds'] / ours['seconds']:.1f}x" if ref and ours else "—"
+    return (f"{row['scene']:>6} {fmt(ours, 'count', ','):>10} {row['width']:>5}x{row['height']:<4} "
+            f"{fmt(ours, 'pairs_per_pixel', '.0f'):>8} {fmt(ours, 'seconds', '10.3f')} {fmt(ours, 'cpu', '7.2f')} "
+            f"{fmt(ours, 'peak_gb', '7.2f')} {fmt(ref, 'seconds', '8.3f')} {fmt(ref, 'cpu', '7.2f')} "
+            f"{fmt(ref, 'peak_gb', '7.2f')} {ratio:>6}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--row", help=argparse.SUPPRESS)
@@ -197,11 +206,7 @@ def main() -> None:
         small = row["count"] <= 1_000_000 and row["width"] * row["height"] <= 512 * 512
         ref = run_row({**row, "backend": "torch", "repeat": 1}, args.reference_timeout) \
             if small or row["scene"] == "room" else None
-        ratio = f"{ref['seconds'] / ours['seconds']:.1f}x" if ref and ours else "—"
-        print(f"{row['scene']:>6} {ours['count']:>10,} {row['width']:>5}x{row['height']:<4} "
-              f"{ours['pairs_per_pixel']:>8.0f} {fmt(ours, 'seconds', '10.3f')} {fmt(ours, 'cpu', '7.2f')} "
-              f"{fmt(ours, 'peak_gb', '7.2f')} {fmt(ref, 'seconds', '8.3f')} {fmt(ref, 'cpu', '7.2f')} "
-              f"{fmt(ref, 'peak_gb', '7.2f')} {ratio:>6}", flush=True)
+        print(table_line(row, ours, ref), flush=True)
 
     total, previews, reference = preview_share()
     print(f"\ndefault generate of the room with 8 previews at 256 px: {total:.1f} s, previews {previews:.2f} s "

@@ -7,6 +7,7 @@ import torch
 from gsplat.exporter import export_splats
 from PIL import Image
 
+from backend.cli import build_parser
 from backend.gaussians import SH_C0
 
 
@@ -90,3 +91,14 @@ def test_bad_input_exits_2_with_one_line_hint(tmp_path, run_backend, case):
     assert lines[0].startswith("error: ") and lines[1].startswith("hint: ") and len(lines) == 2
     if case != "bad background":
         assert run_backend("info", ply, check=None).returncode == (2 if "ply" in case else 0)
+
+
+@pytest.mark.parametrize("seconds", ["0", "-5", "inf", "soon"])
+def test_render_worker_refuses_an_idle_free_that_is_not_a_positive_time(seconds, capsys):
+    """0 would make the worker's idle wait a busy loop, a negative one crash it: argparse says so."""
+    argv = ["render-worker", "--idle-free", seconds]
+    with pytest.raises(SystemExit) as exit_:
+        build_parser(argv).parse_args(argv)
+    assert exit_.value.code == 2
+    assert f"--idle-free: {seconds!r} is not a positive, finite number of seconds" in capsys.readouterr().err
+    assert build_parser(argv).parse_args(["render-worker", "--idle-free", "0.5"]).idle_free == 0.5

@@ -198,3 +198,17 @@ def test_a_model_that_shows_nothing_at_camera_0_puts_the_photo_on_a_far_plane():
                        sh0=torch.zeros(1, 3), sh_rest=None)
     depth = detail_depth(behind, camera(12, 8, 10.0), torch.rand(16, 24, 3))
     assert torch.allclose(depth, torch.full((16, 24), FALLBACK_DEPTH))
+
+
+def test_a_nearly_transparent_model_at_camera_0_puts_the_photo_on_the_far_plane_not_at_infinity():
+    """One faint Gaussian, on a pixel centre: seen (alpha above 1e-4) but too faint for any window of the hole
+    filling, so the empty pixels fall back to FALLBACK_DEPTH instead of inverse depth 0 (z = 1e6)."""
+    faint = Gaussians(means=torch.tensor([[0.05 * 2, 0.05 * 2, 2.0]]), log_scales=torch.full((1, 3), -5.0),
+                      quats=torch.tensor([[1.0, 0, 0, 0]]), opacity_logits=torch.logit(torch.tensor([0.006])),
+                      sh0=torch.zeros(1, 3), sh_rest=None)
+    cam = camera(12, 8, 10.0)
+    with torch.no_grad():
+        alpha = render(faint, cam).alpha
+    assert 1e-4 < float(alpha.max()) < 9e-3 and int((alpha > 0).sum()) == 1
+    depth = detail_depth(faint, cam, torch.rand(16, 24, 3))
+    assert float(depth.max()) <= FALLBACK_DEPTH * 1.001 and float(depth.min()) > 0.9 * FALLBACK_DEPTH

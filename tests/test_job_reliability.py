@@ -212,7 +212,8 @@ def _model_folder(tmp_path, edit):
     (lambda m: m.update(base_model=5), "'base_model' must be a folder path"),
     (lambda m: m.update(version="1"), 'is the string "1"'),
     (lambda m: [m], "top level must be an object"),
-    (lambda m: "[" * 100000 + "]" * 100000, "not valid JSON"),
+    (lambda m: "[" * 100000 + "]" * 100000, "JSON nested too deeply to read"),
+    (lambda m: "{not json", "not valid JSON"),
 ])
 def test_a_model_config_with_bad_types_is_bad_input(tmp_path, edit, message):
     with pytest.raises(InputError, match=message.replace("(", r"\(")):
@@ -243,6 +244,24 @@ def test_a_large_photo_is_decoded_reduced_but_never_below_the_minimum_side(tmp_p
     assert min(rgb.shape[:2]) >= 200 and rgb.shape[0] <= 450  # reduced by 2 or more
     assert rgb.shape[1] * 900 == rgb.shape[0] * 1200  # the aspect is kept
     assert load_rgb(path).shape == (900, 1200, 3)
+
+
+def test_palette_and_16_bit_photos_are_decoded_reduced_with_their_values(tmp_path):
+    """Image.reduce refuses palette and 16-bit images (and would average palette indices): they are
+    converted first, so the colours and the 16-bit precision survive the reduction."""
+    halves = np.zeros((300, 420, 3), np.uint8)
+    halves[:, :210] = (255, 0, 0)
+    halves[:, 210:] = (0, 0, 255)
+    Image.fromarray(halves).convert("P", palette=Image.Palette.ADAPTIVE, colors=2).save(tmp_path / "palette.png")
+    ramp = (np.arange(420, dtype=np.uint16)[None, :].repeat(300, axis=0) * 150 + 7).astype(np.uint16)
+    Image.fromarray(ramp).save(tmp_path / "grey16.png")
+    assert [Image.open(tmp_path / f).mode for f in ("palette.png", "grey16.png")] == ["P", "I;16"]
+    rgb = load_rgb(tmp_path / "palette.png", min_side=100)
+    assert rgb.shape == (100, 140, 3)
+    assert np.allclose(rgb[:, :70], (1, 0, 0)) and np.allclose(rgb[:, 70:], (0, 0, 1))
+    grey = load_rgb(tmp_path / "grey16.png", min_side=100)
+    expected = ramp.reshape(100, 3, 140, 3).astype(np.float64).mean(axis=(1, 3)) / 65535
+    assert grey.shape == (100, 140, 3) and np.allclose(grey[..., 0], expected, atol=1e-6)
 
 
 # --- 7. the job folder --------------------------------------------------------------------------------------

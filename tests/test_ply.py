@@ -9,7 +9,7 @@ from gsplat.exporter import export_splats, sort_centers
 
 from backend.errors import InputError
 from backend.gaussians import SH_C0, Gaussians, sh_rest_count
-from backend.ply import FORMAT_3DGS, FORMAT_SUPERSPLAT, property_names, read_ply, write_ply
+from backend.ply import FORMAT_3DGS, FORMAT_SUPERSPLAT, body_size_check, property_names, read_ply, write_ply
 
 FIELDS = ["means", "log_scales", "quats", "opacity_logits", "sh0", "sh_rest"]
 
@@ -290,6 +290,19 @@ def test_truncated_file(tmp_path):
     with pytest.raises(InputError, match="cut short") as err:
         read_ply(path)
     assert "truncated" in err.value.hint
+
+
+def test_ascii_body_size_counts_values_not_bytes(tmp_path):
+    """An ascii value takes at least 2 characters ("0 "), whatever its binary type's size: a tiny valid file
+    (3 floats of 4 bytes per vertex, written in 14 characters) is not refused as cut short."""
+    header = "ply\nformat ascii 1.0\nelement vertex 2\nproperty float x\nproperty float y\nproperty float z\n"
+    path = tmp_path / "tiny.ply"
+    path.write_text(header + "end_header\n0 0 1\n1 0.5 0\n")
+    assert body_size_check(path) is None
+    assert len(plyfile.PlyData.read(str(path))["vertex"]) == 2
+    path.write_text(header + "end_header\n0 0 1\n")
+    with pytest.raises(InputError, match="cut short"):
+        body_size_check(path)
 
 
 def test_no_vertex_element(tmp_path):

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from backend.cameras import CameraBatch
+from backend.errors import InputError
 from backend.gaussians import Gaussians, sh_rest_count
 from backend.render import pick_backend, render
 
@@ -123,6 +124,17 @@ def test_auto_picks_compiled_for_inference_and_torch_for_gradients():
     assert gaussians.means.grad is not None
 
 
+def test_compiled_refuses_gaussians_that_want_gradients():
+    """The compiled rasterizer gives no gradients: asked for them, it says so instead of training nothing."""
+    gaussians = random_scene(10)
+    gaussians.opacity_logits.requires_grad_(True)
+    with pytest.raises(InputError, match="compiled renderer returns images without gradients") as err:
+        render(gaussians, camera(16, 16), backend="compiled")
+    assert "torch.no_grad()" in err.value.hint
+    with torch.no_grad():
+        assert render(gaussians, camera(16, 16), backend="compiled").rgb.shape == (1, 16, 16, 3)
+
+
 def test_thread_count_is_clamped_and_does_not_change_the_image():
     gaussians = random_scene(5000, seed=3)
     with torch.no_grad():
@@ -139,6 +151,14 @@ def test_cache_dir_is_per_user_and_overridable(tmp_path, monkeypatch):
     assert compiled.cache_dir() == tmp_path / "numba"
     monkeypatch.delenv("WONDERLAND_CACHE_DIR")
     assert "wonderland" in compiled.cache_dir().parts and compiled.cache_dir().is_relative_to(Path.home())
+
+
+def test_a_numba_cache_dir_that_is_set_is_used_and_no_other_folder_made(tmp_path):
+    code = ("import os; from backend.render import compiled; assert compiled.unavailable_reason() is None\n"
+            "print(os.environ['NUMBA_CACHE_DIR'])")
+    done = run_child(code, {"NUMBA_CACHE_DIR": str(tmp_path / "mine"), "WONDERLAND_CACHE_DIR": str(tmp_path / "ours")})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == str(tmp_path / "mine") and not (tmp_path / "ours").exists()
 
 
 def run_child(code: str, env: dict | None = None, timeout: float = 240) -> subprocess.CompletedProcess:

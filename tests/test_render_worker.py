@@ -87,3 +87,15 @@ def test_render_command_takes_threads_and_warm_render_reports_the_cache(scene_fi
                           text=True, timeout=600)
     assert warm.returncode == 0, warm.stderr
     assert "CPU rasterizer ready" in warm.stdout and compiled.kernel_cache_dir() in warm.stdout
+
+
+def test_worker_imports_without_the_unix_only_resource_module_and_reports_memory():
+    """Windows has no `resource` module: the worker must import without it (psutil measures the memory; its
+    Linux part needs `resource`, so the module is given back before measuring)."""
+    code = ("import sys; sys.modules['resource'] = None\n"
+            "from backend.commands import render_worker\n"
+            "del sys.modules['resource']\n"
+            "print(render_worker._rss_mb())")
+    done = subprocess.run([sys.executable, "-c", code], env=env(), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert float(done.stdout) > 0

@@ -166,9 +166,12 @@ def test_train_lrm_command_exports_a_model_folder_that_generate_loads(tmp_path, 
 
 def test_supervision_renderer_is_chosen_by_lrm_data(tmp_path):
     """LRMData.renderer reaches the supervision renders: "gsplat" on CPU tensors is render's own refusal (so the
-    choice is not ignored); an unknown name is refused when the options are read."""
+    choice is not ignored); an unknown name, or one without gradients, is refused when the options are read."""
     with pytest.raises(InputError, match="renderer 'cuda' is unknown"):
         LRMData(renderer="cuda")
+    with pytest.raises(InputError, match="renderer 'compiled' is unknown or cannot train") as err:
+        LRMData(renderer="compiled")  # its renders have no gradients: training would fit the regularisers only
+    assert "compiled" not in err.value.hint
     lalrm = LaLRM(MICRO)
     batch = collate([OneClip()[0]])
     for renderer in ("torch", "gsplat"):

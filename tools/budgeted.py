@@ -51,32 +51,41 @@ def run_budgeted(command: list[str], budget: float, cwd: Path, on_line: Callable
     start = time.monotonic()
     child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=cwd,
                              env=env or child_env(), start_new_session=True, preexec_fn=_die_with_parent)
-    on_start(child.pid)
     log: list[str] = []
     selector = selectors.DefaultSelector()
-    selector.register(child.stdout, selectors.EVENT_READ)
     pending = b""
-    timed_out = False
-    while True:
-        left = budget - (time.monotonic() - start)
-        if left <= 0:
-            timed_out = True
-            break
-        if not selector.select(timeout=min(left, 1.0)):
-            continue
-        chunk = os.read(child.stdout.fileno(), 65536)
-        if not chunk:
-            break
-        pending += chunk
-        *lines, pending = pending.split(b"\n")
-        for line in lines:
-            text = line.decode("utf-8", "replace")
-            if not on_line(text):
-                log = (log + [text])[-LOG_LINES:]
-    if timed_out:
-        os.killpg(child.pid, signal.SIGKILL)
-    returncode = child.wait()
-    selector.close()
-    child.stdout.close()
+    timed_out = finished = False
+
+    def take(line: bytes) -> None:
+        text = line.decode("utf-8", "replace")
+        if not on_line(text):
+            log[:] = (log + [text])[-LOG_LINES:]
+
+    try:
+        on_start(child.pid)
+        selector.register(child.stdout, selectors.EVENT_READ)
+        while True:
+            left = budget - (time.monotonic() - start)
+            if left <= 0:
+                timed_out = True
+                break
+            if not selector.select(timeout=min(left, 1.0)):
+                continue
+            chunk = os.read(child.stdout.fileno(), 65536)
+            if not chunk:
+                break
+            pending += chunk
+            *lines, pending = pending.split(b"\n")
+            for line in lines:
+                take(line)
+        if pending:
+            take(pending)  # the last line, without its newline
+        finished = True
+    finally:  # an exception in on_line/on_start, or Ctrl-C, must not leave the command's group running
+        if timed_out or not finished:
+            os.killpg(child.pid, signal.SIGKILL)
+        returncode = child.wait()
+        selector.close()
+        child.stdout.close()
     return Outcome("timeout" if timed_out else "ok" if returncode == 0 else "failed", returncode,
                    round(time.monotonic() - start, 2), "\n".join(log)[-4000:])

@@ -24,9 +24,9 @@ import argparse
 import ctypes
 import gc
 import json
+import math
 import os
 import queue
-import resource
 import sys
 import threading
 import time
@@ -37,9 +37,20 @@ import numpy as np
 from backend.devices import DEVICES
 
 
+def _seconds(text: str) -> float:
+    """A positive number of seconds (0 would make the idle wait a busy loop)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not value > 0 or math.isinf(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive, finite number of seconds: pass e.g. 60")
+    return value
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", choices=DEVICES, default="auto")
-    p.add_argument("--idle-free", type=float, default=60.0, metavar="SECONDS",
+    p.add_argument("--idle-free", type=_seconds, default=60.0, metavar="SECONDS",
                    help="free the cached scene after this many idle seconds (default 60)")
 
 
@@ -157,9 +168,6 @@ def _read_lines(lines: queue.Queue) -> None:
 
 
 def _rss_mb() -> float:
-    """Current resident memory in MB (Linux; elsewhere the peak, which is what the OS reports)."""
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-    except (OSError, ValueError, AttributeError):
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2**20 if sys.platform == "darwin" else 2**10)
+    """Current resident memory in MB (psutil comes with accelerate; the `resource` module is Unix-only)."""
+    import psutil
+    return psutil.Process().memory_info().rss / 2**20

@@ -12,7 +12,7 @@ import json
 
 from backend.commands.training_options import add_training_arguments, data_options, run_training, train_config
 from backend.errors import InputError
-from backend.render import BACKENDS
+from backend.render import DIFFERENTIABLE_BACKENDS
 
 DEFAULT_STAGES_HELP = ("progressive stages as JSON [[steps, height, width], ...] or [{\"steps\":..., \"height\":..., "
                        "\"width\":..., \"render_height\":..., \"render_width\":...}, ...]; the last stage runs until "
@@ -37,7 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--extra-frames", type=int, default=0, help="clip frames beyond the input video (supervision only)")
     p.add_argument("--render-size", type=int, nargs=2, metavar=("H", "W"),
                    help="supervision render size (default: the stage's pixel size)")
-    p.add_argument("--renderer", choices=BACKENDS, default="auto",
+    p.add_argument("--renderer", choices=DIFFERENTIABLE_BACKENDS, default="auto",
                    help="supervision renders: auto = gsplat on CUDA, our torch rasterizer elsewhere; torch on CUDA "
                         "needs no gsplat build (a GPU machine without nvcc, or minutes saved on a short lease)")
     p.add_argument("--perceptual-weight", type=float, default=0.5,

@@ -38,9 +38,11 @@ def read_manifest(directory: Path) -> dict:
         return {"format": CONFIG_FORMAT, "version": CONFIG_VERSION, "name": directory.name}
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, RecursionError) as e:
-        raise InputError(f"{path} is not valid JSON: {e or 'nested too deeply'}",
+    except RecursionError:
+        raise InputError(f"{path}: JSON nested too deeply to read",
                          "restore the file, or export the model again") from None
+    except ValueError as e:
+        raise InputError(f"{path} is not valid JSON: {e}", "restore the file, or export the model again") from None
     if not isinstance(manifest, dict):
         raise InputError(f"{path}: the top level must be an object, got {type(manifest).__name__}",
                          "restore the file, or export the model again")

@@ -18,6 +18,7 @@ from backend.errors import InputError
 from backend.gaussians import Gaussians
 
 BACKENDS = ("auto", "gsplat", "compiled", "torch")
+DIFFERENTIABLE_BACKENDS = ("auto", "gsplat", "torch")  # what training may render with
 
 
 @dataclass
@@ -51,6 +52,10 @@ def render(gaussians: Gaussians, cameras: CameraBatch, width: int | None = None,
         raise InputError(f"the gsplat renderer needs the Gaussians on a CUDA device, they are on {device}",
                          "use backend='torch' or move the Gaussians to CUDA with gaussians.to('cuda')")
     if backend == "compiled":
+        if _wants_grad(gaussians):
+            raise InputError("the compiled renderer returns images without gradients, but the Gaussians "
+                             "require them", "use backend='torch' or 'gsplat' (or 'auto'), or render under "
+                             "torch.no_grad()")
         from backend.render import compiled
         if compiled.unavailable_reason():
             raise InputError(compiled.unavailable_reason(), "or use backend='torch'")
@@ -94,6 +99,10 @@ def set_threads(threads: int | None) -> int:
     return count if compiled.unavailable_reason() else compiled.set_threads(count)
 
 
+def _wants_grad(gaussians: Gaussians) -> bool:
+    return torch.is_grad_enabled() and any(t.requires_grad for t in vars(gaussians).values())
+
+
 def pick_backend(gaussians: Gaussians) -> str:
     """What "auto" renders with: gsplat on CUDA (our torch rasterizer where gsplat cannot build), the
     compiled rasterizer on the CPU unless gradients are wanted or numba is missing, else torch. A
@@ -102,8 +111,7 @@ def pick_backend(gaussians: Gaussians) -> str:
     if device.type == "cuda":
         from backend.render.gsplat_backend import unavailable_reason
         return "torch" if unavailable_reason() else "gsplat"
-    grads = torch.is_grad_enabled() and any(t.requires_grad for t in vars(gaussians).values())
-    if device.type != "cpu" or grads:
+    if device.type != "cpu" or _wants_grad(gaussians):
         return "torch"
     from backend.render import compiled
     reason = compiled.unavailable_reason()

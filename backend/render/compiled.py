@@ -58,7 +58,8 @@ def unavailable_reason() -> str | None:
     global _kernels, _missing
     if _kernels is None and _missing is None:
         try:
-            os.environ.setdefault("NUMBA_CACHE_DIR", str(_writable_cache_dir()))
+            if "NUMBA_CACHE_DIR" not in os.environ:  # the caller's choice stands; no folder is made then
+                os.environ["NUMBA_CACHE_DIR"] = str(_writable_cache_dir())
             os.environ.setdefault("NUMBA_THREADING_LAYER", "workqueue")
             import numba
             # numba reads its environment when first imported; someone may have imported it before us.

@@ -42,7 +42,7 @@ from backend.models.lalrm import LaLRM, LaLRMConfig
 from backend.models.model_dir import load_vae, write_vae_if_missing
 from backend.models.weights import named_or_file_config
 from backend.plucker import plucker_embedding
-from backend.render import BACKENDS, render
+from backend.render import DIFFERENTIABLE_BACKENDS, render
 from backend.training.engine import Trainer, TrainConfig, image_validator
 from backend.training.losses import LossWeights, ReconstructionLoss
 
@@ -63,8 +63,9 @@ class LRMData:
         if self.views < 1 or self.input_stride < 1 or self.extra_frames < 0:
             raise InputError(f"views {self.views}, input stride {self.input_stride}, extra frames "
                              f"{self.extra_frames}", "use views >= 1, input stride >= 1, extra frames >= 0")
-        if self.renderer not in BACKENDS:
-            raise InputError(f"renderer {self.renderer!r} is unknown", f"use one of {', '.join(BACKENDS)}")
+        if self.renderer not in DIFFERENTIABLE_BACKENDS:
+            raise InputError(f"renderer {self.renderer!r} is unknown or cannot train (it gives no gradients)",
+                             f"use one of {', '.join(DIFFERENTIABLE_BACKENDS)}")
 
     def clip_frames(self, num_frames: int) -> int:
         return (num_frames - 1) * self.input_stride + 1 + self.extra_frames
