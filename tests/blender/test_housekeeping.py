@@ -68,6 +68,23 @@ def test_previews_are_kept_beside_the_saved_blend(generate_ops, tmp_path):
     assert tuple(reopened.size) == (4, 4) and reopened.has_data
 
 
+def test_previews_follow_a_save_as_into_another_folder(generate_ops, tmp_path):
+    job = tmp_path / "jobs" / "20260101-120000"
+    image = previews.load_previews(write_pngs(job / "preview", 2), "Wonderland Preview")
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    bpy.ops.wm.save_as_mainfile(filepath=str(tmp_path / "a" / "x.blend"))
+    blend = tmp_path / "b" / "y.blend"
+    bpy.ops.wm.save_as_mainfile(filepath=str(blend))  # rebases relative paths from a/ to b/
+    first = Path(bpy.path.abspath(image.filepath)).resolve()
+    assert first.is_file(), f"the preview points at a missing file: {first}"
+    assert first.parent.parent == (tmp_path / "b" / "y_wonderland").resolve()
+    bpy.ops.wm.open_mainfile(filepath=str(blend))
+    reopened = bpy.data.images["Wonderland Preview"]
+    reopened.reload()
+    assert tuple(reopened.size) == (4, 4) and reopened.has_data
+
+
 def test_job_folders_beyond_the_newest_go_unless_the_blend_uses_them(generate_ops, tmp_path):
     root = tmp_path / "jobs"
     names = [f"20260101-1200{i:02d}" for i in range(14)] + ["20260101-120013-2", "notes", "20250101-000000"]
