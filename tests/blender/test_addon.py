@@ -4,6 +4,7 @@ import math
 import os
 import re
 import tempfile
+from pathlib import Path
 
 import addon_utils
 import bpy
@@ -74,12 +75,12 @@ def test_register_order_is_an_explicit_list_of_modules():
 
 def test_addon_never_imports_torch_or_the_backend():
     """architecture.md: the add-on talks to the backend through files and a child process only."""
-    folder = os.path.dirname(wonderland_blender.__file__)
+    folder = Path(wonderland_blender.__file__).parent
     forbidden = re.compile(r"^\s*(import|from)\s+(torch|backend|diffusers|gsplat)\b", re.MULTILINE)
-    for name in sorted(os.listdir(folder)):
-        if name.endswith(".py"):
-            with open(os.path.join(folder, name), encoding="utf-8") as fh:
-                assert not forbidden.search(fh.read()), name
+    files = sorted(folder.rglob("*.py"))
+    assert folder / "formats" / "__init__.py" in files  # subpackages are checked too
+    for path in files:
+        assert not forbidden.search(path.read_text(encoding="utf-8")), f"{path} imports the backend's packages"
 
 
 def test_backend_python_resolution_order(addon, monkeypatch, tmp_path):
