@@ -12,8 +12,9 @@ from dataclasses import dataclass
 
 import bpy
 
+from .display import MODIFIER_NAME as DISPLAY_MODIFIER  # the display modifier: always last, never an edit
+
 PREFIX = "Wonderland "
-DISPLAY_MODIFIER = "Wonderland Splats"  # h4's display modifier: always last, never an edit
 LUMINANCE = (0.2126, 0.7152, 0.0722)  # Rec. 709 weights of linear RGB, as Blender's own colour nodes
 
 

@@ -4,10 +4,11 @@ Re-generating keeps every earlier result in the .blend (it may hold the artist's
 viewport and turns off its render visibility, so only the newest renders; the Outliner brings any back.
 
 Job folder policy (stated in the README): after each successful Generate, the job folders under the
-Output Folder beyond the KEEP_JOBS newest are removed, except any the open .blend still uses (a result's
-source folder, a preview image's files, the last result's PLY). A saved .blend does not need them: its
-Gaussians are inside it and its previews are copied beside it on save (previews.py). Only folders that
-look like jobs (a timestamp name holding cameras.json) are ever touched.
+Output Folder beyond the KEEP_JOBS newest are removed, but only those made in this Blender session and
+never any the open .blend still uses (a result's source folder, a preview image's files, the last result's
+PLY). Folders from earlier sessions are left alone: other saved .blend files may still need them ("Input
+View as Mesh" rebuilds from a job folder's meta.json, cameras.json and scene.ply). Only folders that look
+like jobs (a timestamp name holding cameras.json) are ever touched.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ import bpy
 RESULT_KEY = "wonderland_job"  # on a generated Gaussian object: the job folder it came from
 KEEP_JOBS = 10
 JOB_NAME = re.compile(r"\d{8}-\d{6}(-\d+)?")
+_made_this_session: set[str] = set()  # the job folders made since Blender started: the only ones ever removed
 
 
 def retire_previous_results(context, newest) -> list[str]:
@@ -50,6 +52,11 @@ def used_paths() -> list[str]:
     return [_norm(p) for p in paths if p]
 
 
+def note_job_folder(folder: str | os.PathLike) -> None:
+    """Record a job folder made in this session, so clean_job_folders may remove it later."""
+    _made_this_session.add(_norm(folder))
+
+
 def job_folders(root: str | os.PathLike) -> list[Path]:
     """The job folders under `root`, newest first (their names are timestamps)."""
     try:
@@ -61,13 +68,15 @@ def job_folders(root: str | os.PathLike) -> list[Path]:
 
 
 def clean_job_folders(root: str | os.PathLike, used: list[str], keep: int = KEEP_JOBS) -> list[Path]:
-    """Remove the job folders beyond the `keep` newest that nothing in `used` lies in; the removed ones."""
+    """Remove the job folders beyond the `keep` newest that were made in this session and that nothing in
+    `used` lies in; the removed ones."""
     removed = []
     for folder in job_folders(root)[keep:]:
         top = _norm(folder)
-        if any(p == top or p.startswith(top + os.sep) for p in used):
+        if top not in _made_this_session or any(p == top or p.startswith(top + os.sep) for p in used):
             continue
         shutil.rmtree(folder, ignore_errors=True)
         if not folder.exists():
+            _made_this_session.discard(top)
             removed.append(folder)
     return removed

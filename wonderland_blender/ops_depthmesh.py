@@ -29,9 +29,13 @@ def detail_gaussians(obj) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[int
     job_dir = bpy.path.abspath(obj[RESULT_KEY])
     (w, h), centre = read_job(job_dir)
     try:
-        splats = read_ply(f"{job_dir}/scene.ply").splats
+        read = read_ply(f"{job_dir}/scene.ply")
     except PlyError as e:
         raise DepthMeshError(str(e)) from e
+    if read.dropped:  # the detail grid is found by position: without these rows it would be shifted
+        raise DepthMeshError(f"{job_dir}/scene.ply holds {read.dropped} Gaussian(s) with NaN or infinite values; "
+                             "the job folder is damaged, generate again.")
+    splats = read.splats
     if len(splats) < w * h:
         raise DepthMeshError(f"{job_dir}/scene.ply holds {len(splats)} Gaussians, fewer than its {w}x{h} "
                              "detail grid; the job folder is damaged, generate again.")

@@ -22,7 +22,7 @@ import bpy
 import numpy as np
 from bpy.props import FloatProperty, StringProperty
 
-from .housekeeping import RESULT_KEY, clean_job_folders, retire_previous_results, used_paths
+from .housekeeping import RESULT_KEY, clean_job_folders, note_job_folder, retire_previous_results, used_paths
 from .job import Job, JobState, build_command, stage_progress
 from .model_info import job_warnings, move_length
 from .plyio import PlyError, read_ply
@@ -178,6 +178,7 @@ def new_job_folder(root: str | os.PathLike) -> Path:
         folder = root / (stamp if n == 1 else f"{stamp}-{n}")
         try:
             folder.mkdir()
+            note_job_folder(folder)
             return folder
         except FileExistsError:
             continue

@@ -89,7 +89,10 @@ def keep_previews_beside(blend_path: str | os.PathLike) -> list[bpy.types.Image]
             print(f"Wonderland: could not copy the previews of '{image.name}' beside the .blend ({e}); "
                   f"they stay in {first.parent}")
             continue
-        image.filepath = bpy.path.relpath(str(target / first.name), start=str(Path(blend_path).parent))
+        # relative to the folder the .blend is saved in now: Save As (relative_remap) rebases relative paths
+        # from there to the new folder after this handler; a never-saved .blend has no paths to rebase
+        start = os.path.dirname(bpy.data.filepath) if bpy.data.filepath else str(Path(blend_path).parent)
+        image.filepath = bpy.path.relpath(str(target / first.name), start=start)
         moved.append(image)
     return moved
 

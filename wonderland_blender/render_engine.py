@@ -58,7 +58,7 @@ class _Worker:
         self.next_id = 1
         self.ready = False
         self.last_used = time.monotonic()
-        self.busy = False  # a request is waiting for its answer: never idle then
+        self.busy = False  # handed to a render or waiting for an answer: never idle then
         threading.Thread(target=self._read_stdout, daemon=True).start()
         threading.Thread(target=self._read_stderr, daemon=True).start()
 
@@ -89,7 +89,6 @@ class _Worker:
         """
         request_id = self.next_id
         self.next_id += 1
-        self.busy = True
         try:
             return self._answer(request_id, payload, should_stop)
         finally:
@@ -99,7 +98,7 @@ class _Worker:
         try:
             self.proc.stdin.write(json.dumps({"id": request_id, **payload}) + "\n")
             self.proc.stdin.flush()
-        except OSError:
+        except (OSError, ValueError):  # ValueError: stdin was closed, the worker is ending
             self.proc.wait()
             raise self._died() from None
         waited = 0.0
@@ -139,19 +138,24 @@ class _Worker:
 
 
 _worker: _Worker | None = None
+_worker_lock = threading.Lock()  # render threads take the worker while the main thread's idle timer may close it
 _scratch: str | None = None
 
 
 def _get_worker() -> _Worker:
+    """The worker (a new one when there is none or it died), marked busy so the idle timer leaves it alone
+    until its request() is answered: send it one."""
     global _worker
-    if _worker is None or not _worker.alive():
-        if _worker is not None:
-            _worker.close()
-        python, where = resolve_backend_python(get_preferences())
-        if python is None:
-            raise RenderError(where)
-        _worker = _Worker(python)
-    return _worker
+    with _worker_lock:
+        if _worker is None or not _worker.alive():
+            if _worker is not None:
+                _worker.close()
+            python, where = resolve_backend_python(get_preferences())
+            if python is None:
+                raise RenderError(where)
+            _worker = _Worker(python)
+        _worker.busy = True
+        return _worker
 
 
 def _scratch_dir() -> Path:
@@ -164,9 +168,10 @@ def _scratch_dir() -> Path:
 def shutdown() -> None:
     """End the worker and remove the scratch files (unregister, Blender exit)."""
     global _worker, _scratch
-    if _worker is not None:
-        _worker.close()
-        _worker = None
+    with _worker_lock:
+        worker, _worker = _worker, None
+    if worker is not None:
+        worker.close()
     if _scratch is not None:
         shutil.rmtree(_scratch, ignore_errors=True)
         _scratch = None
@@ -176,10 +181,11 @@ def close_idle_worker(max_idle: float = WORKER_IDLE_SECONDS) -> bool:
     """Close the worker when it has had no request for `max_idle` seconds (frees its memory: the next F12
     starts a new one). True when it was closed."""
     global _worker
-    if _worker is None or _worker.busy or time.monotonic() - _worker.last_used < max_idle:
-        return False
-    _worker.close()
-    _worker = None
+    with _worker_lock:
+        if _worker is None or _worker.busy or time.monotonic() - _worker.last_used < max_idle:
+            return False
+        worker, _worker = _worker, None  # detached first: closing takes a while and no render may take it
+    worker.close()
     return True
 
 

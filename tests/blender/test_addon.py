@@ -4,6 +4,7 @@ import math
 import os
 import re
 import tempfile
+from pathlib import Path
 
 import addon_utils
 import bpy
@@ -11,13 +12,21 @@ import numpy as np
 import pytest
 
 import wonderland_blender
-from wonderland_blender import panel, preferences, properties
+from wonderland_blender import migrate, panel, preferences, previews, properties, render_engine
 from wonderland_blender.model_info import ModelSpec
 from wonderland_blender.trajectory import MAX_ROTATION_DEG, camera_trajectory
 
 OUR_TYPES = (("PropertyGroup", "WonderlandSceneSettings"), ("AddonPreferences", "WonderlandPreferences"),
+             ("Operator", "WONDERLAND_OT_import_gaussians"), ("Operator", "WONDERLAND_OT_export_gaussians"),
+             ("Operator", "WONDERLAND_OT_export_spz"), ("Operator", "WONDERLAND_OT_edit_add"),
+             ("Operator", "WONDERLAND_OT_edit_remove"), ("Operator", "WONDERLAND_OT_edit_apply"),
+             ("Panel", "WONDERLAND_PT_edit"), ("RenderEngine", render_engine.ENGINE_ID),
+             ("Panel", "WONDERLAND_PT_passes"), ("Operator", "WONDERLAND_OT_setup_mesh_mixing"),
              ("Operator", "WONDERLAND_OT_export_trajectory"), ("Operator", "WONDERLAND_OT_check_trajectory"),
-             ("Operator", "WONDERLAND_OT_add_trajectory"), ("Panel", "WONDERLAND_PT_main"))
+             ("Operator", "WONDERLAND_OT_add_trajectory"), ("Operator", "WONDERLAND_OT_open_preview"),
+             ("Operator", "WONDERLAND_OT_generate"), ("Operator", "WONDERLAND_OT_cancel"),
+             ("Operator", "WONDERLAND_OT_install_backend"), ("Operator", "WONDERLAND_OT_input_view_mesh"),
+             ("Panel", "WONDERLAND_PT_main"))
 
 
 def registered_types():
@@ -26,20 +35,35 @@ def registered_types():
             if getattr(bpy.types, base).bl_rna_get_subclass_py(name) is not None]
 
 
+ALL_CALLBACKS = ["migrate._on_load", "previews._on_save_pre", "render_engine._idle_timer"]
+
+
+def registered_callbacks() -> list[str]:
+    """Our handlers and timers that Blender holds, by name."""
+    held = {"migrate._on_load": migrate._on_load in bpy.app.handlers.load_post,
+            "previews._on_save_pre": previews._on_save_pre in bpy.app.handlers.save_pre,
+            "render_engine._idle_timer": bpy.app.timers.is_registered(render_engine._idle_timer)}
+    return [name for name, is_held in held.items() if is_held]
+
+
 def test_register_unregister_twice_leaves_nothing_behind():
     for _ in range(2):
         addon_utils.enable("wonderland_blender", default_set=True, handle_error=None)
         assert registered_types() == list(OUR_TYPES)
+        assert registered_callbacks() == ALL_CALLBACKS
         assert bpy.context.scene.wonderland.progress == 0.0
         assert preferences.get_preferences() is not None
         addon_utils.disable("wonderland_blender", default_set=True)
         assert registered_types() == []
+        assert registered_callbacks() == []
         assert not hasattr(bpy.types.Scene, "wonderland")
     for _ in range(2):  # the plain module functions, as a script would call them
         wonderland_blender.register()
         assert registered_types() == list(OUR_TYPES)
+        assert registered_callbacks() == ALL_CALLBACKS
         wonderland_blender.unregister()
         assert registered_types() == []
+        assert registered_callbacks() == []
 
 
 def test_register_order_is_an_explicit_list_of_modules():
@@ -51,12 +75,12 @@ def test_register_order_is_an_explicit_list_of_modules():
 
 def test_addon_never_imports_torch_or_the_backend():
     """architecture.md: the add-on talks to the backend through files and a child process only."""
-    folder = os.path.dirname(wonderland_blender.__file__)
+    folder = Path(wonderland_blender.__file__).parent
     forbidden = re.compile(r"^\s*(import|from)\s+(torch|backend|diffusers|gsplat)\b", re.MULTILINE)
-    for name in sorted(os.listdir(folder)):
-        if name.endswith(".py"):
-            with open(os.path.join(folder, name), encoding="utf-8") as fh:
-                assert not forbidden.search(fh.read()), name
+    files = sorted(folder.rglob("*.py"))
+    assert folder / "formats" / "__init__.py" in files  # subpackages are checked too
+    for path in files:
+        assert not forbidden.search(path.read_text(encoding="utf-8")), f"{path} imports the backend's packages"
 
 
 def test_backend_python_resolution_order(addon, monkeypatch, tmp_path):

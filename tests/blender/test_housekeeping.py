@@ -12,6 +12,7 @@ from test_generate import FAST_PREVIEWS, generate_ops, job_scene  # noqa: F401 -
 
 from wonderland_blender import housekeeping, previews
 from wonderland_blender.housekeeping import RESULT_KEY, clean_job_folders, job_folders, used_paths
+from wonderland_blender.ops_generate import new_job_folder
 
 
 def write_pngs(folder, count: int) -> list:
@@ -68,13 +69,32 @@ def test_previews_are_kept_beside_the_saved_blend(generate_ops, tmp_path):
     assert tuple(reopened.size) == (4, 4) and reopened.has_data
 
 
-def test_job_folders_beyond_the_newest_go_unless_the_blend_uses_them(generate_ops, tmp_path):
+def test_previews_follow_a_save_as_into_another_folder(generate_ops, tmp_path):
+    job = tmp_path / "jobs" / "20260101-120000"
+    image = previews.load_previews(write_pngs(job / "preview", 2), "Wonderland Preview")
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    bpy.ops.wm.save_as_mainfile(filepath=str(tmp_path / "a" / "x.blend"))
+    blend = tmp_path / "b" / "y.blend"
+    bpy.ops.wm.save_as_mainfile(filepath=str(blend))  # rebases relative paths from a/ to b/
+    first = Path(bpy.path.abspath(image.filepath)).resolve()
+    assert first.is_file(), f"the preview points at a missing file: {first}"
+    assert first.parent.parent == (tmp_path / "b" / "y_wonderland").resolve()
+    bpy.ops.wm.open_mainfile(filepath=str(blend))
+    reopened = bpy.data.images["Wonderland Preview"]
+    reopened.reload()
+    assert tuple(reopened.size) == (4, 4) and reopened.has_data
+
+
+def test_job_folders_beyond_the_newest_go_if_made_in_this_session_and_unused(generate_ops, tmp_path):
     root = tmp_path / "jobs"
     names = [f"20260101-1200{i:02d}" for i in range(14)] + ["20260101-120013-2", "notes", "20250101-000000"]
     for name in names:
         (root / name).mkdir(parents=True)
         if name != "20250101-000000":  # not a job: no cameras.json
             (root / name / "cameras.json").write_text(json.dumps({}))
+        if name != "20260101-120005":  # made by an earlier session: another saved .blend may need it
+            housekeeping.note_job_folder(root / name)
     used_obj = bpy.data.objects.new("Old result", None)
     used_obj[RESULT_KEY] = str(root / "20260101-120001")
     previews.load_previews(write_pngs(root / "20260101-120002" / "preview", 1), "Old preview")
@@ -83,5 +103,17 @@ def test_job_folders_beyond_the_newest_go_unless_the_blend_uses_them(generate_op
     kept = sorted(p.name for p in root.iterdir())
     assert "20260101-120013-2" in kept and "notes" in kept and "20250101-000000" in kept
     assert "20260101-120001" in kept and "20260101-120002" in kept  # used by the .blend
+    assert "20260101-120005" in kept  # not made in this session
+
+
+def test_a_new_job_folder_is_noted_as_made_in_this_session(generate_ops, tmp_path):
+    root = tmp_path / "jobs"
+    old = root / "20200101-000000"
+    old.mkdir(parents=True)
+    (old / "cameras.json").write_text(json.dumps({}))
+    new = new_job_folder(root)
+    (new / "cameras.json").write_text(json.dumps({}))
+    assert clean_job_folders(root, [], keep=0) == [new]
+    assert old.is_dir()
 
 

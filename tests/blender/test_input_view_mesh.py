@@ -248,6 +248,17 @@ def test_a_result_without_detail_layer_is_refused(result):
     assert not bpy.data.meshes and not bpy.data.images
 
 
+def test_a_scene_ply_with_non_finite_rows_is_refused(result):
+    """Dropping a NaN row would shift the detail grid by one Gaussian: the mesh would be silently wrong."""
+    splats = Splats.concatenate([model_splats(), detail_splats()])
+    splats.means[7 + W * H // 2, 0] = np.nan  # in the detail layer
+    write_ply(Path(result[RESULT_KEY]) / "scene.ply", splats)
+    bpy.context.view_layer.objects.active = result
+    with pytest.raises(RuntimeError, match="1 Gaussian.*NaN or infinite.*generate again"):
+        bpy.ops.wonderland.input_view_mesh()
+    assert not bpy.data.meshes and not bpy.data.images
+
+
 def test_an_imported_ply_is_refused(result):
     del result[RESULT_KEY]
     bpy.context.view_layer.objects.active = result

@@ -146,6 +146,23 @@ def test_worker_answers_bad_requests_and_keeps_going(tmp_path):
     assert render_engine._worker is worker and worker.alive()
 
 
+def test_the_idle_timer_leaves_a_worker_just_handed_to_a_render():
+    worker = render_engine._get_worker()  # a render thread holds it and is about to send its request
+    assert not render_engine.close_idle_worker(max_idle=0.0)
+    assert render_engine._worker is worker and worker.alive()
+    assert worker.request({"ply": "x.ply"}, lambda: False)["ok"] is False
+    assert render_engine.close_idle_worker(max_idle=0.0)  # answered: idle now
+    assert render_engine._worker is None and not worker.alive()
+
+
+def test_a_request_to_a_closed_worker_says_it_exited():
+    worker = render_engine._get_worker()
+    worker.request({"ply": "x.ply"}, lambda: False)
+    assert render_engine.close_idle_worker(max_idle=0.0)
+    with pytest.raises(render_engine.RenderError, match="the backend render worker exited"):
+        worker.request({"ply": "x.ply"}, lambda: False)
+
+
 def test_render_animation_reuses_the_worker(splat_scene, tmp_path):
     scene = bpy.context.scene
     cam = scene.camera
