@@ -14,7 +14,7 @@ from bpy.app.handlers import persistent
 
 from .display import add_display, refresh
 from .plyio import Splats
-from .pointcloud import attribute_values
+from .pointcloud import _get, attribute_values
 
 OLD_RAW = {"f_dc": ('vector', 3), "opacity_logit": ('value', 1), "log_scale": ('vector', 3), "rot_raw": ('value', 4)}
 OLD_ONLY = ("color",)  # removed with the twins; the other old names are current ones, rewritten
@@ -22,9 +22,7 @@ OLD_ONLY = ("color",)  # removed with the twins; the other old names are current
 
 def _raw(cloud, name: str) -> np.ndarray:
     prop, width = OLD_RAW[name]
-    out = np.empty(len(cloud.points) * width, np.float32)
-    cloud.attributes[name].data.foreach_get(prop, out)
-    return out.reshape(-1, width) if width > 1 else out
+    return _get(cloud.attributes, name, prop, len(cloud.points), width)
 
 
 def needs_migration(cloud) -> bool:

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import bpy
+
+from .atomic_write import atomic_file
 
 PREVIEW_COUNT_KEY = "wonderland_preview_count"
 SOURCE_KEY = "wonderland_source"  # the folder the files were loaded from (they may be copied away since)
@@ -51,14 +52,8 @@ def beside_folder(blend_path: str | os.PathLike) -> Path:
 
 
 def _copy_atomic(source: Path, target: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".preview.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    try:
-        shutil.copyfile(source, tmp)
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with open(source, "rb") as src, atomic_file(target) as dst:
+        shutil.copyfileobj(src, dst)
 
 
 def _inside(path: Path, folder: Path) -> bool:
