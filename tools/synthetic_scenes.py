@@ -1,9 +1,16 @@
 """Render procedural room scenes into our scene folder format (backend/data/folder.py), as training and
 held-out test data for the small default model: no public weights or data are needed.
 
-    python tools/synthetic_scenes.py --out DIR --count N [--start-seed S] [--split train|test]
+    python tools/synthetic_scenes.py --out DIR --count N [--start-seed S] [--split train|test|heldout]
                                      [--size 96x64] [--frames 49] [--samples 8] [--threads T] [--no-denoise]
-                                     [--no-depth]
+                                     [--no-depth] [--generator-version 1|2] [--furniture DIR]
+
+Generator versions (scene.json's generator_version; tools/synthetic/DATA.md says how to reproduce each):
+    1  primitive furniture with procedural textures, uniform sky, AgX Punchy: the shipped model's data
+    2  (default) real furniture from Sweet Home 3D catalogues (--furniture, Debian's sweethome3d-furniture),
+       windows and open yards lit by Blender's CC0 HDRIs, varied view transforms and exposure, wider
+       lenses and the short camera moves artists make. The run's DATA_CARD.md and assets.json credit every
+       asset used.
 
 Each scene is DIR/scene_SSSSSSS/ (S = the seed, 7 digits) holding
     cameras.json     shared/design/cameras.md, written by the add-on's own trajectory export
@@ -16,6 +23,9 @@ Each scene is DIR/scene_SSSSSSS/ (S = the seed, 7 digits) holding
 Seeds and splits (the only source of variety is the seed: the same seed renders the same images):
     train: seeds [S, S + N), which must lie in [0, TEST_SEED_START)
     test:  seeds [TEST_SEED_START + S, TEST_SEED_START + S + N), so the splits never share a scene.
+    heldout (version 2): seeds [HELDOUT_SEED_START + S, ...), built only from the held-out assets
+           (tools/synthetic/assets.py: about 15% of the furniture models and HDRIs, by a hash of their id),
+           which train and test scenes never use.
 
 Resumable: a scene whose folder is complete is skipped; each scene is rendered into a hidden temporary
 folder beside it and renamed at the end, so an interrupted run never leaves a half scene.
@@ -46,22 +56,30 @@ if str(ROOT) not in sys.path:  # the add-on package (wonderland_blender) lives a
 import bpy  # noqa: E402  (after the path set-up above)
 import numpy as np  # noqa: E402
 
-from synthetic.cameras import key_camera, plan_camera_move  # noqa: E402
+from synthetic.assets import AssetPool, load_pool  # noqa: E402
+from synthetic.cameras import MOVE_RANGES, key_camera, plan_camera_move  # noqa: E402
+from synthetic.catalog import DEBIAN_DIR, CatalogError  # noqa: E402
+from synthetic.datacard import write_data_card  # noqa: E402
 from synthetic.depth import add_depth_output, exr_file, read_depth  # noqa: E402
+from synthetic.furnished import build_furnished_room, choose_look  # noqa: E402
 from synthetic.rooms import build_room  # noqa: E402
 from wonderland_blender.trajectory import camera_trajectory, write_cameras_json  # noqa: E402
 
 TEST_SEED_START = 1_000_000
-SPLITS = ("train", "test")
+HELDOUT_SEED_START = 2_000_000
+SPLITS = ("train", "test", "heldout")
 SEED_RULE = (f"train: seeds [start, start + count) within [0, {TEST_SEED_START}); "
              f"test: seeds {TEST_SEED_START} + [start, start + count)")
-GENERATOR_VERSION = 1
+SEED_RULES = {1: SEED_RULE, 2: SEED_RULE + f"; heldout: seeds {HELDOUT_SEED_START} + [start, start + count), "
+                                          "held-out furniture and HDRIs only"}
+GENERATOR_VERSIONS = (1, 2)
+GENERATOR_VERSION = 2     # the default; 1 stays selectable (the shipped model's data)
 FRAMES_DIR = "frames"
 DEPTH_DIR = "depth"
 DEFAULT_SIZE = (96, 64)
 DEFAULT_FRAMES = 49       # the paper model's frame count
 DEFAULT_SAMPLES = 8       # denoised (OpenImageDenoise): clean at 96x64
-LENS_MM = (18.0, 32.0)    # on a 36 mm sensor: wide, room-scale views
+LENS_MM = {1: (18.0, 32.0), 2: (18.0, 50.0)}    # on a 36 mm sensor: wide, room-scale views to a normal lens
 STAMPS = ("use_stamp", "use_stamp_camera", "use_stamp_date", "use_stamp_filename", "use_stamp_frame",
           "use_stamp_frame_range", "use_stamp_hostname", "use_stamp_lens", "use_stamp_marker", "use_stamp_memory",
           "use_stamp_note", "use_stamp_render_time", "use_stamp_scene", "use_stamp_sequencer_strip", "use_stamp_time")
@@ -73,8 +91,11 @@ def scene_seeds(split: str, start: int, count: int) -> range:
         raise ValueError(f"unknown split {split!r}: use one of {', '.join(SPLITS)}")
     if start < 0 or count < 0:
         raise ValueError(f"--start-seed and --count must be >= 0, got {start} and {count}")
-    if split == "test":
-        return range(TEST_SEED_START + start, TEST_SEED_START + start + count)
+    if split in ("test", "heldout"):
+        first = (TEST_SEED_START if split == "test" else HELDOUT_SEED_START) + start
+        if split == "test" and start + count > HELDOUT_SEED_START - TEST_SEED_START:
+            raise ValueError(f"test seeds reach the held-out range (from {HELDOUT_SEED_START}): lower --count")
+        return range(first, first + count)
     if start + count > TEST_SEED_START:
         raise ValueError(f"train seeds {start}..{start + count - 1} reach the test range (from {TEST_SEED_START}): "
                          "lower --start-seed or --count")
@@ -93,9 +114,10 @@ def depth_file(index: int) -> str:
     return f"{index:04d}.npy"
 
 
-def is_complete(folder: Path, frames: int, width: int, height: int, depth: bool = True) -> bool:
-    """Whether `folder` holds a finished scene of this size: cameras.json, every frame's PNG and, when
-    `depth`, every frame's depth map.
+def is_complete(folder: Path, frames: int, width: int, height: int, depth: bool = True,
+                version: int = GENERATOR_VERSION) -> bool:
+    """Whether `folder` holds a finished scene of this size and generator version: cameras.json, scene.json,
+    every frame's PNG and, when `depth`, every frame's depth map.
 
     A finished scene rendered with other settings is an error (mixing them would corrupt the data set)."""
     try:
@@ -106,6 +128,13 @@ def is_complete(folder: Path, frames: int, width: int, height: int, depth: bool 
     if got != (frames, width, height):
         raise ValueError(f"{folder} holds a scene of {got[0]} frames at {got[1]}x{got[2]}, not {frames} at "
                          f"{width}x{height}: use another --out folder or the same settings")
+    try:
+        made_by = json.loads((folder / "scene.json").read_text(encoding="utf-8"))["generator_version"]
+    except (OSError, json.JSONDecodeError, KeyError):
+        return False
+    if made_by != version:
+        raise ValueError(f"{folder} was made by generator version {made_by}, not {version}: use another --out "
+                         f"folder or --generator-version {made_by}")
     return all((folder / FRAMES_DIR / frame_file(i)).is_file() for i in range(frames)) and \
         (not depth or all((folder / DEPTH_DIR / depth_file(i)).is_file() for i in range(frames)))
 
@@ -116,6 +145,7 @@ class BuiltScene:
     camera: bpy.types.Object
     frames: int
     recipe: dict
+    version: int = 1
 
 
 def setup_render(scene, width: int, height: int, samples: int, seed: int, threads: int, denoise: bool) -> None:
@@ -151,25 +181,45 @@ def setup_render(scene, width: int, height: int, samples: int, seed: int, thread
 
 
 def build_scene(seed: int, *, width: int, height: int, frames: int, samples: int, threads: int,
-                denoise: bool = True) -> BuiltScene:
-    """A fresh Blender (factory settings, empty) holding the room, lights and animated camera of `seed`."""
+                denoise: bool = True, version: int = GENERATOR_VERSION, pool: AssetPool | None = None,
+                workdir: Path | None = None) -> BuiltScene:
+    """A fresh Blender (factory settings, empty) holding the room, lights and animated camera of `seed`.
+
+    Version 2 needs the asset `pool` of the scene's split and a `workdir` that holds the furniture's
+    extracted models and textures until the render is done."""
+    if version not in GENERATOR_VERSIONS:
+        raise ValueError(f"unknown generator version {version}: use one of {GENERATOR_VERSIONS}")
+    if version == 2 and (pool is None or workdir is None):
+        raise ValueError("generator version 2 needs an asset pool (synthetic.assets.load_pool) and a workdir")
     bpy.ops.wm.read_factory_settings(use_empty=True)
     rng = random.Random(seed)
     scene = bpy.context.scene
-    room = build_room(rng)
+    room = build_room(rng) if version == 1 else build_furnished_room(rng, pool, Path(workdir))
     cam_data = bpy.data.cameras.new("Camera")
-    cam_data.lens = rng.uniform(*LENS_MM)
+    cam_data.lens = rng.uniform(*LENS_MM[version])
     cam_data.clip_start, cam_data.clip_end = 0.05, 100.0
     camera = bpy.data.objects.new("Camera", cam_data)
     scene.collection.objects.link(camera)
     scene.camera = camera
     bpy.context.view_layer.update()
-    poses, move = plan_camera_move(rng, scene, room, frames)
+    poses, move = plan_camera_move(rng, scene, room, frames, MOVE_RANGES[version])
     key_camera(scene, camera, poses, frame_start=0)
     scene.frame_start, scene.frame_end = 0, frames - 1
     setup_render(scene, width, height, samples, seed, threads, denoise)
     recipe = {"room": room.recipe, "camera": {**move, "lens_mm": round(cam_data.lens, 4)}}
-    return BuiltScene(scene, camera, frames, recipe)
+    if version == 2:
+        recipe["look"] = choose_look(rng, scene)
+        recipe["assets"] = scene_assets(room.recipe, pool)
+    return BuiltScene(scene, camera, frames, recipe, version)
+
+
+def scene_assets(room_recipe: dict, pool: AssetPool) -> list[dict]:
+    """The credits of the furniture models and the HDRI a version-2 room uses, each once, sorted by id."""
+    models = {m.id: m for m in pool.furniture}
+    hdris = {h.id: h for h in pool.hdris}
+    used = {p["id"]: models[p["id"]].credit() for p in room_recipe["furniture"]}
+    used[room_recipe["world"]["hdri"]] = hdris[room_recipe["world"]["hdri"]].credit()
+    return [{**used[k], "split": pool.split} for k in sorted(used)]
 
 
 @contextlib.contextmanager
@@ -208,27 +258,36 @@ def write_scene(built: BuiltScene, folder: Path, extra: dict, depth: bool = True
             np.save(folder / DEPTH_DIR / depth_file(i), read_depth(exr_file(exr_dir, scene.frame_start + i)))
         shutil.rmtree(exr_dir)
     write_cameras_json(cameras, str(folder / "cameras.json"))
-    info = {**extra, "generator_version": GENERATOR_VERSION, "blender": bpy.app.version_string, **built.recipe}
+    info = {**extra, "generator_version": built.version, "blender": bpy.app.version_string, **built.recipe}
     (folder / "scene.json").write_text(json.dumps(info, indent=1) + "\n", encoding="utf-8")
 
 
 def render_scene(out: Path, seed: int, split: str, *, width: int = DEFAULT_SIZE[0], height: int = DEFAULT_SIZE[1],
                  frames: int = DEFAULT_FRAMES, samples: int = DEFAULT_SAMPLES, threads: int = 0,
-                 denoise: bool = True, depth: bool = True) -> bool:
+                 denoise: bool = True, depth: bool = True, version: int = GENERATOR_VERSION,
+                 pool: AssetPool | None = None) -> bool:
     """Render the scene of `seed` into out/scene_SSSSSSS atomically; False when it was already complete
-    (with `depth`, a scene written without depth maps is rendered again)."""
+    (with `depth`, a scene written without depth maps is rendered again). Version 2 needs the asset pool
+    of `split` (synthetic.assets.load_pool)."""
+    if version == 1 and split == "heldout":
+        raise ValueError("the held-out-asset split needs generator version 2 (version 1 uses no assets)")
+    if pool is not None and pool.split != ("heldout" if split == "heldout" else "train"):
+        raise ValueError(f"a {split} scene cannot use the {pool.split} assets: load the pool for {split!r}")
     final = Path(out) / scene_name(seed)
     for stale in Path(out).glob(f".{final.name}.tmp-*"):  # left by an interrupted run
         shutil.rmtree(stale, ignore_errors=True)
-    if is_complete(final, frames, width, height, depth):
+    if is_complete(final, frames, width, height, depth, version):
         return False
     tmp = Path(out) / f".{final.name}.tmp-{os.getpid()}"
     try:
-        built = build_scene(seed, width=width, height=height, frames=frames, samples=samples,
-                            threads=threads or len(os.sched_getaffinity(0)), denoise=denoise)
-        write_scene(built, tmp, {"seed": seed, "split": split, "seed_rule": SEED_RULE, "width": width,
+        with quiet_stdout():  # the OBJ importer's timing lines
+            built = build_scene(seed, width=width, height=height, frames=frames, samples=samples,
+                                threads=threads or len(os.sched_getaffinity(0)), denoise=denoise, version=version,
+                                pool=pool, workdir=tmp / ".models")
+        write_scene(built, tmp, {"seed": seed, "split": split, "seed_rule": SEED_RULES[version], "width": width,
                                  "height": height, "frames": frames, "samples": samples, "denoise": denoise,
                                  "depth": depth}, depth=depth)
+        shutil.rmtree(tmp / ".models", ignore_errors=True)
         if final.exists():  # an incomplete scene from elsewhere: replaced whole
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -269,10 +328,19 @@ def main(argv: list[str] | None = None) -> int:
                              "raise --samples to about 64 then")
     parser.add_argument("--no-depth", dest="depth", action="store_false",
                         help=f"do not write {DEPTH_DIR}/NNNN.npy (per-frame camera z-depth, for evaluation)")
+    parser.add_argument("--generator-version", type=int, choices=GENERATOR_VERSIONS, default=GENERATOR_VERSION,
+                        help="1: primitive rooms (the shipped model's data); 2: real furniture, HDRIs (default)")
+    parser.add_argument("--furniture", type=Path, default=DEBIAN_DIR,
+                        help=f"folder of Sweet Home 3D .sh3f furniture catalogues, version 2 (default {DEBIAN_DIR})")
     args = parser.parse_args(argv)
+    pool = None
     try:
         seeds = scene_seeds(args.split, args.start_seed, args.count)
-    except ValueError as e:
+        if args.generator_version == 1 and args.split == "heldout":
+            raise ValueError("--split heldout needs --generator-version 2 (version 1 uses no assets to hold out)")
+        if args.generator_version == 2:
+            pool = load_pool(args.furniture, args.split)
+    except (ValueError, CatalogError) as e:
         parser.error(str(e))
     args.out.mkdir(parents=True, exist_ok=True)
     width, height = args.size
@@ -282,14 +350,16 @@ def main(argv: list[str] | None = None) -> int:
         try:
             done = render_scene(args.out, seed, args.split, width=width, height=height, frames=args.frames,
                                 samples=args.samples, threads=args.threads, denoise=args.denoise,
-                                depth=args.depth)
+                                depth=args.depth, version=args.generator_version, pool=pool)
         except Exception as e:  # noqa: BLE001  (report which scene failed, then stop)
             print(f"scene {i}/{len(seeds)} seed {seed}: FAILED: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+            write_data_card(args.out, pool.catalogs if pool else [])  # the card covers the scenes that are there
             return 1
         rendered += done
         status = f"{time.perf_counter() - t:.1f} s" if done else "already complete, skipped"
         print(f"scene {i}/{len(seeds)} seed {seed}: {status}", flush=True)
     total = time.perf_counter() - t_all
+    write_data_card(args.out, pool.catalogs if pool else [])
     print(f"{rendered} scenes rendered, {len(seeds) - rendered} skipped, {total:.1f} s"
           + (f" ({total / rendered:.1f} s per rendered scene)" if rendered else ""), flush=True)
     return 0

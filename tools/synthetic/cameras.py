@@ -48,12 +48,24 @@ def look_at(position, target) -> np.ndarray:
     return m
 
 
+# Random amounts of each move (metres; degrees for angles). Version 1 (the shipped model's data) moves
+# further than artists usually do; version 2 spans the add-on's preset defaults (1 m, 30 degrees) and the
+# short moves artists make (a 0.2 m dolly).
+MOVE_RANGES = {
+    1: {"walk": (0.8, 2.0), "walk_turn": (0.0, 20.0), "orbit": (15.0, 45.0), "pan": (20.0, 60.0),
+        "dolly_in": (0.3, 1.0), "dolly_out": (0.5, 1.5), "truck": (0.5, 1.5), "crane": (0.3, 0.8)},
+    2: {"walk": (0.3, 1.5), "walk_turn": (0.0, 15.0), "orbit": (8.0, 40.0), "pan": (10.0, 45.0),
+        "dolly_in": (0.15, 0.8), "dolly_out": (0.2, 1.2), "truck": (0.15, 1.2), "crane": (0.1, 0.7)},
+}
+
+
 def move_poses(rng: random.Random, move: str, start: np.ndarray, target_distance: float,
-               count: int) -> tuple[list[np.ndarray], dict]:
-    """`count` camera world matrices of `move` from `start`, with random amounts; and the move's recipe."""
+               count: int, ranges: dict = MOVE_RANGES[1]) -> tuple[list[np.ndarray], dict]:
+    """`count` camera world matrices of `move` from `start`, with random amounts from `ranges` (dolly_in's
+    is a share of the free distance to the target); and the move's recipe."""
     sign = rng.choice((-1.0, 1.0))
     if move == "walk":
-        amount, turn = rng.uniform(0.8, 2.0), sign * math.radians(rng.uniform(0.0, 20.0))
+        amount, turn = rng.uniform(*ranges["walk"]), sign * math.radians(rng.uniform(*ranges["walk_turn"]))
         turning = preset_poses("pan", start, count, angle=turn)
         heading = -start[:3, 2].copy()
         heading[2] = 0.0
@@ -65,18 +77,18 @@ def move_poses(rng: random.Random, move: str, start: np.ndarray, target_distance
             poses.append(pose)
         return poses, {"move": move, "amount": round(amount, 4), "angle_deg": round(math.degrees(turn), 3)}
     if move == "orbit":
-        angle = sign * math.radians(rng.uniform(15.0, 45.0))
+        angle = sign * math.radians(rng.uniform(*ranges["orbit"]))
         params = {"distance": target_distance, "angle": angle}
     elif move == "pan":
-        params = {"angle": sign * math.radians(rng.uniform(20.0, 60.0))}
+        params = {"angle": sign * math.radians(rng.uniform(*ranges["pan"]))}
     elif move == "dolly_in":
-        params = {"amount": rng.uniform(0.3, 1.0) * max(target_distance - 0.8, 0.3)}
+        params = {"amount": rng.uniform(*ranges["dolly_in"]) * max(target_distance - 0.8, 0.3)}
     elif move == "dolly_out":
-        params = {"amount": rng.uniform(0.5, 1.5)}
+        params = {"amount": rng.uniform(*ranges["dolly_out"])}
     elif move == "truck":
-        params = {"amount": sign * rng.uniform(0.5, 1.5)}
+        params = {"amount": sign * rng.uniform(*ranges["truck"])}
     elif move == "crane":
-        params = {"amount": sign * rng.uniform(0.3, 0.8)}
+        params = {"amount": sign * rng.uniform(*ranges["crane"])}
     else:
         raise ValueError(f"unknown move {move!r}: pick one of {', '.join(MOVES)}")
     recipe = {"move": move}
@@ -107,8 +119,10 @@ def _targets(rng: random.Random, room: Room) -> list[np.ndarray]:
     return points
 
 
-def plan_camera_move(rng: random.Random, scene, room: Room, count: int) -> tuple[list[np.ndarray], dict]:
-    """A random move (kind from MOVES) whose every pose passes the room's margin and view checks."""
+def plan_camera_move(rng: random.Random, scene, room: Room, count: int,
+                     ranges: dict = MOVE_RANGES[1]) -> tuple[list[np.ndarray], dict]:
+    """A random move (kind from MOVES, amounts from `ranges`) whose every pose passes the room's margin and
+    view checks."""
     move = rng.choice(MOVES)
     top = min(EYE_HEIGHT[1], room.height - MARGIN - 0.1)
     for attempt in range(ATTEMPTS):
@@ -121,7 +135,7 @@ def plan_camera_move(rng: random.Random, scene, room: Room, count: int) -> tuple
         if distance < 1.2:
             continue
         start = look_at(position, target)
-        poses, recipe = move_poses(rng, move, start, distance, count)
+        poses, recipe = move_poses(rng, move, start, distance, count, ranges)
         if all(room.inside(p[:3, 3], MARGIN) for p in poses) and \
                 all(_view_clear(scene, p) for p in poses[::max(1, count // 8)] + poses[-1:]):
             recipe.update(target=[round(float(c), 4) for c in target], attempts=attempt + 1)
