@@ -22,7 +22,7 @@ import synthetic_scenes as gen  # noqa: E402
 from wonderland_blender.trajectory import camera_trajectory  # noqa: E402
 
 pytestmark = pytest.mark.blender
-TINY = dict(width=48, height=32, frames=5, samples=2, threads=2)
+TINY = dict(width=48, height=32, frames=5, samples=2, threads=2, version=1)  # the primitive rooms
 
 
 def png_bytes(folder: Path) -> list[bytes]:
@@ -100,7 +100,7 @@ def test_same_seed_same_images_other_seed_differs(rendered):
 def test_projection_matches_the_render(tmp_path):
     """A red lamp added between the first camera and what it looks at shows up, in every frame where a ray
     from the camera reaches it, at the pixel cameras.json projects it to (and Blender agrees)."""
-    built = gen.build_scene(5, width=64, height=48, frames=5, samples=2, threads=2)
+    built = gen.build_scene(5, width=64, height=48, frames=5, samples=2, threads=2, version=1)
     scene, cam = built.scene, built.camera
     scene.frame_set(0)
     start = np.array(cam.matrix_world.translation)
@@ -142,7 +142,7 @@ def test_depth_is_camera_z_of_the_surface_seen(tmp_path):
     """depth/NNNN.npy holds camera z (along the view axis, not the ray length) of what each pixel sees: a
     sphere placed in front of the first camera, and the room around it found by ray casts."""
     width, height = 64, 48
-    built = gen.build_scene(5, width=width, height=height, frames=3, samples=2, threads=2)
+    built = gen.build_scene(5, width=width, height=height, frames=3, samples=2, threads=2, version=1)
     scene, cam = built.scene, built.camera
     scene.frame_set(0)
     start = np.array(cam.matrix_world.translation)
