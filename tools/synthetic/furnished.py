@@ -22,6 +22,8 @@ from .rooms import WALL_GAP, Box, Room, _footprint, _overlaps, add_plane, build_
 PLAIN_WALLS = 0.6                 # share of rooms with plainly painted walls (the rest: procedural textures)
 OPEN_SHARE = 0.2                  # open, outdoor-like yards (no ceiling, at most two walls)
 MAX_FLOOR_COVER = 0.35
+ROOM_THEMES = ("Living room", "Living room", "Kitchen", "Bedroom", "Bathroom", "Office")  # catalogue categories
+THEMED_SHARE = 0.75               # of a room's floor pieces drawn from its theme (yards: "Exterior")
 SMALL = (0.45, 0.6)               # height and footprint (m) below which a model is small: it goes on a support
 SUPPORT = re.compile(r"table|desk|cabinet|dresser|chest|sideboard|counter|commode|drawer|buffet|console|"
                      r"nightstand|stand|bench|shelf", re.IGNORECASE)
@@ -175,15 +177,17 @@ def _stack(rng, room: Room, pool, workdir, support: dict, small: list[FurnitureM
     return items
 
 
-def build_furniture(rng: random.Random, room: Room, pool: AssetPool, workdir: Path) -> list[dict]:
+def build_furniture(rng: random.Random, room: Room, pool: AssetPool, workdir: Path, theme: str) -> list[dict]:
     """Four to ten catalogue pieces on the floor (half against a wall), never intersecting, covering at most
-    MAX_FLOOR_COVER of it, with small models on the tables and cabinets among them."""
+    MAX_FLOOR_COVER of it, most of them from the `theme` category, with small models on the tables and
+    cabinets among them."""
     floor = [m for m in pool.furniture if not is_small(m)]
+    themed = [m for m in floor if m.category == theme] or floor
     small = [m for m in pool.furniture if is_small(m)]
     placed, pieces, cover = [], [], 0.0
-    for _ in range(rng.randint(4, 10)):
+    for _ in range(rng.randint(4, 10) if floor else 0):
         for _attempt in range(3):
-            model = rng.choice(floor)
+            model = rng.choice(themed if rng.random() < THEMED_SHARE else floor)
             spot = _place(rng, room, model, placed, against_wall=rng.random() < 0.5)
             if spot is None:
                 continue
@@ -236,7 +240,8 @@ def choose_look(rng: random.Random, scene) -> dict:
 def build_furnished_room(rng: random.Random, pool: AssetPool, workdir: Path) -> Room:
     """A whole version-2 scene in the current (empty) Blender scene, but the camera and the look."""
     room, recipe = build_shell(rng)
-    pieces = build_furniture(rng, room, pool, workdir)
+    recipe["theme"] = "Exterior" if recipe["open"] else rng.choice(ROOM_THEMES)
+    pieces = build_furniture(rng, room, pool, workdir, recipe["theme"])
     world = build_hdri_world(rng, pool)
     lights = [] if recipe["open"] else build_lights(rng, room)
     room.recipe = {**recipe, "furniture": pieces, "lights": lights, "world": world}
