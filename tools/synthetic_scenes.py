@@ -3,14 +3,14 @@ held-out test data for the small default model: no public weights or data are ne
 
     python tools/synthetic_scenes.py --out DIR --count N [--start-seed S] [--split train|test|heldout]
                                      [--size 96x64] [--frames 49] [--samples 8] [--threads T] [--no-denoise]
-                                     [--no-depth] [--generator-version 1|2] [--furniture DIR]
+                                     [--no-depth] [--generator-version 1|2] [--furniture DIR] [--pictures DIR]
 
 Generator versions (scene.json's generator_version; tools/synthetic/DATA.md says how to reproduce each):
     1  primitive furniture with procedural textures, uniform sky, AgX Punchy: the shipped model's data
     2  (default) real furniture from Sweet Home 3D catalogues (--furniture, Debian's sweethome3d-furniture),
        windows and open yards lit by Blender's CC0 HDRIs, varied view transforms and exposure, wider
-       lenses and the short camera moves artists make. The run's DATA_CARD.md and assets.json credit every
-       asset used.
+       lenses and the short camera moves artists make; opt-in framed photographs (--pictures). The run's
+       DATA_CARD.md and assets.json credit every asset used.
 
 Each scene is DIR/scene_SSSSSSS/ (S = the seed, 7 digits) holding
     cameras.json     shared/design/cameras.md, written by the add-on's own trajectory export
@@ -62,6 +62,7 @@ from synthetic.catalog import DEBIAN_DIR, CatalogError  # noqa: E402
 from synthetic.datacard import write_data_card  # noqa: E402
 from synthetic.depth import add_depth_output, exr_file, read_depth  # noqa: E402
 from synthetic.furnished import build_furnished_room, choose_look  # noqa: E402
+from synthetic.pictures import MATE_NATURE  # noqa: E402
 from synthetic.rooms import build_room  # noqa: E402
 from wonderland_blender.trajectory import camera_trajectory, write_cameras_json  # noqa: E402
 
@@ -214,11 +215,16 @@ def build_scene(seed: int, *, width: int, height: int, frames: int, samples: int
 
 
 def scene_assets(room_recipe: dict, pool: AssetPool) -> list[dict]:
-    """The credits of the furniture models and the HDRI a version-2 room uses, each once, sorted by id."""
+    """The credits of the furniture models, pictures and the HDRI a version-2 room uses, each once, sorted by
+    id."""
     models = {m.id: m for m in pool.furniture}
     hdris = {h.id: h for h in pool.hdris}
     used = {p["id"]: models[p["id"]].credit() for p in room_recipe["furniture"]}
     used[room_recipe["world"]["hdri"]] = hdris[room_recipe["world"]["hdri"]].credit()
+    pictures = {p.id: p for p in pool.pictures}
+    for wall in room_recipe["wall_sides"]:
+        if "picture" in wall:
+            used[wall["picture"]["picture"]] = pictures[wall["picture"]["picture"]].credit()
     return [{**used[k], "split": pool.split} for k in sorted(used)]
 
 
@@ -332,14 +338,17 @@ def main(argv: list[str] | None = None) -> int:
                         help="1: primitive rooms (the shipped model's data); 2: real furniture, HDRIs (default)")
     parser.add_argument("--furniture", type=Path, default=DEBIAN_DIR,
                         help=f"folder of Sweet Home 3D .sh3f furniture catalogues, version 2 (default {DEBIAN_DIR})")
+    parser.add_argument("--pictures", type=Path, default=None,
+                        help="folder of credited photographs to hang framed on the walls, version 2 (opt-in; "
+                             f"e.g. {MATE_NATURE} from Debian's mate-backgrounds, GPL-2+)")
     args = parser.parse_args(argv)
     pool = None
     try:
         seeds = scene_seeds(args.split, args.start_seed, args.count)
-        if args.generator_version == 1 and args.split == "heldout":
-            raise ValueError("--split heldout needs --generator-version 2 (version 1 uses no assets to hold out)")
+        if args.generator_version == 1 and (args.split == "heldout" or args.pictures):
+            raise ValueError("--split heldout and --pictures need --generator-version 2 (version 1 uses no assets)")
         if args.generator_version == 2:
-            pool = load_pool(args.furniture, args.split)
+            pool = load_pool(args.furniture, args.split, args.pictures)
     except (ValueError, CatalogError) as e:
         parser.error(str(e))
     args.out.mkdir(parents=True, exist_ok=True)

@@ -24,6 +24,7 @@ from synthetic.assets import asset_split, load_pool  # noqa: E402
 from synthetic.catalog import import_model, load_catalogs  # noqa: E402
 from synthetic.datacard import write_data_card  # noqa: E402
 from synthetic.furnished import LOOKS  # noqa: E402
+from synthetic.pictures import PictureError, load_pictures  # noqa: E402
 
 pytestmark = pytest.mark.blender
 # version 1's recipes of seeds 0, 3, 4 and 1,000,005, computed with the generator before version 2
@@ -65,6 +66,28 @@ def make_catalog(folder: Path) -> Path:
         z.writestr("fixture/box/box.mtl", CUBE_MTL)
         z.writestr("fixture/box/paint.png", png.getvalue())
     return path
+
+
+COPYRIGHT = """Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/
+
+Files: nature/red.png
+       nature/sky.png
+Copyright: 2020, Jane Doe <jane@example.org>
+License: GPL-2+
+
+Files: *
+Copyright: 2021, The Packagers
+License: GPL-2+
+"""
+
+
+def make_pictures(folder: Path, names=("red.png", "sky.png")) -> Path:
+    """folder/*.png (2:1 plain colour photos) with a DEP-5 copyright file crediting red.png and sky.png."""
+    folder.mkdir()
+    for name in names:
+        Image.new("RGB", (8, 4), (255, 0, 0) if name == "red.png" else (0, 0, 255)).save(folder / name)
+    (folder / "copyright").write_text(COPYRIGHT)
+    return folder
 
 
 @pytest.fixture(scope="module")
@@ -181,7 +204,7 @@ def test_missing_catalogue_says_what_to_install(tmp_path, capsys):
     assert "--generator-version 1" in err
     with pytest.raises(SystemExit):
         gen.main(["--out", str(tmp_path / "out"), "--count", "1", "--split", "heldout", "--generator-version", "1"])
-    assert "needs --generator-version 2" in capsys.readouterr().err
+    assert "need --generator-version 2" in capsys.readouterr().err
 
 
 def test_version_1_recipes_are_unchanged():
@@ -190,3 +213,37 @@ def test_version_1_recipes_are_unchanged():
                for seed in (0, 3, 4, 1_000_005)}
     text = json.dumps(recipes, sort_keys=True)
     assert hashlib.sha256(text.encode()).hexdigest() == V1_RECIPES_SHA256
+
+
+def test_pictures_are_credited_held_out_and_hung_facing_the_room(catalog_dir, tmp_path):
+    pictures = make_pictures(tmp_path / "pictures")
+    jane = ("2020, Jane Doe <jane@example.org>", "GPL-2+")
+    assert [(p.file, p.creator, p.license) for p in load_pictures(pictures)] == [("red.png", *jane),
+                                                                                 ("sky.png", *jane)]
+    train, heldout = load_pool(catalog_dir, "train", pictures), load_pool(catalog_dir, "heldout", pictures)
+    assert [p.file for p in train.pictures] == ["red.png"] and [p.file for p in heldout.pictures] == ["sky.png"]
+    for seed in range(10):  # the first seed whose room hangs a picture
+        built = gen.build_scene(seed, **TINY, pool=train, workdir=tmp_path / str(seed))
+        hung = [w["picture"] for w in built.recipe["room"]["wall_sides"] if "picture" in w]
+        if hung:
+            break
+    assert hung, "no room of seeds 0-9 hangs a picture"
+    assert {"id": "picture:red.png", "file": "red.png", "creator": "2020, Jane Doe <jane@example.org>",
+            "license": "GPL-2+", "source": str(pictures / "copyright"), "split": "train"} in built.recipe["assets"]
+    width, height = hung[0]["size"]
+    assert width / height == pytest.approx(2.0)
+    centre = Vector(hung[0]["center"])
+    room_centre = Vector((0.0, 0.0, centre.z))
+    found, _, _, _, obj, _ = built.scene.ray_cast(bpy.context.evaluated_depsgraph_get(), room_centre,
+                                                  (centre - room_centre).normalized())
+    assert found and obj.name.startswith("Picture"), "the picture is hidden behind its frame or the wall"
+
+
+def test_pictures_without_credit_or_from_scikit_image_are_refused(tmp_path):
+    with pytest.raises(PictureError, match="credits no one for blue.png"):
+        load_pictures(make_pictures(tmp_path / "a", ("red.png", "blue.png")))
+    (tmp_path / "skimage").mkdir()
+    with pytest.raises(PictureError, match="scikit-image's sample photos"):
+        load_pictures(make_pictures(tmp_path / "skimage" / "data"))
+    with pytest.raises(PictureError, match="apt-get install mate-backgrounds"):
+        load_pictures(tmp_path / "empty")

@@ -46,16 +46,17 @@ def _row(cells) -> str:
 
 
 def render_card(data: dict) -> str:
-    furniture = [a for a in data["assets"] if not a["id"].startswith("hdri:")]
+    furniture = [a for a in data["assets"] if not a["id"].startswith(("hdri:", "picture:"))]
     hdris = [a for a in data["assets"] if a["id"].startswith("hdri:")]
+    pictures = [a for a in data["assets"] if a["id"].startswith("picture:")]
     licences = Counter(a["license"] for a in furniture)
     lines = [f"# Data card ({sum(data['scenes'].values())} scenes: "
              + ", ".join(f"{n} {split}" for split, n in data["scenes"].items()) + ")", "",
              "Rendered by `tools/synthetic_scenes.py`, generator version(s) "
              + ", ".join(map(str, data["generator_versions"])) + "; `tools/synthetic/DATA.md` says how to "
              "reproduce them from their seeds. Each scene's `scene.json` lists the assets it uses. Procedural "
-             "materials and lights are made by the generator itself. No photographs are used (scikit-image's "
-             "sample photos are kept out).", "",
+             "materials and lights are made by the generator itself. scikit-image's sample photos are never "
+             "used.", "",
              f"## Furniture ({len(furniture)} models)", "",
              "From Sweet Home 3D furniture catalogues (Debian's `sweethome3d-furniture`), converted to OBJ by "
              "Emmanuel Puybaret / eTeks. Models under a Creative Commons Attribution licence are credited below "
@@ -72,6 +73,13 @@ def render_card(data: dict) -> str:
     lines += ["", f"## HDRIs ({len(hdris)})", "", _row(("file", "source", "creator", "licence", "split", "scenes")),
               _row(["---"] * 6)]
     lines += [_row((a["file"], a["source"], a["creator"], a["license"], a["split"], a["scenes"])) for a in hdris]
+    lines += ["", f"## Framed photographs ({len(pictures)})", ""]
+    if pictures:
+        lines += [_row(("file", "copyright", "licence", "credits from", "split", "scenes")), _row(["---"] * 6)]
+        lines += [_row((a["file"], a["creator"], a["license"], a["source"], a["split"], a["scenes"]))
+                  for a in pictures]
+    else:
+        lines += ["None (`--pictures` was not given)."]
     return "\n".join(lines) + "\n"
 
 

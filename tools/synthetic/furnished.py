@@ -17,9 +17,11 @@ import bpy
 
 from .assets import AssetPool
 from .catalog import FurnitureModel, import_model
+from .pictures import hang_picture
 from .rooms import WALL_GAP, Box, Room, _footprint, _overlaps, add_plane, build_lights, make_material
 
 PLAIN_WALLS = 0.6                 # share of rooms with plainly painted walls (the rest: procedural textures)
+PICTURE_SHARE = 0.5               # of the windowless walls of a room carry a framed picture (with --pictures)
 OPEN_SHARE = 0.2                  # open, outdoor-like yards (no ceiling, at most two walls)
 MAX_FLOOR_COVER = 0.35
 ROOM_THEMES = ("Living room", "Living room", "Kitchen", "Bedroom", "Bathroom", "Office")  # catalogue categories
@@ -89,8 +91,9 @@ def _window(rng: random.Random, length: float, height: float) -> tuple[float, fl
     return u0, u0 + width, z0, z1
 
 
-def build_shell(rng: random.Random) -> tuple[Room, dict]:
-    """Floor, walls (with windows) and ceiling of a room, or the ground and a wall or two of an open yard."""
+def build_shell(rng: random.Random, pool: AssetPool) -> tuple[Room, dict]:
+    """Floor, walls (with windows, and framed pictures when the pool has some) and ceiling of a room, or the
+    ground and a wall or two of an open yard."""
     is_open = rng.random() < OPEN_SHARE
     if is_open:
         W, D, H = rng.uniform(6.0, 10.0), rng.uniform(6.0, 10.0), rng.uniform(2.2, 3.5)
@@ -114,6 +117,8 @@ def build_shell(rng: random.Random) -> tuple[Room, dict]:
         window = _window(rng, length, H) if side in windowed else None
         add_wall(a, b, H, wall_mat, window)
         walls.append({"side": side, "window": [round(v, 4) for v in window] if window else None})
+        if pool.pictures and not window and not is_open and rng.random() < PICTURE_SHARE:
+            walls[-1]["picture"] = hang_picture(rng, rng.choice(pool.pictures), a, b, (0.3, length - 0.3), H)
     recipe = {"open": is_open, "width": round(W, 4), "depth": round(D, 4), "height": round(H, 4),
               "floor": floor_recipe, "walls": wall_recipe, "wall_sides": walls}
     return room, recipe
@@ -239,7 +244,7 @@ def choose_look(rng: random.Random, scene) -> dict:
 
 def build_furnished_room(rng: random.Random, pool: AssetPool, workdir: Path) -> Room:
     """A whole version-2 scene in the current (empty) Blender scene, but the camera and the look."""
-    room, recipe = build_shell(rng)
+    room, recipe = build_shell(rng, pool)
     recipe["theme"] = "Exterior" if recipe["open"] else rng.choice(ROOM_THEMES)
     pieces = build_furniture(rng, room, pool, workdir, recipe["theme"])
     world = build_hdri_world(rng, pool)
