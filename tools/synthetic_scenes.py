@@ -209,7 +209,7 @@ def build_scene(seed: int, *, width: int, height: int, frames: int, samples: int
     setup_render(scene, width, height, samples, seed, threads, denoise)
     recipe = {"room": room.recipe, "camera": {**move, "lens_mm": round(cam_data.lens, 4)}}
     if version == 2:
-        recipe["look"] = choose_look(rng, scene)
+        recipe["look"] = choose_look(rng, scene, Path(workdir))
         recipe["assets"] = scene_assets(room.recipe, pool)
     return BuiltScene(scene, camera, frames, recipe, version)
 

@@ -17,6 +17,7 @@ import bpy
 
 from .assets import AssetPool
 from .catalog import FurnitureModel, import_model
+from .exposure import meter_exposure
 from .pictures import hang_picture
 from .rooms import WALL_GAP, Box, Room, _footprint, _overlaps, add_plane, build_lights, make_material
 
@@ -33,7 +34,7 @@ SUPPORT_TOP = (0.3, 1.2)          # heights (m) of a support's top
 LOOKS = (("AgX", "None"), ("AgX", "AgX - Punchy"), ("AgX", "AgX - Base Contrast"),
          ("AgX", "AgX - Medium High Contrast"), ("AgX", "AgX - Medium Low Contrast"), ("Filmic", "None"),
          ("Filmic", "Medium Contrast"), ("Standard", "None"), ("Khronos PBR Neutral", "None"))
-EXPOSURE = (-0.5, 0.5)
+TARGET_MEAN = (80.0, 150.0)       # the mean 8-bit level of frame 0 (photos: about 110)
 HDRI_MEAN = {"city.exr": 1.03, "courtyard.exr": 0.54, "forest.exr": 0.78, "interior.exr": 0.89,  # measured
              "night.exr": 0.12, "studio.exr": 0.54, "sunrise.exr": 0.45, "sunset.exr": 0.42}   # luminance
 
@@ -233,13 +234,15 @@ def build_hdri_world(rng: random.Random, pool: AssetPool) -> dict:
     return {"hdri": hdri.id, "rotation": round(rotation, 4), "strength": round(strength, 4)}
 
 
-def choose_look(rng: random.Random, scene) -> dict:
-    """A view transform, look and exposure, as varied as the photos artists bring."""
+def choose_look(rng: random.Random, scene, workdir: Path) -> dict:
+    """A view transform, look and exposure, as varied as the photos artists bring: the exposure is metered
+    (synthetic.exposure) to a mean level drawn from TARGET_MEAN."""
     transform, look = rng.choice(LOOKS)
-    exposure = rng.uniform(*EXPOSURE)
+    target = rng.uniform(*TARGET_MEAN)
     scene.view_settings.view_transform, scene.view_settings.look = transform, look
-    scene.view_settings.exposure = exposure
-    return {"view_transform": transform, "look": look, "exposure": round(exposure, 4)}
+    scene.view_settings.exposure = 0.0
+    exposure = meter_exposure(scene, target, workdir)
+    return {"view_transform": transform, "look": look, "target_mean": round(target, 2), "exposure": round(exposure, 4)}
 
 
 def build_furnished_room(rng: random.Random, pool: AssetPool, workdir: Path) -> Room:
