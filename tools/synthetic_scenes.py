@@ -6,8 +6,9 @@ held-out test data for the small default model: no public weights or data are ne
                                      [--no-depth] [--generator-version 1|2] [--furniture DIR] [--pictures DIR]
 
 Generator versions (scene.json's generator_version; tools/synthetic/DATA.md says how to reproduce each):
-    1  primitive furniture with procedural textures, uniform sky, AgX Punchy: the shipped model's data
-    2  (default) real furniture from Sweet Home 3D catalogues (--furniture, Debian's sweethome3d-furniture),
+    1  (default) primitive furniture with procedural textures, uniform sky, AgX Punchy: the shipped model's
+       data, which the model card's commands, tests and benchmarks reproduce
+    2  real furniture from Sweet Home 3D catalogues (--furniture, Debian's sweethome3d-furniture),
        windows and open yards lit by Blender's CC0 HDRIs, varied view transforms and exposure, wider
        lenses and the short camera moves artists make; opt-in framed photographs (--pictures). The run's
        DATA_CARD.md and assets.json credit every asset used.
@@ -74,7 +75,7 @@ SEED_RULE = (f"train: seeds [start, start + count) within [0, {TEST_SEED_START})
 SEED_RULES = {1: SEED_RULE, 2: SEED_RULE + f"; heldout: seeds {HELDOUT_SEED_START} + [start, start + count), "
                                           "held-out furniture and HDRIs only"}
 GENERATOR_VERSIONS = (1, 2)
-GENERATOR_VERSION = 2     # the default; 1 stays selectable (the shipped model's data)
+GENERATOR_VERSION = 1     # the default: the shipped model's data; version 2 is opt-in (--generator-version 2)
 FRAMES_DIR = "frames"
 DEPTH_DIR = "depth"
 DEFAULT_SIZE = (96, 64)
@@ -275,8 +276,9 @@ def render_scene(out: Path, seed: int, split: str, *, width: int = DEFAULT_SIZE[
     """Render the scene of `seed` into out/scene_SSSSSSS atomically; False when it was already complete
     (with `depth`, a scene written without depth maps is rendered again). Version 2 needs the asset pool
     of `split` (synthetic.assets.load_pool)."""
-    if version == 1 and split == "heldout":
-        raise ValueError("the held-out-asset split needs generator version 2 (version 1 uses no assets)")
+    if version == 1 and (split == "heldout" or pool is not None):
+        raise ValueError("the held-out-asset split and asset pools need generator version 2 (version 1 uses no "
+                         "assets)")
     if pool is not None and pool.split != ("heldout" if split == "heldout" else "train"):
         raise ValueError(f"a {split} scene cannot use the {pool.split} assets: load the pool for {split!r}")
     final = Path(out) / scene_name(seed)
@@ -335,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-depth", dest="depth", action="store_false",
                         help=f"do not write {DEPTH_DIR}/NNNN.npy (per-frame camera z-depth, for evaluation)")
     parser.add_argument("--generator-version", type=int, choices=GENERATOR_VERSIONS, default=GENERATOR_VERSION,
-                        help="1: primitive rooms (the shipped model's data); 2: real furniture, HDRIs (default)")
+                        help="1: primitive rooms (the shipped model's data, default); 2: real furniture, HDRIs")
     parser.add_argument("--furniture", type=Path, default=DEBIAN_DIR,
                         help=f"folder of Sweet Home 3D .sh3f furniture catalogues, version 2 (default {DEBIAN_DIR})")
     parser.add_argument("--pictures", type=Path, default=None,

@@ -29,7 +29,7 @@ from synthetic.pictures import PictureError, load_pictures  # noqa: E402
 pytestmark = pytest.mark.blender
 # version 1's recipes of seeds 0, 3, 4 and 1,000,005, computed with the generator before version 2
 V1_RECIPES_SHA256 = "df07f43883d92544d4727201baa05dc9e0a7ce111c7559f2bc2bf75d80c4ff62"
-TINY = dict(width=48, height=32, frames=3, samples=2, threads=2)
+TINY = dict(width=48, height=32, frames=3, samples=2, threads=2, version=2)
 GREEN = (0, 255, 0)
 CUBE_OBJ = """mtllib box.mtl
 v -1 0 -1\nv 1 0 -1\nv 1 2 -1\nv -1 2 -1\nv -1 0 1\nv 1 0 1\nv 1 2 1\nv -1 2 1
@@ -192,12 +192,13 @@ def test_heldout_split_never_uses_a_training_asset(rendered, catalog_dir, tmp_pa
     with pytest.raises(ValueError, match="cannot use the heldout assets"):
         gen.render_scene(tmp_path, 0, "train", **TINY, pool=heldout)
     with pytest.raises(ValueError, match="made by generator version 2, not 1"):
-        gen.render_scene(rendered[0], 7, "train", **TINY, version=1)
+        gen.render_scene(rendered[0], 7, "train", **{**TINY, "version": 1})
 
 
 def test_missing_catalogue_says_what_to_install(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        gen.main(["--out", str(tmp_path / "out"), "--count", "1", "--furniture", str(tmp_path / "none")])
+        gen.main(["--out", str(tmp_path / "out"), "--count", "1", "--generator-version", "2",
+                  "--furniture", str(tmp_path / "none")])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "apt-get install sweethome3d-furniture" in err and "--furniture DIR" in err

@@ -21,7 +21,7 @@ from mathutils import Matrix
 DEBIAN_DIR = Path("/usr/share/sweethome3d/furniture")
 INSTALL_HINT = ("install Debian's sweethome3d-furniture (apt-get install sweethome3d-furniture, about 120 MB, puts "
                 f"five catalogues in {DEBIAN_DIR}) or pass --furniture DIR holding .sh3f files; "
-                "--generator-version 1 renders the primitive rooms, which need none")
+                "--generator-version 1 (the default) renders the primitive rooms, which need none")
 PROPERTIES = "PluginFurnitureCatalog.properties"
 SKIP_CATEGORIES = {"Doors and windows", "Characters", "Vehicles", "Staircases"}
 SIZE_CM = (15.0, 300.0)          # smallest largest-side and largest footprint side kept

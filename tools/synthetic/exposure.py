@@ -1,4 +1,4 @@
-"""Metered exposure for version-2 scenes, as a camera's auto-exposure does: a tiny preview of the first frame
+"""Metered exposure for version-2 scenes, as a camera's auto-exposure does: a small preview of the first frame
 is rendered through the scene's view transform and the exposure is moved so that its mean 8-bit level
 reaches a target drawn per scene. Without it the furnished rooms (pale walls, HDRI and lamps) came out
 washed out (median frame mean 175 of 255, photos are nearer 110).
@@ -14,7 +14,7 @@ from pathlib import Path
 import bpy
 import numpy as np
 
-PREVIEW_PERCENT = 25       # of the output size
+PREVIEW_WIDTH = 48         # pixels, whatever the output size: a scene meters the same at 96x64 and 384x256
 PREVIEW_SAMPLES = 4
 MAX_CORRECTION = 3.0       # stops
 DISPLAY_GAMMA = 2.2        # 8-bit level ~ linear ** (1 / gamma) near the middle of the view transforms
@@ -23,8 +23,9 @@ DISPLAY_GAMMA = 2.2        # 8-bit level ~ linear ** (1 / gamma) near the middle
 def _preview_mean(scene, path: Path) -> float:
     """Mean 8-bit level of frame 0 rendered small, through the scene's view transform."""
     render, cycles = scene.render, scene.cycles
-    saved = (render.resolution_percentage, cycles.samples, cycles.use_denoising, render.filepath)
-    render.resolution_percentage, cycles.samples, cycles.use_denoising = PREVIEW_PERCENT, PREVIEW_SAMPLES, False
+    saved = (render.resolution_x, render.resolution_y, cycles.samples, cycles.use_denoising, render.filepath)
+    render.resolution_y = max(1, round(PREVIEW_WIDTH * render.resolution_y / render.resolution_x))
+    render.resolution_x, cycles.samples, cycles.use_denoising = PREVIEW_WIDTH, PREVIEW_SAMPLES, False
     render.filepath = str(path)
     try:
         scene.frame_set(scene.frame_start)
@@ -37,7 +38,7 @@ def _preview_mean(scene, path: Path) -> float:
         finally:
             bpy.data.images.remove(image)
     finally:
-        render.resolution_percentage, cycles.samples, cycles.use_denoising, render.filepath = saved
+        render.resolution_x, render.resolution_y, cycles.samples, cycles.use_denoising, render.filepath = saved
     return float(pixels.reshape(-1, channels)[:, :3].mean() * 255.0)
 
 
