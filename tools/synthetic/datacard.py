@@ -50,7 +50,8 @@ def render_card(data: dict) -> str:
     hdris = [a for a in data["assets"] if a["id"].startswith("hdri:")]
     pictures = [a for a in data["assets"] if a["id"].startswith("picture:")]
     licences = Counter(a["license"] for a in furniture)
-    lines = [f"# Data card ({sum(data['scenes'].values())} scenes: "
+    count = sum(data["scenes"].values())
+    lines = [f"# Data card ({count} scene{'s' * (count != 1)}: "
              + ", ".join(f"{n} {split}" for split, n in data["scenes"].items()) + ")", "",
              "Rendered by `tools/synthetic_scenes.py`, generator version(s) "
              + ", ".join(map(str, data["generator_versions"])) + "; `tools/synthetic/DATA.md` says how to "
@@ -61,7 +62,7 @@ def render_card(data: dict) -> str:
              "From Sweet Home 3D furniture catalogues (Debian's `sweethome3d-furniture`), converted to OBJ by "
              "Emmanuel Puybaret / eTeks. Models under a Creative Commons Attribution licence are credited below "
              "by name and creator; redistributing the rendered images requires keeping this credit.", ""]
-    lines += [f"- {n} models: {lic}" for lic, n in sorted(licences.items())]
+    lines += [f"- {n} model{'s' * (n != 1)}: {lic}" for lic, n in sorted(licences.items())]
     if data["catalogs"]:
         lines += ["", _row(("catalogue file", "name", "version", "licence", "models usable", "skipped")),
                   _row(["---"] * 6)]
