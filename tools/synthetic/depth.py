@@ -5,9 +5,8 @@ Cycles' Depth pass for a perspective camera is the distance along the camera's v
 OpenCV's z), not the length of the ray: a pixel's 3D point is depth * K⁻¹ [u + 0.5, v + 0.5, 1] in the
 camera frame. Values are anti-aliased like the colour (averaged over the pixel filter), so a pixel on
 an object's silhouette holds a blend of the two depths. A pixel that sees the world (an open side, a
-window, an open yard's sky) holds Cycles' background depth, 1e10, and one on the edge of it a blend far
-beyond the room: readers mask depths above about 1e3 m (version-2 scenes have up to a third of such
-pixels).
+window, an open yard's sky) holds Cycles' background depth, exactly 1e10 (no blend at its edges, measured):
+readers mask it (version-2 scenes have up to a third of such pixels).
 """
 from __future__ import annotations
 
