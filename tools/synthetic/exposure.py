@@ -1,5 +1,5 @@
-"""Metered exposure for version-2 scenes, as a camera's auto-exposure does: a small preview of the first frame
-is rendered through the scene's view transform and the exposure is moved so that its mean 8-bit level
+"""Metered exposure for version-2 scenes, as a camera's auto-exposure does: small previews of the first frame
+are rendered through the scene's view transform and the exposure is moved so that its mean 8-bit level
 reaches a target drawn per scene. Without it the furnished rooms (pale walls, HDRI and lamps) came out
 washed out (median frame mean 175 of 255, photos are nearer 110).
 
@@ -43,9 +43,17 @@ def _preview_mean(scene, path: Path) -> float:
 
 
 def meter_exposure(scene, target: float, workdir: Path) -> float:
-    """Set scene.view_settings.exposure so that frame 0's mean 8-bit level is about `target`; returns it."""
+    """Set scene.view_settings.exposure so that frame 0's mean 8-bit level is about `target`; returns it.
+
+    Two previews: the first step assumes DISPLAY_GAMMA, the second uses the slope the two measured (the
+    view transforms are flatter than a gamma curve where they roll off)."""
     Path(workdir).mkdir(parents=True, exist_ok=True)
-    mean = max(_preview_mean(scene, Path(workdir) / "meter.png"), 1.0)
-    correction = DISPLAY_GAMMA * math.log2(target / mean)
-    scene.view_settings.exposure += max(-MAX_CORRECTION, min(MAX_CORRECTION, correction))
-    return scene.view_settings.exposure
+    view = scene.view_settings
+    e0, m0 = view.exposure, max(_preview_mean(scene, Path(workdir) / "meter0.png"), 1.0)
+    e1 = e0 + max(-MAX_CORRECTION, min(MAX_CORRECTION, DISPLAY_GAMMA * math.log2(target / m0)))
+    view.exposure = e1
+    m1 = max(_preview_mean(scene, Path(workdir) / "meter1.png"), 1.0)
+    if abs(e1 - e0) > 0.05:
+        slope = min(1.0, max(0.1, (math.log2(m1) - math.log2(m0)) / (e1 - e0)))  # log2 levels per stop
+        view.exposure = e1 + max(-MAX_CORRECTION, min(MAX_CORRECTION, math.log2(target / m1) / slope))
+    return view.exposure
