@@ -23,6 +23,7 @@ import synthetic_scenes as gen  # noqa: E402
 from synthetic.assets import asset_split, load_pool  # noqa: E402
 from synthetic.catalog import import_model, load_catalogs  # noqa: E402
 from synthetic.datacard import write_data_card  # noqa: E402
+from synthetic.exposure import preview_mean, meter_exposure  # noqa: E402
 from synthetic.furnished import LOOKS  # noqa: E402
 from synthetic.pictures import PictureError, load_pictures  # noqa: E402
 
@@ -148,6 +149,15 @@ def test_furniture_shows_in_the_frame(catalog_dir, tmp_path):
     assert len(hits) >= 10, f"only {len(hits)} sampled pixels see furniture"
     r, g, b = np.median(np.array(hits), axis=0)
     assert g > r + 40 and g > b + 40, f"furniture pixels are {(r, g, b)}, not green"
+
+
+def test_exposure_is_metered_to_the_target(catalog_dir, tmp_path):
+    """A dark and a bright target each bring frame 0's mean 8-bit level within 15 of themselves."""
+    built = gen.build_scene(7, **TINY, pool=load_pool(catalog_dir, "train"), workdir=tmp_path)
+    for target in (60.0, 170.0):
+        built.scene.view_settings.exposure = 0.0
+        meter_exposure(built.scene, target, tmp_path)
+        assert abs(preview_mean(built.scene, tmp_path / "check.png") - target) < 15
 
 
 def test_same_seed_same_scene_and_every_asset_credited(rendered, catalog_dir):

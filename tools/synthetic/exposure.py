@@ -20,7 +20,7 @@ MAX_CORRECTION = 3.0       # stops
 DISPLAY_GAMMA = 2.2        # 8-bit level ~ linear ** (1 / gamma) near the middle of the view transforms
 
 
-def _preview_mean(scene, path: Path) -> float:
+def preview_mean(scene, path: Path) -> float:
     """Mean 8-bit level of frame 0 rendered small, through the scene's view transform."""
     render, cycles = scene.render, scene.cycles
     saved = (render.resolution_x, render.resolution_y, cycles.samples, cycles.use_denoising, render.filepath)
@@ -49,10 +49,10 @@ def meter_exposure(scene, target: float, workdir: Path) -> float:
     view transforms are flatter than a gamma curve where they roll off)."""
     Path(workdir).mkdir(parents=True, exist_ok=True)
     view = scene.view_settings
-    e0, m0 = view.exposure, max(_preview_mean(scene, Path(workdir) / "meter0.png"), 1.0)
+    e0, m0 = view.exposure, max(preview_mean(scene, Path(workdir) / "meter0.png"), 1.0)
     e1 = e0 + max(-MAX_CORRECTION, min(MAX_CORRECTION, DISPLAY_GAMMA * math.log2(target / m0)))
     view.exposure = e1
-    m1 = max(_preview_mean(scene, Path(workdir) / "meter1.png"), 1.0)
+    m1 = max(preview_mean(scene, Path(workdir) / "meter1.png"), 1.0)
     if abs(e1 - e0) > 0.05:
         slope = min(1.0, max(0.1, (math.log2(m1) - math.log2(m0)) / (e1 - e0)))  # log2 levels per stop
         view.exposure = e1 + max(-MAX_CORRECTION, min(MAX_CORRECTION, math.log2(target / m1) / slope))
