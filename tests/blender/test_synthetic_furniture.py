@@ -36,9 +36,12 @@ CUBE_OBJ = """mtllib box.mtl
 v -1 0 -1\nv 1 0 -1\nv 1 2 -1\nv -1 2 -1\nv -1 0 1\nv 1 0 1\nv 1 2 1\nv -1 2 1
 vt 0 0\nvt 1 0\nvt 1 1\nvt 0 1
 usemtl paint
-f 1/1 2/2 3/3 4/4\nf 5/1 8/4 7/3 6/2\nf 1/1 5/2 6/3 2/4\nf 2/1 6/2 7/3 3/4\nf 3/1 7/2 8/3 4/4\nf 5/1 1/2 4/3 8/4
+f 1/1 2/2 3/3 4/4\nf 5/1 8/4 7/3 6/2\nf 1/1 5/2 6/3 2/4\nf 2/1 6/2 7/3 3/4\nf 3/1 7/2 8/3 4/4
+usemtl trim
+f 5/1 1/2 4/3 8/4
 """
-CUBE_MTL = "newmtl paint\nKd 1 1 1\nmap_Kd paint.png\n"
+# the trim's texture is missing from the catalogue, as some real ones are: its Kd green must show instead
+CUBE_MTL = "newmtl paint\nKd 1 1 1\nmap_Kd paint.png\nnewmtl trim\nKd 0 1 0\nmap_Kd textures/absent.png\n"
 # id suffix, name, category, width, depth, height (cm), extra properties
 ENTRIES = [(f"box-{i:02d}", f"Green box {i}", "Living room", 60, 50, 80, {}) for i in range(8)] + [
     ("table", "Green table", "Kitchen", 90, 60, 75, {}),
@@ -125,6 +128,9 @@ def test_imported_model_has_the_catalogue_size(catalog_dir, tmp_path):
     obj = import_model(next(m for m in models if m.id == "Fixture#table"), catalog_dir, tmp_path)
     co = np.array([v.co[:] for v in obj.data.vertices])
     assert np.allclose(co.min(axis=0), (-0.45, -0.30, 0.0)) and np.allclose(co.max(axis=0), (0.45, 0.30, 0.75))
+    images = {m.name: [n.image.filepath for n in m.node_tree.nodes if n.type == 'TEX_IMAGE']
+              for m in obj.data.materials}
+    assert images == {"paint": [str(tmp_path / "fixture" / "box" / "paint.png")], "trim": []}  # no magenta
 
 
 def test_furniture_shows_in_the_frame(catalog_dir, tmp_path):

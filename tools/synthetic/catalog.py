@@ -9,6 +9,7 @@ doors and windows, elevated pieces, tiny or huge ones).
 """
 from __future__ import annotations
 
+import os
 import re
 import zipfile
 from dataclasses import dataclass
@@ -155,6 +156,17 @@ def load_catalogs(directory: Path) -> tuple[list[FurnitureModel], list[dict]]:
     return sorted(models, key=lambda m: m.id), catalogs
 
 
+def drop_missing_textures(obj) -> None:
+    """Remove image nodes whose file the catalogue lacks (some MTLs name absent or absolute paths): Cycles
+    would paint them magenta; the material keeps its MTL colour instead."""
+    for mat in obj.data.materials:
+        if mat is None or mat.node_tree is None:
+            continue
+        for node in [n for n in mat.node_tree.nodes if n.type == 'TEX_IMAGE']:
+            if node.image is None or not os.path.isfile(bpy.path.abspath(node.image.filepath)):
+                mat.node_tree.nodes.remove(node)
+
+
 def import_model(model: FurnitureModel, directory: Path, workdir: Path) -> bpy.types.Object:
     """Import `model` from its catalogue in `directory` as one mesh object at the catalogue's size: its
     footprint centred on the origin, its bottom at z = 0, its front facing -Y.
@@ -175,6 +187,7 @@ def import_model(model: FurnitureModel, directory: Path, workdir: Path) -> bpy.t
         with bpy.context.temp_override(active_object=obj, selected_editable_objects=parts):
             bpy.ops.object.join()
     obj.name = model.name
+    drop_missing_textures(obj)
     rotation = SH3D_TO_BLENDER @ np.array(model.rotation).reshape(3, 3)
     obj.data.transform(obj.matrix_world)  # the importer's own transform, if any, into the mesh
     obj.matrix_world = Matrix.Identity(4)
