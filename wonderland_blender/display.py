@@ -9,15 +9,17 @@ points are kept beside them (radius 0: nothing draws them), so the evaluated obj
 still holds the Gaussians for `pointcloud.read_splats`.
 
 Solid view (Workbench) knows no shader nodes: it draws each material's viewport colour and alpha, or with
-Color ▸ Attribute the mesh's active colour attribute, and has no per-element alpha. So the quads get a zero
-viewport alpha (hidden there), and each Gaussian also gets an opaque disc in the quad's plane carrying its
-`splat_color`, of the area its alpha covers: ∫ opacity·exp(-r²/2σ²) dA = 2πσ²·opacity, i.e. semi-axes
-σ·√(2·opacity). Where the Gaussians do not overlap, a region then shows their colour in the share a splat
-renderer gives it; a faint Gaussian (opacity 0.025) is a dot of 0.22σ, not a ball. Geometry nodes cannot
-mark a colour attribute active, but Realize Instances keeps an instanced mesh's active colour attribute, so
-the discs are instances of a small helper mesh object (in no scene) whose active colour is `splat_color`.
-Their material is transparent in EEVEE and Cycles (they cost Cycles transparent bounces on ~1/5 of the
-quads' area at most) and opaque grey in Solid view's Material colour mode.
+Color ▸ Attribute the mesh's active colour attribute, opaque, and has no per-element alpha. So the quads are
+collapsed onto their centres in the mesh (no area: Workbench draws nothing of them) and their material's
+displacement, which only EEVEE and Cycles run, moves the corners out along the quad's half-axes. Each
+Gaussian also gets an opaque disc in the quad's plane carrying its `splat_color`, of the area its alpha
+covers: ∫ opacity·exp(-r²/2σ²) dA = 2πσ²·opacity, i.e. semi-axes σ·√(2·opacity). Where the Gaussians do
+not overlap, a region then shows their colour in the share a splat renderer gives it; a faint Gaussian
+(opacity 0.025) is a dot of 0.22σ, not a ball. Geometry nodes cannot mark a colour attribute active, but
+Realize Instances keeps an instanced mesh's active colour name, so the discs are instances of a small helper
+mesh object (in no scene) whose active colour name is `splat_color`. Their material is transparent in EEVEE
+and Cycles (they cost Cycles transparent bounces on ~1/5 of the quads' area at most) and opaque grey in
+Solid view's Material colour mode.
 
 Transparency: EEVEE (5.0) blends "Blended" surfaces per object in primitive order, and "Dithered"
 surfaces are order-free stochastic coverage that converges over samples to correct back-to-front
@@ -49,9 +51,7 @@ CYCLES_TRANSPARENT_BOUNCES = 128  # a ray crosses this many quads before Cycles 
 UV_NAME = "UVMap"
 COLOR_NAME = "splat_color"
 EXTENT_NAME = "splat_extent"  # a quad's half-size in σ, on the quads only
-OFFSET_NAME = "splat_offset"  # a quad corner's offset from its Gaussian's centre (object space)
-CENTRE_NAME = "splat_centre"  # the Gaussian's centre, while the quads are built
-CARRIED_COLOR_NAME = "splat_color_carried"  # `splat_color`, while the discs are built
+AXIS_NAMES = ("splat_axis_u", "splat_axis_v")  # a quad's half-axes (object space), for its displacement
 DISC_SIDES = 6  # a hexagon: round enough at a few pixels, 1.5× a quad's vertices
 SOLID_GREY = (0.8, 0.8, 0.8, 1.0)  # the discs in Solid view's Material colour mode
 VERSION = 3  # of the group, materials and disc; a .blend's older ones are replaced when it loads (migrate.py)
@@ -126,7 +126,9 @@ def splat_material():
     alpha = t.math('MINIMUM', t.math('MULTIPLY', falloff, _attribute(t, "opacity", "Fac")), MAX_ALPHA)
     emission = t.out("ShaderNodeEmission", _attribute(t, COLOR_NAME, "Color"), 1.0)
     shader = t.out("ShaderNodeMixShader", alpha, t.out("ShaderNodeBsdfTransparent"), emission)
-    corner = t.out("ShaderNodeVectorDisplacement", _attribute(t, OFFSET_NAME, "Vector"), 0.0, 1.0, space='OBJECT')
+    u, v = (t.vmath('SCALE', _attribute(t, name, "Vector"), named={"Scale": c})
+            for name, c in zip(AXIS_NAMES, t.node("ShaderNodeSeparateXYZ", centred).outputs))
+    corner = t.out("ShaderNodeVectorDisplacement", t.vmath('ADD', u, v), 0.0, 1.0, space='OBJECT')
     t.node("ShaderNodeOutputMaterial", shader, named={"Displacement": corner})
     mat.displacement_method = 'DISPLACEMENT'  # the quads exist only where shaders run: EEVEE and Cycles
     _set_alpha_method(mat)
@@ -147,8 +149,8 @@ def solid_material():
 
 
 def solid_disc():
-    """The helper object the Solid-view discs instance: a hexagon of the unit circle's area in the XY plane,
-    with `splat_color` as its active (and render) colour attribute, in no scene."""
+    """The helper object the Solid-view discs instance: a hexagon of the unit circle's area in the XY plane
+    whose active (and render) colour attribute is `splat_color`, in no scene."""
     obj = _current(bpy.data.objects, SOLID_SHAPE)
     if obj is not None:
         return obj
@@ -157,9 +159,8 @@ def solid_disc():
     mesh = bpy.data.meshes.new(SOLID_SHAPE)
     mesh.from_pydata([(radius * math.cos(a), radius * math.sin(a), 0.0) for a in angles], [],
                      [list(range(DISC_SIDES))])
-    colors = mesh.color_attributes.new(COLOR_NAME, 'FLOAT_COLOR', 'POINT')
-    mesh.color_attributes.active_color = colors
-    mesh.color_attributes.render_color_index = mesh.color_attributes.active_color_index
+    # Only the name: an attribute of its own would shadow the instances' colours when realized.
+    mesh.color_attributes.active_color_name = mesh.color_attributes.default_color_name = COLOR_NAME
     mesh.materials.append(solid_material())
     obj = bpy.data.objects.new(SOLID_SHAPE, mesh)
     obj[_VERSION_KEY] = VERSION
@@ -219,12 +220,6 @@ def _footprint(t: NodeGraph):
     return quad_rotation, sigma(t.math('ADD', mean, radius)), sigma(t.math('SUBTRACT', mean, radius)), ray
 
 
-def _scaled(t: NodeGraph, sigma_x, sigma_y, factor):
-    """The instance scale (σx·factor, σy·factor, 1)."""
-    return t.out("ShaderNodeCombineXYZ", t.math('MULTIPLY', sigma_x, factor), t.math('MULTIPLY', sigma_y, factor),
-                 1.0)
-
-
 def _drawn(t: NodeGraph, viewport_splats, geometry):
     """Which points get a quad: opacity ≥ 1/255, and in the viewport a random subset of at most
     `viewport_splats`."""
@@ -235,16 +230,17 @@ def _drawn(t: NodeGraph, viewport_splats, geometry):
     return t.logic('AND', visible, t.logic('IMPLY', t.out("GeometryNodeIsViewport"), sampled))
 
 
-def _without_unused(t: NodeGraph, instances):
-    """The instances without the attributes no material reads (memory at 1M)."""
-    for name in ("sh_rest_*", "scale", "rotation", "radius"):
+def _realized(t: NodeGraph, instances, unused: tuple[str, ...]):
+    """The instances realized, without the attributes (wildcards allowed) their materials do not read: memory
+    and time at 1M."""
+    for name in ("sh_rest_*", "scale", "rotation", "radius", *unused):
         remove = t.node("GeometryNodeRemoveAttribute", instances, named={"Name": name})
         if "Pattern Mode" in remove.inputs:  # a menu socket in 5.0, a property in 4.5
             remove.inputs["Pattern Mode"].default_value = 'Wildcard'
         else:
             remove.pattern_mode = 'WILDCARD'
         instances = remove.outputs[0]
-    return instances
+    return t.out("GeometryNodeRealizeInstances", instances)
 
 
 def splat_node_group():
@@ -269,43 +265,35 @@ def splat_node_group():
                       t.math('MULTIPLY', t.vmath('LENGTH', ray, output="Value"), -1.0), domain='POINT')
     far_first = t.out("GeometryNodeStoreNamedAttribute", far_first, None, EXTENT_NAME, extent,
                       data_type='FLOAT', domain='POINT')
-    far_first = t.out("GeometryNodeStoreNamedAttribute", far_first, None, CENTRE_NAME,
-                      t.out("GeometryNodeInputPosition"), data_type='FLOAT_VECTOR', domain='POINT')
-    far_first = t.out("GeometryNodeStoreNamedAttribute", far_first, None, CARRIED_COLOR_NAME,
-                      t.attribute(COLOR_NAME, 'FLOAT_COLOR'), data_type='FLOAT_COLOR', domain='POINT')
-    grid = t.node("GeometryNodeMeshGrid", 2.0, 2.0, 2, 2)
+    for name, axis, sigma in zip(AXIS_NAMES, ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0)), (sigma_x, sigma_y)):
+        half_axis = t.vmath('SCALE', axis, named={"Scale": t.math('MULTIPLY', sigma, extent)})
+        far_first = t.out("GeometryNodeStoreNamedAttribute", far_first, None, name,
+                          t.out("FunctionNodeRotateVector", half_axis, rotation), data_type='FLOAT_VECTOR',
+                          domain='POINT')
+    # Each quad is collapsed onto its Gaussian's centre and its material's displacement puts the corners out
+    # along the half-axes: Workbench has no per-material alpha in Attribute colour mode and would draw the
+    # quads as opaque squares; with no area it draws nothing of them.
+    grid = t.node("GeometryNodeMeshGrid", 2.0, 2.0, 2, 2)  # not of size 0: its UVs would be 0 too
     quad = t.out("GeometryNodeStoreNamedAttribute", grid.outputs["Mesh"], None, UV_NAME, grid.outputs["UV Map"],
                  data_type='FLOAT2', domain='CORNER')
-    quad = t.out("GeometryNodeSetMaterial", quad, None, splat_material())
-    quads = t.out("GeometryNodeInstanceOnPoints", far_first, None, quad,
-                  named={"Rotation": rotation, "Scale": _scaled(t, sigma_x, sigma_y, extent)})
+    quad = t.out("GeometryNodeSetPosition", quad, None,
+                 t.vmath('SCALE', t.out("GeometryNodeInputPosition"), named={"Scale": 0.0}))
+    quads = t.out("GeometryNodeInstanceOnPoints", far_first, None,
+                  t.out("GeometryNodeSetMaterial", quad, None, splat_material()))
     disc = t.out("GeometryNodeObjectInfo", solid_disc(), transform_space='ORIGINAL', output="Geometry")
     area_factor = t.math('SQRT', t.math('MULTIPLY', t.math('MINIMUM', _opacity(t), MAX_ALPHA), 2.0))
+    disc_scale = t.out("ShaderNodeCombineXYZ", t.math('MULTIPLY', sigma_x, area_factor),
+                       t.math('MULTIPLY', sigma_y, area_factor), 1.0)
     discs = t.out("GeometryNodeInstanceOnPoints", far_first, None, disc,
-                  named={"Rotation": rotation, "Scale": _scaled(t, sigma_x, sigma_y, area_factor)})
-    instances = t.out("GeometryNodeJoinGeometry")
-    # Realized as one mesh, which keeps the active colour attribute of the mesh joined last (its multi-input
-    # lists the last link first): the disc's.
-    for part in (quads, discs):
-        t.link(part, instances.node)
-    meshes = t.out("GeometryNodeRealizeInstances", _without_unused(t, instances))
-    # Each quad collapses onto its centre and its material's displacement puts the corners back: Workbench
-    # has no per-material alpha in Attribute colour mode and would draw the quads as opaque squares.
-    is_quad = t.out("GeometryNodeMaterialSelection", splat_material())
-    centre = t.attribute(CENTRE_NAME, 'FLOAT_VECTOR')
-    meshes = t.out("GeometryNodeStoreNamedAttribute", meshes, is_quad, OFFSET_NAME,
-                   t.vmath('SUBTRACT', t.out("GeometryNodeInputPosition"), centre),
-                   data_type='FLOAT_VECTOR', domain='POINT')
-    meshes = t.out("GeometryNodeSetPosition", meshes, is_quad, centre)
-    # The disc's own `splat_color` shadows the instances' when realized; the colours come through another name.
-    meshes = t.out("GeometryNodeStoreNamedAttribute", meshes, None, COLOR_NAME,
-                   t.attribute(CARRIED_COLOR_NAME, 'FLOAT_COLOR'), data_type='FLOAT_COLOR', domain='POINT')
-    for name in (CENTRE_NAME, CARRIED_COLOR_NAME):
-        meshes = t.out("GeometryNodeRemoveAttribute", meshes, named={"Name": name})
+                  named={"Rotation": rotation, "Scale": disc_scale})
+    # Two meshes, so each holds only its own attributes (one would hold every attribute on every vertex); the
+    # discs' keeps the disc's active colour name, so Attribute mode shows the instances' `splat_color`.
+    quads = _realized(t, quads, ())
+    discs = _realized(t, discs, ("opacity", EXTENT_NAME, "splat_axis_*"))
     # The points draw nowhere (radius 0, so Cycles spends no transparent bounces on them either).
     hidden_points = t.out("GeometryNodeSetPointRadius", points, None, 0.0)
     joined = t.out("GeometryNodeJoinGeometry")
-    for part in (hidden_points, meshes):
+    for part in (hidden_points, quads, t.out("GeometryNodeGeometryToInstance", discs)):
         t.link(part, joined.node)
     t.node("NodeGroupOutput", joined)
     return group

@@ -134,8 +134,8 @@ def check_ply(folder: Path) -> dict:
     attributes = {a.name: a.data_type for a in obj.data.attributes} if obj is not None else {}
     points = len(obj.data.points) if obj is not None and obj.type == 'POINTCLOUD' else None
     depsgraph = bpy.context.evaluated_depsgraph_get()
-    quads = [sum(p.material_index == i.object.data.materials.find(SPLAT_MATERIAL) for p in i.object.data.polygons)
-             for i in depsgraph.object_instances if i.object.type == 'MESH']  # the discs beside them: Solid view
+    quads = [len(i.object.data.polygons) for i in depsgraph.object_instances  # not the Solid view's discs
+             if i.object.type == 'MESH' and SPLAT_MATERIAL in i.object.data.materials]
     status_out = bpy.ops.wonderland.export_gaussians(filepath=str(folder / "out.ply"))
     out = read_ply(folder / "out.ply").splats
     result = {"import_status": sorted(status_in), "export_status": sorted(status_out),

@@ -4,11 +4,8 @@ render from camera 0), and Solid view colours (a Workbench render in Attribute c
 saw as JSON for test_viewport45.py."""
 from __future__ import annotations
 
-import json
 import math
 import sys
-import tempfile
-import traceback
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -18,17 +15,13 @@ import bpy  # noqa: E402  first: puts Blender's script modules (addon_utils) on 
 import addon_utils  # noqa: E402
 import numpy as np  # noqa: E402
 
+import check_report  # noqa: E402
+import mixing_scene  # noqa: E402
+
 
 def render(scene, engine: str, path: Path) -> np.ndarray:
-    """F12 saved as a PNG; [h, w, 4] display values 0..1, top row first."""
-    scene.render.engine, scene.render.filepath = engine, str(path)
-    bpy.ops.render.render(write_still=True)
-    image = bpy.data.images.load(str(path))
-    w, h = image.size
-    pixels = np.empty(w * h * 4, np.float32)
-    image.pixels.foreach_get(pixels)
-    bpy.data.images.remove(image)
-    return pixels.reshape(h, w, 4)[::-1]
+    scene.render.engine = engine
+    return mixing_scene.render(path)
 
 
 def texture(name: str) -> np.ndarray:
@@ -99,19 +92,10 @@ def solid_view(folder: Path) -> dict:
             "faint_alpha_area": 2 * math.pi * (0.3 / px) ** 2 * 0.02, "faint_ball": math.pi * (0.3 / px) ** 2}
 
 
-def main(report_path: str) -> int:
-    report = {"blender_version": list(bpy.app.version)}
-    try:
-        bpy.ops.wm.read_factory_settings(use_empty=True)
-        addon_utils.enable("wonderland_blender", default_set=True, handle_error=None)
-        with tempfile.TemporaryDirectory() as tmp:
-            report["depth_mesh"] = depth_mesh(Path(tmp))
-            report["solid_view"] = solid_view(Path(tmp))
-    except Exception:  # noqa: BLE001 - reported for the test to show
-        report["error"] = traceback.format_exc()
-    Path(report_path).write_text(json.dumps(report))
-    return 1 if "error" in report else 0
+def check(folder: Path, report: dict) -> None:
+    report["depth_mesh"] = depth_mesh(folder)
+    report["solid_view"] = solid_view(folder)
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1]))
+    sys.exit(check_report.run(sys.argv[1], check))

@@ -2,25 +2,15 @@
 the bpy 4.5 venv that test_bpy45.py makes)."""
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-from pathlib import Path
-
 import pytest
-from test_bpy45 import ROOT, _tail, bpy45_python  # noqa: F401 - the venv fixture
+from test_bpy45 import bpy45_python, run_check  # noqa: F401 - the venv fixture
 
 pytestmark = [pytest.mark.blender, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
 def report(bpy45_python, tmp_path_factory) -> dict:  # noqa: F811
-    path = tmp_path_factory.mktemp("viewport45") / "report.json"
-    run = subprocess.run([str(bpy45_python), str(Path(__file__).with_name("check_viewport.py")), str(path)],
-                         cwd=ROOT, capture_output=True, text=True, timeout=600,
-                         env=dict(os.environ, PYTHONNOUSERSITE="1"))
-    assert path.exists(), f"check_viewport.py wrote no report (exit {run.returncode}):\n{_tail(run.stderr, 40)}"
-    result = json.loads(path.read_text())
+    result = run_check(bpy45_python, "check_viewport.py", tmp_path_factory.mktemp("viewport45") / "report.json")
     assert "error" not in result, result["error"]
     assert result["blender_version"][:2] == [4, 5]
     return result
