@@ -9,17 +9,15 @@ points are kept beside them (radius 0: nothing draws them), so the evaluated obj
 still holds the Gaussians for `pointcloud.read_splats`.
 
 Solid view (Workbench) knows no shader nodes: it draws each material's viewport colour and alpha, or with
-Color ▸ Attribute the mesh's active colour attribute, opaque, and has no per-element alpha. So the quads are
-collapsed onto their centres in the mesh (no area: Workbench draws nothing of them) and their material's
-displacement, which only EEVEE and Cycles run, moves the corners out along the quad's half-axes. Each
-Gaussian also gets an opaque disc in the quad's plane carrying its `splat_color`, of the area its alpha
-covers: ∫ opacity·exp(-r²/2σ²) dA = 2πσ²·opacity, i.e. semi-axes σ·√(2·opacity). Where the Gaussians do
-not overlap, a region then shows their colour in the share a splat renderer gives it; a faint Gaussian
-(opacity 0.025) is a dot of 0.22σ, not a ball. Geometry nodes cannot mark a colour attribute active, but
-Realize Instances keeps an instanced mesh's active colour name, so the discs are instances of a small helper
-mesh object (in no scene) whose active colour name is `splat_color`. Their material is transparent in EEVEE
-and Cycles (they cost Cycles transparent bounces on ~1/5 of the quads' area at most) and opaque grey in
-Solid view's Material colour mode.
+Color ▸ Attribute the mesh's active colour attribute, opaque, and has no per-element alpha. So in the mesh
+each quad is only as large as the area its alpha covers, ∫ opacity·exp(-r²/2σ²) dA = 2πσ²·opacity (half-
+sizes σ·√(π·opacity/2)), and opaque in the viewport colour; the material's displacement, which only EEVEE
+and Cycles run, moves its corners out to the full footprint. Where the Gaussians do not overlap, a region
+of Solid view then shows their colour in the share a splat renderer gives it; a faint Gaussian (opacity
+0.025) is a dot of 0.2σ, not a ball. Geometry nodes cannot mark a colour attribute active, but Realize
+Instances keeps an instanced mesh's active colour name, so the quads are instances of a helper mesh object
+(in no scene) whose active colour name is `splat_color` (the name only: an attribute of its own would shadow
+the instances' `splat_color` when realized).
 
 Transparency: EEVEE (5.0) blends "Blended" surfaces per object in primitive order, and "Dithered"
 surfaces are order-free stochastic coverage that converges over samples to correct back-to-front
@@ -41,8 +39,7 @@ from .node_graph import NodeGraph
 MODIFIER_NAME = "Wonderland Splats"
 GROUP_NAME = "Wonderland Splats"
 SPLAT_MATERIAL = "Wonderland Gaussians"
-SOLID_MATERIAL = "Wonderland Solid"
-SOLID_SHAPE = "Wonderland Solid Disc"  # the helper mesh object the Solid-view discs instance
+QUAD_OBJECT = "Wonderland Splat Quad"  # the helper mesh object the quads instance
 SIGMAS = 3.0  # quads reach at most 3σ, where exp(-r²/2) = 1.1% of the peak
 MIN_ALPHA = 1.0 / 255.0  # the rasterizers skip fainter Gaussians; so do we (fewer quads)
 MAX_ALPHA = 0.99  # as 3DGS clamps alpha
@@ -51,12 +48,11 @@ CYCLES_TRANSPARENT_BOUNCES = 128  # a ray crosses this many quads before Cycles 
 UV_NAME = "UVMap"
 COLOR_NAME = "splat_color"
 EXTENT_NAME = "splat_extent"  # a quad's half-size in σ, on the quads only
-AXIS_NAMES = ("splat_axis_u", "splat_axis_v")  # a quad's half-axes (object space), for its displacement
-DISC_SIDES = 6  # a hexagon: round enough at a few pixels, 1.5× a quad's vertices
-SOLID_GREY = (0.8, 0.8, 0.8, 1.0)  # the discs in Solid view's Material colour mode
-VERSION = 3  # of the group, materials and disc; a .blend's older ones are replaced when it loads (migrate.py)
+GROWTH_NAMES = ("splat_grow_u", "splat_grow_v")  # a quad's half-axes from Solid view's to the full footprint
+SOLID_GREY = (0.8, 0.8, 0.8, 1.0)  # the quads in Solid view's Material colour mode
+VERSION = 3  # of the group, material and quad; a .blend's older ones are replaced when it loads (migrate.py)
 _VERSION_KEY = "wonderland_display_version"
-_NAMES = (GROUP_NAME, SPLAT_MATERIAL, SOLID_MATERIAL, SOLID_SHAPE, "Wonderland Points")  # the last: version 2
+_NAMES = (GROUP_NAME, SPLAT_MATERIAL, QUAD_OBJECT, "Wonderland Points")  # the last: version 2's
 
 
 def _set_alpha_method(mat) -> None:
@@ -127,42 +123,27 @@ def splat_material():
     emission = t.out("ShaderNodeEmission", _attribute(t, COLOR_NAME, "Color"), 1.0)
     shader = t.out("ShaderNodeMixShader", alpha, t.out("ShaderNodeBsdfTransparent"), emission)
     u, v = (t.vmath('SCALE', _attribute(t, name, "Vector"), named={"Scale": c})
-            for name, c in zip(AXIS_NAMES, t.node("ShaderNodeSeparateXYZ", centred).outputs))
-    corner = t.out("ShaderNodeVectorDisplacement", t.vmath('ADD', u, v), 0.0, 1.0, space='OBJECT')
-    t.node("ShaderNodeOutputMaterial", shader, named={"Displacement": corner})
-    mat.displacement_method = 'DISPLACEMENT'  # the quads exist only where shaders run: EEVEE and Cycles
-    _set_alpha_method(mat)
-    mat.diffuse_color = (0.8, 0.8, 0.8, 0.0)  # Solid view's Material colour mode: hidden (in Attribute mode the
-    return mat                                # quads are drawn, but with no area)
-
-
-def solid_material():
-    """Nothing in EEVEE and Cycles (the quads are the Gaussians there); opaque grey in Solid view."""
-    mat = _current(bpy.data.materials, SOLID_MATERIAL)
-    if mat is not None:
-        return mat
-    mat, t = _new_material(SOLID_MATERIAL)
-    t.node("ShaderNodeOutputMaterial", t.out("ShaderNodeBsdfTransparent"))
+            for name, c in zip(GROWTH_NAMES, t.node("ShaderNodeSeparateXYZ", centred).outputs))
+    grown = t.out("ShaderNodeVectorDisplacement", t.vmath('ADD', u, v), 0.0, 1.0, space='OBJECT')
+    t.node("ShaderNodeOutputMaterial", shader, named={"Displacement": grown})
+    mat.displacement_method = 'DISPLACEMENT'  # full-size quads only where shaders run: EEVEE and Cycles
     _set_alpha_method(mat)
     mat.diffuse_color = SOLID_GREY
     return mat
 
 
-def solid_disc():
-    """The helper object the Solid-view discs instance: a hexagon of the unit circle's area in the XY plane
-    whose active (and render) colour attribute is `splat_color`, in no scene."""
-    obj = _current(bpy.data.objects, SOLID_SHAPE)
+def splat_quad():
+    """The helper object every Gaussian's quad instances: ±1 in XY with the UV map, the splat material, and
+    `splat_color` as its active (and render) colour name; in no scene."""
+    obj = _current(bpy.data.objects, QUAD_OBJECT)
     if obj is not None:
         return obj
-    radius = math.sqrt(2.0 * math.pi / (DISC_SIDES * math.sin(2.0 * math.pi / DISC_SIDES)))
-    angles = [2.0 * math.pi * k / DISC_SIDES for k in range(DISC_SIDES)]
-    mesh = bpy.data.meshes.new(SOLID_SHAPE)
-    mesh.from_pydata([(radius * math.cos(a), radius * math.sin(a), 0.0) for a in angles], [],
-                     [list(range(DISC_SIDES))])
-    # Only the name: an attribute of its own would shadow the instances' colours when realized.
+    mesh = bpy.data.meshes.new(QUAD_OBJECT)
+    mesh.from_pydata([(-1.0, -1.0, 0.0), (1.0, -1.0, 0.0), (1.0, 1.0, 0.0), (-1.0, 1.0, 0.0)], [], [(0, 1, 2, 3)])
+    mesh.uv_layers.new(name=UV_NAME).data.foreach_set("uv", (0.0, 0.0, 1.0, 0.0, 1.0, 1.0, 0.0, 1.0))
     mesh.color_attributes.active_color_name = mesh.color_attributes.default_color_name = COLOR_NAME
-    mesh.materials.append(solid_material())
-    obj = bpy.data.objects.new(SOLID_SHAPE, mesh)
+    mesh.materials.append(splat_material())
+    obj = bpy.data.objects.new(QUAD_OBJECT, mesh)
     obj[_VERSION_KEY] = VERSION
     return obj
 
@@ -230,19 +211,6 @@ def _drawn(t: NodeGraph, viewport_splats, geometry):
     return t.logic('AND', visible, t.logic('IMPLY', t.out("GeometryNodeIsViewport"), sampled))
 
 
-def _realized(t: NodeGraph, instances, unused: tuple[str, ...]):
-    """The instances realized, without the attributes (wildcards allowed) their materials do not read: memory
-    and time at 1M."""
-    for name in ("sh_rest_*", "scale", "rotation", "radius", *unused):
-        remove = t.node("GeometryNodeRemoveAttribute", instances, named={"Name": name})
-        if "Pattern Mode" in remove.inputs:  # a menu socket in 5.0, a property in 4.5
-            remove.inputs["Pattern Mode"].default_value = 'Wildcard'
-        else:
-            remove.pattern_mode = 'WILDCARD'
-        instances = remove.outputs[0]
-    return t.out("GeometryNodeRealizeInstances", instances)
-
-
 def splat_node_group():
     """The "Wonderland Splats" geometry-nodes group (made once per .blend)."""
     group = _current(bpy.data.node_groups, GROUP_NAME)
@@ -265,35 +233,35 @@ def splat_node_group():
                       t.math('MULTIPLY', t.vmath('LENGTH', ray, output="Value"), -1.0), domain='POINT')
     far_first = t.out("GeometryNodeStoreNamedAttribute", far_first, None, EXTENT_NAME, extent,
                       data_type='FLOAT', domain='POINT')
-    for name, axis, sigma in zip(AXIS_NAMES, ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0)), (sigma_x, sigma_y)):
-        half_axis = t.vmath('SCALE', axis, named={"Scale": t.math('MULTIPLY', sigma, extent)})
+    # The footprint evaluated once (each node that reads a field evaluates it again).
+    capture = t.node("GeometryNodeCaptureAttribute", far_first, domain='POINT')
+    for kind, name, field in (('ROTATION', "Rotation", rotation),
+                              ('VECTOR', "Sigma", t.out("ShaderNodeCombineXYZ", sigma_x, sigma_y))):
+        capture.capture_items.new(kind, name)
+        t.link(field, capture, name)
+    far_first, rotation = capture.outputs["Geometry"], capture.outputs["Rotation"]
+    sigma_x, sigma_y = t.node("ShaderNodeSeparateXYZ", capture.outputs["Sigma"]).outputs[:2]
+    solid = t.math('SQRT', t.math('MULTIPLY', t.math('MINIMUM', _opacity(t), MAX_ALPHA), math.pi / 2.0))
+    for name, axis, sigma in zip(GROWTH_NAMES, ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0)), (sigma_x, sigma_y)):
+        growth = t.vmath('SCALE', axis, named={"Scale": t.math('MULTIPLY', sigma, t.math('SUBTRACT', extent, solid))})
         far_first = t.out("GeometryNodeStoreNamedAttribute", far_first, None, name,
-                          t.out("FunctionNodeRotateVector", half_axis, rotation), data_type='FLOAT_VECTOR',
+                          t.out("FunctionNodeRotateVector", growth, rotation), data_type='FLOAT_VECTOR',
                           domain='POINT')
-    # Each quad is collapsed onto its Gaussian's centre and its material's displacement puts the corners out
-    # along the half-axes: Workbench has no per-material alpha in Attribute colour mode and would draw the
-    # quads as opaque squares; with no area it draws nothing of them.
-    grid = t.node("GeometryNodeMeshGrid", 2.0, 2.0, 2, 2)  # not of size 0: its UVs would be 0 too
-    quad = t.out("GeometryNodeStoreNamedAttribute", grid.outputs["Mesh"], None, UV_NAME, grid.outputs["UV Map"],
-                 data_type='FLOAT2', domain='CORNER')
-    quad = t.out("GeometryNodeSetPosition", quad, None,
-                 t.vmath('SCALE', t.out("GeometryNodeInputPosition"), named={"Scale": 0.0}))
-    quads = t.out("GeometryNodeInstanceOnPoints", far_first, None,
-                  t.out("GeometryNodeSetMaterial", quad, None, splat_material()))
-    disc = t.out("GeometryNodeObjectInfo", solid_disc(), transform_space='ORIGINAL', output="Geometry")
-    area_factor = t.math('SQRT', t.math('MULTIPLY', t.math('MINIMUM', _opacity(t), MAX_ALPHA), 2.0))
-    disc_scale = t.out("ShaderNodeCombineXYZ", t.math('MULTIPLY', sigma_x, area_factor),
-                       t.math('MULTIPLY', sigma_y, area_factor), 1.0)
-    discs = t.out("GeometryNodeInstanceOnPoints", far_first, None, disc,
-                  named={"Rotation": rotation, "Scale": disc_scale})
-    # Two meshes, so each holds only its own attributes (one would hold every attribute on every vertex); the
-    # discs' keeps the disc's active colour name, so Attribute mode shows the instances' `splat_color`.
-    quads = _realized(t, quads, ())
-    discs = _realized(t, discs, ("opacity", EXTENT_NAME, "splat_axis_*"))
+    quad = t.out("GeometryNodeObjectInfo", splat_quad(), transform_space='ORIGINAL', output="Geometry")
+    size = t.out("ShaderNodeCombineXYZ", t.math('MULTIPLY', sigma_x, solid), t.math('MULTIPLY', sigma_y, solid), 1.0)
+    quads = t.out("GeometryNodeInstanceOnPoints", far_first, None, quad, named={"Rotation": rotation, "Scale": size})
+    for name in ("sh_rest_*", "scale", "rotation", "radius"):  # not needed on the quads: memory at 1M
+        remove = t.node("GeometryNodeRemoveAttribute", quads, named={"Name": name})
+        if "Pattern Mode" in remove.inputs:  # a menu socket in 5.0, a property in 4.5
+            remove.inputs["Pattern Mode"].default_value = 'Wildcard'
+        else:
+            remove.pattern_mode = 'WILDCARD'
+        quads = remove.outputs[0]
+    quads = t.out("GeometryNodeRealizeInstances", quads)
     # The points draw nowhere (radius 0, so Cycles spends no transparent bounces on them either).
     hidden_points = t.out("GeometryNodeSetPointRadius", points, None, 0.0)
     joined = t.out("GeometryNodeJoinGeometry")
-    for part in (hidden_points, quads, t.out("GeometryNodeGeometryToInstance", discs)):
+    for part in (hidden_points, quads):
         t.link(part, joined.node)
     t.node("NodeGroupOutput", joined)
     return group
@@ -319,7 +287,7 @@ def add_display(obj):
 
 
 def show_colors_in_solid_views() -> int:
-    """Set Color to Attribute in every 3D view that is in Solid view (it shows the Gaussians' discs grey
+    """Set Color to Attribute in every 3D view that is in Solid view (it shows the Gaussians grey
     otherwise; the setting is the view's, not the scene's); returns how many changed. Views in other shading
     modes keep theirs: their Solid settings are the user's choice until they use them."""
     changed = 0

@@ -31,17 +31,12 @@ def evaluated(obj):
     return obj.evaluated_get(bpy.context.evaluated_depsgraph_get())
 
 
-def display_meshes(obj) -> dict:
-    """The display's meshes by material name: the quads and the Solid-view discs, instances of the evaluated
-    object in the depsgraph."""
-    depsgraph = bpy.context.evaluated_depsgraph_get()
-    meshes = [i.object.data for i in depsgraph.object_instances
-              if i.is_instance and i.object.type == 'MESH' and i.parent and i.parent.original == obj]
-    return {next(m.name for m in mesh.materials if m): mesh for mesh in meshes}
-
-
 def quad_mesh(obj):
-    return display_meshes(obj)[display.SPLAT_MATERIAL]
+    """The display's realized quads: the evaluated object's mesh component, an instance in the depsgraph."""
+    depsgraph = bpy.context.evaluated_depsgraph_get()
+    (mesh,) = [i.object.data for i in depsgraph.object_instances
+               if i.is_instance and i.object.type == 'MESH' and i.parent and i.parent.original == obj]
+    return mesh
 
 
 def vectors(mesh, name: str) -> np.ndarray:
@@ -51,9 +46,9 @@ def vectors(mesh, name: str) -> np.ndarray:
 
 
 def quad_corners(obj) -> np.ndarray:
-    """[n, 4, 3]: the quads' corners where EEVEE and Cycles draw them. The mesh holds each quad collapsed onto
-    its Gaussian's centre (so Solid view draws nothing of it) and its material's displacement moves each
-    corner (UV u, v) by (2u − 1)·splat_axis_u + (2v − 1)·splat_axis_v."""
+    """[n, 4, 3]: the quads' corners where EEVEE and Cycles draw them. The mesh holds each quad at the size Solid
+    view shows and its material's displacement moves each corner (UV u, v) on by (2u − 1)·splat_grow_u +
+    (2v − 1)·splat_grow_v."""
     mesh = quad_mesh(obj)
     loops = np.array([p.loop_indices[:] for p in mesh.polygons]).reshape(-1, 4)
     corner_vertex = np.empty(len(mesh.loops), np.int32)
@@ -61,10 +56,8 @@ def quad_corners(obj) -> np.ndarray:
     uv = np.empty(2 * len(mesh.loops), np.float32)
     mesh.attributes[display.UV_NAME].data.foreach_get("vector", uv)
     vertex, signs = corner_vertex[loops], 2 * uv.reshape(-1, 2)[loops] - 1
-    centres = vectors(mesh, "position")[vertex]
-    np.testing.assert_array_equal(np.ptp(centres, axis=1), 0.0)
-    u, v = (vectors(mesh, name)[vertex] for name in display.AXIS_NAMES)
-    return centres + signs[..., :1] * u + signs[..., 1:] * v
+    u, v = (vectors(mesh, name)[vertex] for name in display.GROWTH_NAMES)
+    return vectors(mesh, "position")[vertex] + signs[..., :1] * u + signs[..., 1:] * v
 
 
 def test_display_is_last_and_edits_before_it_are_what_read_splats_sees(scene):
@@ -84,14 +77,10 @@ def test_display_is_last_and_edits_before_it_are_what_read_splats_sees(scene):
     out = read_splats(evaluated(obj))
     assert len(out) == 50 and evaluated(obj).type == 'POINTCLOUD'
     np.testing.assert_allclose(out.opacity_logits, 16.6, atol=0.05)  # opacity 1, as edited
-    meshes = display_meshes(obj)
-    assert sorted(meshes) == sorted([display.SPLAT_MATERIAL, display.SOLID_MATERIAL])
-    assert quad_corners(obj).shape == (50, 4, 3) and len(meshes[display.SPLAT_MATERIAL].polygons) == 50
-    discs = meshes[display.SOLID_MATERIAL]
-    assert len(discs.polygons) == 50 and len(discs.vertices) == 50 * display.DISC_SIDES
-    assert discs.color_attributes.active_color_name == "splat_color"
-    assert {a.name for a in discs.attributes if not a.name.startswith(".")} == {
-        "position", "splat_color", "sharp_face"}  # nothing the discs do not need
+    mesh = quad_mesh(obj)
+    assert quad_corners(obj).shape == (50, 4, 3) and len(mesh.vertices) == 200
+    assert [m.name for m in mesh.materials if m] == [display.SPLAT_MATERIAL]
+    assert mesh.color_attributes.active_color_name == "splat_color"  # what Solid view's Attribute mode shows
     assert scene.cycles.transparent_max_bounces == display.CYCLES_TRANSPARENT_BOUNCES
 
 
@@ -209,7 +198,7 @@ def cloud(centre, srgb, opacity: float, sigma: float, n: int, spread: float = 0.
 def test_solid_view_shows_each_gaussians_colour_over_the_area_its_opacity_covers(scene, make_camera):
     """Workbench (what Solid view draws) with Color ▸ Attribute: a red and a blue cloud in their colours (the
     quads, 3σ wide, are not drawn there), an isolated Gaussian of opacity 0.5 covers the area of its alpha,
-    2πσ²·0.5, and a faint, wide one (opacity 0.02, σ 0.3) is a dot, not a ball. In Material mode the discs are
+    2πσ²·0.5, and a faint, wide one (opacity 0.02, σ 0.3) is a dot, not a ball. In Material mode the quads are
     the grey of the viewport colour."""
     PICTURES.mkdir(exist_ok=True)
     make_camera(location=(0.0, -4.0, 0.0), rotation=(math.pi / 2, 0.0, 0.0))
@@ -258,19 +247,19 @@ def test_solid_view_shows_each_gaussians_colour_over_the_area_its_opacity_covers
     scene.render.filepath = str(PICTURES / "workbench_material.png")
     bpy.ops.render.render(write_still=True)
     grey = np.asarray(Image.open(scene.render.filepath), np.float64) / 255
-    np.testing.assert_allclose(grey[..., 3], image[..., 3], atol=0.05)  # the same discs, and no quads
+    np.testing.assert_allclose(grey[..., 3], image[..., 3], atol=0.05)  # the same quads, grey
     opaque = grey[..., 3] == 1
     np.testing.assert_allclose(grey[opaque][:, :3], linear_to_srgb(np.array(display.SOLID_GREY[:3])).reshape(1, 3)
                                .repeat(opaque.sum(), axis=0), atol=0.01)
 
 
 def test_solid_view_colours_survive_save_and_reopen(scene, tmp_path):
-    """The disc's active colour is a name without an attribute of its own: the .blend must keep it."""
+    """The quad's active colour is a name without an attribute of its own: the .blend must keep it."""
     create_object(bpy.context, "G", random_splats(20))
     bpy.ops.wm.save_as_mainfile(filepath=str(tmp_path / "solid.blend"))
     bpy.ops.wm.open_mainfile(filepath=str(tmp_path / "solid.blend"))
-    discs = display_meshes(bpy.data.objects["G"])[display.SOLID_MATERIAL]
-    assert discs.color_attributes.active_color_name == "splat_color" and len(discs.polygons) == 20
+    mesh = quad_mesh(bpy.data.objects["G"])
+    assert mesh.color_attributes.active_color_name == "splat_color" and len(mesh.polygons) == 20
 
 
 def test_importing_sets_solid_views_to_attribute_colours(scene, tmp_path):

@@ -106,9 +106,9 @@ def test_generate_end_to_end_imports_gaussians_and_previews(job_scene, tmp_path,
     assert s.progress == 1.0 and s.last_seconds > 0
     after = snapshot()
     assert {k: sorted(set(after[k]) - set(before[k])) for k in DATA_KINDS if after[k] != before[k]} == {
-        "objects": sorted([obj.name, display.SOLID_SHAPE]), "collections": ["Wonderland"],
-        "pointclouds": [obj.data.name], "meshes": [display.SOLID_SHAPE], "images": [preview.name],
-        "materials": sorted([display.SPLAT_MATERIAL, display.SOLID_MATERIAL])}  # the display's, in no scene
+        "objects": sorted([obj.name, display.QUAD_OBJECT]), "collections": ["Wonderland"],
+        "pointclouds": [obj.data.name], "meshes": [display.QUAD_OBJECT], "images": [preview.name],
+        "materials": [display.SPLAT_MATERIAL]}  # the display's quad object is in no scene
     out = capsys.readouterr().out
     assert "Wonderland: denoise 1/2 (42%)" in out and "Wonderland: write 4/4 (100%)" in out  # progress lines
 

@@ -16,7 +16,7 @@ from mathutils import Matrix
 from PIL import Image
 
 from test_generate import FAST_PREVIEWS, generate_ops, job_scene  # noqa: F401 - fixtures
-from wonderland_blender.display import SOLID_SHAPE
+from wonderland_blender.display import QUAD_OBJECT
 from wonderland_blender.housekeeping import RESULT_KEY
 from wonderland_blender.plyio import Splats, write_ply
 from wonderland_blender.pointcloud import srgb_to_linear
@@ -145,7 +145,7 @@ def test_a_result_without_detail_layer_is_refused(result):
     bpy.context.view_layer.objects.active = result
     with pytest.raises(RuntimeError, match="no detail layer"):
         bpy.ops.wonderland.input_view_mesh()
-    assert [m.name for m in bpy.data.meshes] == [SOLID_SHAPE] and not bpy.data.images  # only the display's disc
+    assert [m.name for m in bpy.data.meshes] == [QUAD_OBJECT] and not bpy.data.images  # only the display's quad
 
 
 def test_a_scene_ply_with_non_finite_rows_is_refused(result):
@@ -156,7 +156,7 @@ def test_a_scene_ply_with_non_finite_rows_is_refused(result):
     bpy.context.view_layer.objects.active = result
     with pytest.raises(RuntimeError, match="1 Gaussian.*NaN or infinite.*generate again"):
         bpy.ops.wonderland.input_view_mesh()
-    assert [m.name for m in bpy.data.meshes] == [SOLID_SHAPE] and not bpy.data.images  # only the display's disc
+    assert [m.name for m in bpy.data.meshes] == [QUAD_OBJECT] and not bpy.data.images  # only the display's quad
 
 
 def test_an_imported_ply_is_refused(result):
