@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import bpy
 
 from .display import MODIFIER_NAME as DISPLAY_MODIFIER  # the display modifier: always last, never an edit
+from .node_graph import NodeGraph
 
 PREFIX = "Wonderland "
 LUMINANCE = (0.2126, 0.7152, 0.0722)  # Rec. 709 weights of linear RGB, as Blender's own colour nodes
@@ -28,57 +29,23 @@ class Input:
     description: str = ""
 
 
-def _enabled(sockets):
-    return [s for s in sockets if s.enabled]
-
-
-class _Graph:
-    """A little node-wiring helper: add(kind, *inputs, **props) links sockets and sets constants, in the
-    order of the node's enabled inputs (None skips one)."""
+class _Graph(NodeGraph):
+    """An edit's node group: its Group Input and Output nodes, and the steps the edits share."""
 
     def __init__(self, group):
-        self.nodes, self.links = group.nodes, group.links
-        self.input = self.nodes.new("NodeGroupInput")
-        self.output = self.nodes.new("NodeGroupOutput")
-
-    def add(self, kind: str, *inputs, **props):
-        node = self.nodes.new(kind)
-        for key, value in props.items():  # first: they decide which sockets are enabled
-            setattr(node, key, value)
-        for socket, value in zip(_enabled(node.inputs), inputs):
-            if isinstance(value, bpy.types.NodeSocket):
-                self.links.new(value, socket)
-            elif value is not None:
-                socket.default_value = value
-        return node
-
-    def out(self, kind: str, *inputs, **props):
-        return _enabled(self.add(kind, *inputs, **props).outputs)[0]
-
-    def math(self, op: str, *inputs, **props):
-        return self.out("ShaderNodeMath", *inputs, operation=op, **props)
-
-    def vmath(self, op: str, *inputs):
-        return self.out("ShaderNodeVectorMath", *inputs, operation=op)
-
-    def compare(self, op: str, a, b):
-        return self.out("FunctionNodeCompare", a, b, data_type='FLOAT', operation=op)
-
-    def logic(self, op: str, *inputs):
-        return self.out("FunctionNodeBooleanMath", *inputs, operation=op)
-
-    def attribute(self, name: str, data_type: str):
-        return self.out("GeometryNodeInputNamedAttribute", name, data_type=data_type)
+        super().__init__(group)
+        self.input = self.tree.nodes.new("NodeGroupInput")
+        self.output = self.tree.nodes.new("NodeGroupOutput")
 
     def local_position(self, obj_socket):
         """Each point's position in the frame of the object plugged into `obj_socket`."""
-        info = self.add("GeometryNodeObjectInfo", obj_socket, transform_space='RELATIVE')
+        info = self.node("GeometryNodeObjectInfo", obj_socket, transform_space='RELATIVE')
         inverse = self.out("FunctionNodeInvertMatrix", info.outputs["Transform"])
         return self.out("FunctionNodeTransformPoint", self.out("GeometryNodeInputPosition"), inverse)
 
     def delete(self, selection) -> None:
         kept = self.out("GeometryNodeDeleteGeometry", self.input.outputs["Geometry"], selection, domain='POINT')
-        self.links.new(kept, self.output.inputs["Geometry"])
+        self.link(kept, self.output, "Geometry")
 
 
 def _crop_box(g: _Graph) -> None:
@@ -132,7 +99,7 @@ def _color(g: _Graph) -> None:
     opacity = g.math('MULTIPLY', g.attribute("opacity", 'FLOAT'), g.input.outputs["Opacity"], use_clamp=True)
     result = g.out("GeometryNodeStoreNamedAttribute", stored, None, "opacity", opacity,
                    data_type='FLOAT', domain='POINT')
-    g.links.new(result, g.output.inputs["Geometry"])
+    g.link(result, g.output, "Geometry")
 
 
 @dataclass(frozen=True)

@@ -123,6 +123,10 @@ class WONDERLAND_PT_edit(bpy.types.Panel):
     def draw(self, context):
         layout = self.layout
         obj = _active_gaussians(context)
+        space = context.space_data
+        if space is not None and space.type == 'VIEW_3D' and space.shading.type == 'SOLID':
+            # Attribute shows each Gaussian's colour (display.py); Material draws them grey
+            layout.prop(space.shading, "color_type", text="Solid Color")
         layout.operator_menu_enum(WONDERLAND_OT_edit_add.bl_idname, "kind", text="Add Edit", icon='ADD')
         for modifier in edits.edit_modifiers(obj):
             edit = edits.edit_of(modifier)

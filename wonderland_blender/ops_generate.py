@@ -22,6 +22,7 @@ import bpy
 import numpy as np
 from bpy.props import FloatProperty, StringProperty
 
+from .display import solid_view_note
 from .housekeeping import RESULT_KEY, clean_job_folders, note_job_folder, retire_previous_results, used_paths
 from .job import Job, JobState, build_command, stage_progress
 from .model_info import job_warnings, move_length
@@ -296,7 +297,8 @@ def _import_result(context, job: Job) -> str:
     bpy.ops.ed.undo_push(message=UNDO_MESSAGE)
     clean_job_folders(job.out_dir.parent, used_paths())
     hidden = f"; earlier results hidden: {', '.join(retired)}" if retired else ""
-    return f"Wonderland: {len(result.splats):,} Gaussians in '{obj.name}' ({job.seconds:.1f} s){hidden}"
+    return (f"Wonderland: {len(result.splats):,} Gaussians in '{obj.name}' ({job.seconds:.1f} s){hidden}"
+            f"{solid_view_note()}")
 
 
 def _redraw_sidebars(context) -> None:

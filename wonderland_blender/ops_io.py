@@ -15,6 +15,7 @@ import bpy
 from bpy.props import BoolProperty, StringProperty
 from bpy_extras.io_utils import ExportHelper, ImportHelper, axis_conversion, orientation_helper
 
+from .display import solid_view_note
 from .formats import FormatError, read_gaussians
 from .formats.spz import write_spz
 from .plyio import PlyError, Splats, write_ply
@@ -49,6 +50,7 @@ class WONDERLAND_OT_import_gaussians(bpy.types.Operator, ImportHelper):
         message = f"Imported {len(splats):,} Gaussians into '{obj.name}'"
         if result.dropped:
             message += f"; dropped {result.dropped:,} rows with NaN/inf values"
+        message += solid_view_note()
         self.report({'WARNING'} if result.dropped else {'INFO'}, message)
         return {'FINISHED'}
 

@@ -19,7 +19,7 @@ from .display import add_display
 from .plyio import SH_C0, Splats
 
 COLLECTION_NAME = "Wonderland"
-RADIUS_PER_SCALE = 1.0  # display radius = this × mean axis std-dev: Solid view shows each Gaussian's core
+RADIUS_PER_SCALE = 1.0  # radius = this × mean std-dev: the points' size with the display modifier off
 # The attributes that make a point cloud a Gaussian one, and their types.
 GAUSSIAN_ATTRIBUTES = {"splat_color": 'FLOAT_COLOR', "opacity": 'FLOAT', "scale": 'FLOAT_VECTOR',
                        "rotation": 'QUATERNION'}

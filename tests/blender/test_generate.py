@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from wonderland_blender import ops_generate, previews
+from wonderland_blender import display, ops_generate, previews
 from wonderland_blender.plyio import read_ply
 from wonderland_blender.preferences import ENV_BACKEND_PYTHON, get_preferences
 
@@ -106,8 +106,9 @@ def test_generate_end_to_end_imports_gaussians_and_previews(job_scene, tmp_path,
     assert s.progress == 1.0 and s.last_seconds > 0
     after = snapshot()
     assert {k: sorted(set(after[k]) - set(before[k])) for k in DATA_KINDS if after[k] != before[k]} == {
-        "objects": [obj.name], "collections": ["Wonderland"], "pointclouds": [obj.data.name],
-        "images": [preview.name], "materials": ["Wonderland Gaussians", "Wonderland Points"]}
+        "objects": sorted([obj.name, display.QUAD_OBJECT]), "collections": ["Wonderland"],
+        "pointclouds": [obj.data.name], "meshes": [display.QUAD_OBJECT], "images": [preview.name],
+        "materials": [display.SPLAT_MATERIAL]}  # the display's quad object is in no scene
     out = capsys.readouterr().out
     assert "Wonderland: denoise 1/2 (42%)" in out and "Wonderland: write 4/4 (100%)" in out  # progress lines
 

@@ -9,87 +9,24 @@ from pathlib import Path
 import bpy
 import numpy as np
 import pytest
-from mathutils import Euler, Matrix
+from depthmesh_scene import (BOX, BOX_COLS, BOX_ROWS, F, H, OFFSET, W, camera0_c2w, depth, detail_splats,
+                             make_mesh, make_result, model_splats, photo, photo_pixels, shoot_from_camera_0,
+                             write_job)
+from mathutils import Matrix
 from PIL import Image
 
 from test_generate import FAST_PREVIEWS, generate_ops, job_scene  # noqa: F401 - fixtures
+from wonderland_blender.display import QUAD_OBJECT
 from wonderland_blender.housekeeping import RESULT_KEY
-from wonderland_blender.plyio import SH_C0, Splats, write_ply
-from wonderland_blender.pointcloud import create_object, srgb_to_linear
+from wonderland_blender.plyio import Splats, write_ply
+from wonderland_blender.pointcloud import srgb_to_linear
 
-W, H, F = 24, 16, 20.0                   # detail grid and its focal length in grid pixels
-WALL, BOX = 2.0, 1.2                     # camera z of the wall and of the box in front of it
-BOX_ROWS, BOX_COLS = slice(4, 11), slice(5, 12)
-OFFSET = np.array([0.3, -0.2, 0.5])      # the result object's location: the mesh must follow it
 PICTURES = Path("/tmp/wonderland-depthmesh")
-
-
-def camera0_c2w() -> np.ndarray:
-    """Camera 0 in the OpenCV convention (x right, y down, z forward), looking roughly along +Y."""
-    blender = Matrix.Translation((0.5, -3.0, 1.0)) @ Euler((1.4, 0.0, 0.25)).to_matrix().to_4x4()
-    return np.array(blender, np.float64) @ np.diag([1.0, -1.0, -1.0, 1.0])
-
-
-def photo() -> np.ndarray:
-    """[H, W, 3] colours (sRGB 0..1): a red/green ramp on the wall, a flat blue box."""
-    v, u = np.meshgrid(np.arange(H) + 0.5, np.arange(W) + 0.5, indexing="ij")
-    rgb = np.stack([0.2 + 0.6 * u / W, 0.2 + 0.6 * v / H, np.full_like(u, 0.3)], axis=-1)
-    rgb[BOX_ROWS, BOX_COLS] = (0.15, 0.3, 0.85)
-    return rgb
-
-
-def depth() -> np.ndarray:
-    z = np.full((H, W), WALL)
-    z[BOX_ROWS, BOX_COLS] = BOX
-    return z
-
-
-def detail_splats() -> Splats:
-    """One Gaussian per pixel on its ray at depth(), in the world, row-major top row first (as the backend)."""
-    v, u = np.meshgrid(np.arange(H) + 0.5, np.arange(W) + 0.5, indexing="ij")
-    z = depth()
-    cam = np.stack([(u - W / 2) / F * z, (v - H / 2) / F * z, z], axis=-1).reshape(-1, 3)
-    c2w = camera0_c2w()
-    n = H * W
-    return Splats((cam @ c2w[:3, :3].T + c2w[:3, 3]).astype(np.float32),
-                  ((photo().reshape(-1, 3) - 0.5) / SH_C0).astype(np.float32), np.zeros((n, 0, 3), np.float32),
-                  np.full(n, 5.3, np.float32), np.full((n, 3), -4.0, np.float32),
-                  np.tile(np.float32([1, 0, 0, 0]), (n, 1)))
-
-
-def model_splats(n: int = 7) -> Splats:
-    rng = np.random.default_rng(0)
-    return Splats(rng.normal(size=(n, 3)).astype(np.float32), rng.normal(size=(n, 3)).astype(np.float32),
-                  np.zeros((n, 0, 3), np.float32), np.zeros(n, np.float32), np.full((n, 3), -2.0, np.float32),
-                  np.tile(np.float32([1, 0, 0, 0]), (n, 1)))
-
-
-def write_job(folder: Path, detail: dict) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    write_ply(folder / "scene.ply", Splats.concatenate([model_splats(), detail_splats()]))
-    K = [[F, 0, W / 2], [0, F, H / 2], [0, 0, 1]]
-    (folder / "cameras.json").write_text(json.dumps(
-        {"width": W, "height": H, "frames": [{"frame": 1, "K": K, "c2w": camera0_c2w().tolist()}]}))
-    (folder / "meta.json").write_text(json.dumps({"count": 7 + W * H, "detail": detail}))
-    return folder
 
 
 @pytest.fixture
 def result(scene, tmp_path):
-    """A generated-looking result: the Gaussian object linked to its job folder, moved by OFFSET."""
-    job = write_job(tmp_path / "20261206-112233", {"size": [W, H], "count": W * H, "culled": 0})
-    obj = create_object(bpy.context, "Wonderland 20261206-112233",
-                        Splats.concatenate([model_splats(), detail_splats()]))
-    obj[RESULT_KEY] = str(job)
-    obj.location = OFFSET
-    bpy.context.view_layer.update()
-    return obj
-
-
-def make_mesh(obj):
-    bpy.context.view_layer.objects.active = obj
-    assert bpy.ops.wonderland.input_view_mesh() == {'FINISHED'}
-    return bpy.data.objects[f"{obj.name} Input View"]
+    return make_result(tmp_path)
 
 
 def test_the_mesh_is_the_detail_grid_cut_at_the_box(result):
@@ -148,33 +85,8 @@ def test_the_mesh_and_its_texture_survive_save_and_reopen(result, tmp_path):
     np.testing.assert_allclose(pixels.reshape(H, W, 4)[::-1, :, :3], photo(), atol=0.5 / 255 + 1e-6)
 
 
-def shoot_from_camera_0(result, world: float):
-    """The scene camera at camera 0 (moved with the result), 2W×2H, a grey World of strength `world`,
-    Standard view transform; the result's Gaussians out of the render."""
-    scene = bpy.context.scene
-    result.hide_render = True
-    cam = bpy.data.objects.new("Camera 0", bpy.data.cameras.new("Camera 0"))
-    scene.collection.objects.link(cam)
-    scene.camera = cam
-    blender = camera0_c2w() @ np.diag([1.0, -1.0, -1.0, 1.0])
-    blender[:3, 3] += OFFSET
-    cam.matrix_world = Matrix(blender.tolist())
-    scene.render.resolution_x, scene.render.resolution_y, scene.render.resolution_percentage = 2 * W, 2 * H, 100
-    cam.data.sensor_width, cam.data.lens = 36.0, F / W * 36.0
-    scene.world = bpy.data.worlds.new("World")
-    scene.world.color = (world,) * 3
-    for node in scene.world.node_tree.nodes if scene.world.node_tree else []:
-        if node.type == 'BACKGROUND':
-            node.inputs["Color"].default_value = (world, world, world, 1.0)
-            node.inputs["Strength"].default_value = 1.0
-    scene.view_settings.view_transform = 'Standard'
-    scene.eevee.taa_render_samples = 8
-    scene.cycles.samples, scene.cycles.device, scene.cycles.use_denoising = 16, 'CPU', False
-    PICTURES.mkdir(exist_ok=True)
-    return scene
-
-
 def render(scene, engine: str, name: str) -> np.ndarray:
+    PICTURES.mkdir(exist_ok=True)
     scene.render.engine = engine
     scene.render.filepath = str(PICTURES / f"{name}.png")
     bpy.ops.render.render(write_still=True)
@@ -186,19 +98,7 @@ def test_cycles_from_camera_0_shows_the_photo(result):
     view transform camera 0 sees the photo (away from the box's edges, where it shades the wall)."""
     make_mesh(result)
     rendered = render(shoot_from_camera_0(result, 1.0), 'CYCLES', "cycles")
-    expected = np.repeat(np.repeat(photo(), 2, axis=0), 2, axis=1)
-    # compare everywhere (up to the frame border: the mesh reaches it) but on the outermost pixels (the pixel
-    # filter reaches past the frame, into the World), at the box's rim (where the photo's colours fade from
-    # box to wall) and on the wall the box shades (it occludes the World there)
-    box = depth() == BOX
-    skip = np.zeros((H, W), bool)
-    for dr in (-1, 0, 1):
-        for dc in (-1, 0, 1):
-            skip |= np.roll(box, (dr, dc), axis=(0, 1)) != box
-    shade = np.zeros((H, W), bool)
-    shade[BOX_ROWS.start - 4:BOX_ROWS.stop + 4, BOX_COLS.start - 4:BOX_COLS.stop + 4] = True
-    keep = np.repeat(np.repeat(~skip & ~(shade & ~box), 2, axis=0), 2, axis=1)
-    keep[[0, -1], :] = keep[:, [0, -1]] = False
+    expected, keep = photo_pixels()
     error = np.abs(rendered - expected)[keep]
     assert keep.sum() > 200 and error.mean() < 0.02 and error.max() < 0.06, (error.mean(), error.max())
     # no slit of World (white) between the box and the wall: the rim pixels are between box and wall colours
@@ -245,7 +145,7 @@ def test_a_result_without_detail_layer_is_refused(result):
     bpy.context.view_layer.objects.active = result
     with pytest.raises(RuntimeError, match="no detail layer"):
         bpy.ops.wonderland.input_view_mesh()
-    assert not bpy.data.meshes and not bpy.data.images
+    assert [m.name for m in bpy.data.meshes] == [QUAD_OBJECT] and not bpy.data.images  # only the display's quad
 
 
 def test_a_scene_ply_with_non_finite_rows_is_refused(result):
@@ -256,7 +156,7 @@ def test_a_scene_ply_with_non_finite_rows_is_refused(result):
     bpy.context.view_layer.objects.active = result
     with pytest.raises(RuntimeError, match="1 Gaussian.*NaN or infinite.*generate again"):
         bpy.ops.wonderland.input_view_mesh()
-    assert not bpy.data.meshes and not bpy.data.images
+    assert [m.name for m in bpy.data.meshes] == [QUAD_OBJECT] and not bpy.data.images  # only the display's quad
 
 
 def test_an_imported_ply_is_refused(result):

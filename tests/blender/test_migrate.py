@@ -98,12 +98,12 @@ def test_an_older_display_group_is_replaced_on_load(scene, tmp_path):
                                                  np.tile(np.float32([1, 0, 0, 0]), (N, 1))))
     old = obj.modifiers[display.MODIFIER_NAME].node_group
     del old["wonderland_display_version"]  # as version 1 made it
-    old.nodes.new("GeometryNodeSetPosition")  # a mark to tell it by
+    old.nodes.new("GeometryNodeFlipFaces")  # a mark to tell it by
     scene.cycles.transparent_max_bounces = 8  # Cycles' default, as version 1 left it
     bpy.ops.wm.save_as_mainfile(filepath=str(tmp_path / "v1.blend"))
     bpy.ops.wm.open_mainfile(filepath=str(tmp_path / "v1.blend"))
     group = bpy.data.objects["G"].modifiers[display.MODIFIER_NAME].node_group
     assert group.name == display.GROUP_NAME and group["wonderland_display_version"] == display.VERSION
-    assert not [n for n in group.nodes if n.bl_idname == "GeometryNodeSetPosition"]
+    assert not [n for n in group.nodes if n.bl_idname == "GeometryNodeFlipFaces"]
     assert [g.name for g in bpy.data.node_groups] == [display.GROUP_NAME]
     assert bpy.context.scene.cycles.transparent_max_bounces == display.CYCLES_TRANSPARENT_BOUNCES

@@ -23,6 +23,7 @@ from bpy_extras.object_utils import world_to_camera_view  # noqa: E402
 from mathutils import Vector  # noqa: E402
 
 import wonderland_blender  # noqa: E402
+from wonderland_blender.display import QUAD_OBJECT  # noqa: E402
 from wonderland_blender.plyio import Splats, read_ply, write_ply  # noqa: E402
 
 ADDON = "wonderland_blender"
@@ -138,7 +139,7 @@ def check_ply(folder: Path) -> dict:
     out = read_ply(folder / "out.ply").splats
     result = {"import_status": sorted(status_in), "export_status": sorted(status_out),
               "object_type": obj.type if obj is not None else None, "points": points, "expected_points": n,
-              "attributes": attributes, "meshes_left": len(bpy.data.meshes),
+              "attributes": attributes, "meshes_left": len([m for m in bpy.data.meshes if m.name != QUAD_OBJECT]),
               "max_difference": _differences(out, src), "modifiers": [m.name for m in obj.modifiers],
               "display_quads": quads, "expected_quads": int((src.opacity_logits >= np.log(1 / 254)).sum())}
     addon_utils.disable(ADDON, default_set=True)

@@ -23,7 +23,7 @@ VENV = ROOT / ".venv" / "bpy45"
 PYTHON = VENV / "bin" / "python"
 STAMP = VENV / "installed.txt"  # written last: a venv without it is half-made and is rebuilt
 INSTALL_TIMEOUT_S = 1800  # a 372 MB wheel on a slow line
-CHECK_TIMEOUT_S = 300
+CHECK_TIMEOUT_S = 600
 
 pytestmark = [pytest.mark.blender, pytest.mark.slow]
 
@@ -62,17 +62,20 @@ def bpy45_python() -> Path:
     return PYTHON
 
 
+def run_check(python: Path, script: str, report_path: Path) -> dict:
+    """Run tests/blender45/`script` REPORT.json in the bpy 4.5 venv and return its JSON report (with its exit
+    status); fails with its stderr when it wrote none."""
+    run = subprocess.run([str(python), str(Path(__file__).with_name(script)), str(report_path)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=CHECK_TIMEOUT_S,
+                         env=dict(os.environ, PYTHONNOUSERSITE="1"))
+    assert report_path.exists(), f"{script} wrote no report (exit {run.returncode}):\n{_tail(run.stderr, 40)}"
+    return {**json.loads(report_path.read_text()), "returncode": run.returncode}
+
+
 @pytest.fixture(scope="session")
 def report(bpy45_python, tmp_path_factory) -> dict:
     """check_addon.py's JSON report from inside bpy 4.5; fails with its output if it crashed."""
-    path = tmp_path_factory.mktemp("bpy45") / "report.json"
-    run = subprocess.run([str(bpy45_python), str(Path(__file__).with_name("check_addon.py")), str(path)],
-                         cwd=ROOT, capture_output=True, text=True, timeout=CHECK_TIMEOUT_S,
-                         env=dict(os.environ, PYTHONNOUSERSITE="1"))
-    assert path.exists(), f"check_addon.py wrote no report (exit {run.returncode}):\n{_tail(run.stderr, 40)}"
-    result = json.loads(path.read_text())
-    result["returncode"] = run.returncode
-    return result
+    return run_check(bpy45_python, "check_addon.py", tmp_path_factory.mktemp("bpy45") / "report.json")
 
 
 def test_runs_on_blender_4_5_without_errors(report):

@@ -2,24 +2,14 @@
 the bpy 4.5 venv that test_bpy45.py makes)."""
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-from pathlib import Path
-
 import pytest
-from test_bpy45 import ROOT, bpy45_python  # noqa: F401  (the fixture that makes the bpy 4.5 venv)
+from test_bpy45 import bpy45_python, run_check  # noqa: F401  (the fixture that makes the bpy 4.5 venv)
 
 pytestmark = [pytest.mark.blender, pytest.mark.slow]
 
 
 def test_formats_and_edits_work_on_blender_4_5(bpy45_python, tmp_path):  # noqa: F811
-    out = tmp_path / "report.json"
-    run = subprocess.run([str(bpy45_python), str(Path(__file__).with_name("check_edits_formats.py")), str(out)],
-                         cwd=ROOT, capture_output=True, text=True, timeout=300,
-                         env=dict(os.environ, PYTHONNOUSERSITE="1"))
-    assert out.exists(), run.stderr[-3000:]
-    report = json.loads(out.read_text())
+    report = run_check(bpy45_python, "check_edits_formats.py", tmp_path / "report.json")
     assert report["version"].startswith("4.5") and not report["errors"], report["errors"]
     assert report["imported"] == {"source.spz": 40, "source.compressed.ply": 40, "source.splat": 40}
     edited = report["edited"]
