@@ -26,7 +26,7 @@ from backend.render.sh import sh_to_rgb
 NUMBA_PIN = "numba==0.63.1"
 _kernels = None
 _missing: str | None = None
-BUFFERS = WorkBuffers()  # reused from frame to frame: fresh arrays cost page faults
+BUFFERS = WorkBuffers()  # reused from frame to frame (fresh arrays cost page faults); renders take turns
 
 
 def cache_dir() -> Path:
