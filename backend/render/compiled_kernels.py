@@ -143,10 +143,11 @@ def fill_tiles(rows, boxes, colors, from_dc, starts, tiles_x, records):
             for ty in range(y0 // TILE, y1 // TILE + 1):
                 for tx in range(x0 // TILE, x1 // TILE + 1):
                     t = ty * tiles_x + tx
-                    record = records[cursor[t]]
+                    r = cursor[t]
                     for col in range(ROW_COLUMNS):
-                        record[col] = rows[g, col]
-                    record[RED], record[GREEN], record[BLUE], record[Y0], record[Y1] = red, green, blue, y0, y1
+                        records[r, col] = rows[g, col]
+                    records[r, RED], records[r, GREEN], records[r, BLUE] = red, green, blue
+                    records[r, Y0], records[r, Y1] = y0, y1
                     cursor[t] += 1
 
 
@@ -206,12 +207,12 @@ def rasterize(records, offsets, width, height, tiles_x, image):
         n_open = tw * th
         # The tile's records (a few hundred KB: they stay in the core's cache), front to back.
         for r in _depth_order(bits, offsets[tile], offsets[tile + 1]):
-            record = records[offsets[tile] + r]
-            mx, my, a, b, c = record[MX], record[MY], record[CA], record[CB], record[CC]
-            opacity, level, z = record[OPACITY], record[LEVEL], record[DEPTH]
-            red, green, blue = record[RED], record[GREEN], record[BLUE]
+            r += offsets[tile]
+            mx, my, a, b, c = records[r, MX], records[r, MY], records[r, CA], records[r, CB], records[r, CC]
+            opacity, level, z = records[r, OPACITY], records[r, LEVEL], records[r, DEPTH]
+            red, green, blue = records[r, RED], records[r, GREEN], records[r, BLUE]
             inv_a = 1.0 / a
-            for y in range(max(int(record[Y0]), ty0), min(int(record[Y1]), ty0 + th - 1) + 1):
+            for y in range(max(int(records[r, Y0]), ty0), min(int(records[r, Y1]), ty0 + th - 1) + 1):
                 dy = y + 0.5 - my
                 # 0.5 a dx^2 + b dy dx + 0.5 c dy^2 <= level on the row: dx in centre +- s / a
                 disc = b * b * dy * dy - a * (c * dy * dy - 2 * level)
