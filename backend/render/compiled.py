@@ -100,12 +100,14 @@ def render_views(gaussians: Gaussians, w2c: Tensor, K: Tensor, width: int,
     import numba
     k = _kernels
     g = gaussians.detach().to(device="cpu", dtype=torch.float32)
-    means, quats, scales, opacities = (np.ascontiguousarray(v.numpy()) for v in
-                                       (g.means, g.quats, g.scales, g.opacities))
+    means, quats = (np.ascontiguousarray(v.numpy()) for v in (g.means, g.quats))
     tiles_x, tiles_y = -(-width // k.TILE), -(-height // k.TILE)
     chunks = 4 * numba.get_num_threads()  # parts of the Gaussians binned in parallel
     out = torch.empty((len(w2c), height, width, 5))
     with BUFFERS.borrow() as take:
+        scales, opacities = take("scales", (len(means), 3), np.float32), take("opacities", (len(means),), np.float32)
+        torch.exp(g.log_scales, out=torch.from_numpy(scales))  # Gaussians.scales, into a kept array
+        torch.sigmoid(g.opacity_logits, out=torch.from_numpy(opacities))
         rows = take("rows", (len(means), k.ROW_COLUMNS), np.float32)  # read only where boxes are set
         boxes = take("boxes", (len(means), 4), np.int32)
         for view in range(len(w2c)):
