@@ -17,6 +17,8 @@ seconds per frame after one warm-up frame; on a shared machine wall time is infl
 time much less. Ratios compare rows measured in this one run.
 
 Usage: python benchmarks/bench_render.py [--quick] [--repeat 2] [--threads N]
+       python benchmarks/bench_render.py --interleave 7   (the 1M row only, 7 pairs: on a shared machine the
+       ratio of one pair swings with the neighbours' load; pairs measured back to back, and their median, do not)
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ import json
 import math
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -173,6 +176,39 @@ def table_line(row: dict, ours: dict | None, ref: dict | None) -> str:
             f"{fmt(ref, 'peak_gb', '7.2f')} {ratio:>6}")
 
 
+def interleaved(pairs: int, repeat: int, threads: int | None, reference_timeout: float) -> list[dict]:
+    """The 1M-Gaussian 512x512 row `pairs` times, reference then compiled, each in a fresh child process;
+    prints each pair as it is measured and returns them."""
+    row = {"repeat": repeat, "threads": threads, "scene": "random", "count": 1_000_000, "width": 512, "height": 512}
+    print(f"\n{'pair':>4} {'torch s':>8} {'CPU s':>7} {'compiled s':>10} {'CPU s':>7} {'ratio':>6} {'CPU ratio':>9} "
+          f"{'load':>5}")
+    results = []
+    for i in range(pairs):
+        ref = run_row({**row, "backend": "torch", "repeat": 1}, reference_timeout)
+        ours = run_row({**row, "backend": "compiled"}, timeout=600)
+        if ref is None or ours is None:
+            print(f"{i + 1:>4} timed out")
+            continue
+        pair = {"ratio": ref["seconds"] / ours["seconds"], "cpu_ratio": ref["cpu"] / ours["cpu"],
+                "load": os.getloadavg()[0]}
+        results.append(pair)
+        print(f"{i + 1:>4} {ref['seconds']:8.3f} {ref['cpu']:7.2f} {ours['seconds']:10.3f} {ours['cpu']:7.2f} "
+              f"{pair['ratio']:5.2f}x {pair['cpu_ratio']:8.2f}x {pair['load']:5.1f}", flush=True)
+    return results
+
+
+def machine_line(threads: int | None) -> str:
+    return (f"CPU: {cpu_name()}, {os.cpu_count()} cores, threads: {threads or 'all'}, torch {torch.__version__}, "
+            f"load average before: {os.getloadavg()[0]:.1f}")
+
+
+def ratio_summary(values: list[float]) -> str:
+    """Median, quartiles and range of per-pair ratios."""
+    q1, median, q3 = statistics.quantiles(values, n=4, method="inclusive") if len(values) > 1 else values * 3
+    return (f"median {median:.2f}x (quartiles {q1:.2f}-{q3:.2f}x, range {min(values):.2f}-{max(values):.2f}x, "
+            f"{len(values)} pairs)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--row", help=argparse.SUPPRESS)
@@ -181,13 +217,23 @@ def main() -> None:
     parser.add_argument("--threads", type=int, help="render threads (default: all cores)")
     parser.add_argument("--reference-timeout", type=float, default=300,
                         help="seconds after which a reference row is given up (default 300)")
+    parser.add_argument("--interleave", type=int, metavar="PAIRS",
+                        help="only the 1M row at 512x512, PAIRS times, reference and compiled alternating; prints "
+                             "the median and spread of the ratio")
     args = parser.parse_args()
     if args.row:
         print(json.dumps(measure(json.loads(args.row))))
         return
+    if args.interleave:
+        print(machine_line(args.threads))
+        pairs = interleaved(args.interleave, args.repeat, args.threads, args.reference_timeout)
+        if pairs:
+            print(f"\nwall ratio: {ratio_summary([p['ratio'] for p in pairs])}")
+            print(f"CPU ratio: {ratio_summary([p['cpu_ratio'] for p in pairs])}")
+        print(f"load average after: {os.getloadavg()[0]:.1f}")
+        return
 
-    print(f"CPU: {cpu_name()}, {os.cpu_count()} cores, threads: {args.threads or 'all'}, torch {torch.__version__}, "
-          f"load average before: {os.getloadavg()[0]:.1f}")
+    print(machine_line(args.threads))
     counts = [10_000, 100_000] if args.quick else [10_000, 100_000, 1_000_000, 4_200_000]
     sizes = [(128, 128), (256, 256)] if args.quick else [(512, 512), (1024, 1024), (1920, 1080), (3840, 2160)]
     base = {"repeat": args.repeat, "threads": args.threads}

@@ -99,3 +99,12 @@ def test_worker_imports_without_the_unix_only_resource_module_and_reports_memory
     done = subprocess.run([sys.executable, "-c", code], env=env(), capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert float(done.stdout) > 0
+
+
+def test_freeing_the_idle_worker_also_hands_back_the_rasterizer_work_arrays(scene_files, tmp_path):
+    from backend.commands.render_worker import _Renderer
+    ply, cams = scene_files
+    renderer = _Renderer(torch.device("cpu"))
+    answer = renderer.handle({"ply": str(ply), "cameras": str(cams), "width": 48, "height": 36, "out": str(tmp_path)})
+    assert answer["ok"] and compiled.BUFFERS.held_bytes() > 4000 * 32
+    assert renderer.free() and compiled.BUFFERS.held_bytes() == 0

@@ -82,6 +82,8 @@ class _Renderer:
         if self._gaussians is None:
             return False
         self._gaussians, self._cache_key = None, None
+        from backend.render.compiled import free_buffers
+        free_buffers()  # the compiled rasterizer's work arrays, kept between frames
         gc.collect()
         if sys.platform.startswith("linux"):
             try:  # glibc keeps freed heap pages; malloc_trim returns them

@@ -20,11 +20,13 @@ import torch
 from torch import Tensor
 
 from backend.gaussians import Gaussians
+from backend.render.compiled_buffers import WorkBuffers
 from backend.render.sh import sh_to_rgb
 
 NUMBA_PIN = "numba==0.63.1"
 _kernels = None
 _missing: str | None = None
+BUFFERS = WorkBuffers()  # reused from frame to frame (fresh arrays cost page faults); renders take turns
 
 
 def cache_dir() -> Path:
@@ -95,33 +97,45 @@ def render_views(gaussians: Gaussians, w2c: Tensor, K: Tensor, width: int,
     tensors in the Gaussians' dtype. No gradients flow through it."""
     if unavailable_reason():
         raise RuntimeError(_missing)
+    import numba
     k = _kernels
     g = gaussians.detach().to(device="cpu", dtype=torch.float32)
-    means, quats, scales, opacities = (np.ascontiguousarray(v.numpy()) for v in
-                                       (g.means, g.quats, g.scales, g.opacities))
+    means, quats = (np.ascontiguousarray(v.numpy()) for v in (g.means, g.quats))
     tiles_x, tiles_y = -(-width // k.TILE), -(-height // k.TILE)
-    images = []
-    for view in range(len(w2c)):
-        w2c_v, K_v = w2c[view].detach().double().cpu(), K[view].detach().double().cpu()
-        rows = np.empty((len(means), k.N_COLUMNS), np.float32)  # read only where boxes are set
-        boxes = np.empty((len(means), 4), np.int32)
-        intrinsics = np.array([K_v[0, 0], K_v[1, 1], K_v[0, 2], K_v[1, 2]])
-        k.project(means, quats, scales, opacities, w2c_v[:3].numpy(), intrinsics, width, height, rows, boxes)
-        order = k.depth_order(rows, boxes)
-        if g.sh_degree == 0:  # view-independent: the kernel takes the DC coefficients
-            values = g.sh0.numpy()
-        else:
-            index = torch.from_numpy(order)
-            campos = torch.linalg.inv(w2c_v)[:3, 3].float()
-            sh = torch.cat([g.sh0.index_select(0, index)[:, None], g.sh_rest.index_select(0, index)], dim=1)
-            values = sh_to_rgb(sh, g.means.index_select(0, index) - campos).numpy()
-        sorted_boxes = k.add_colors(rows, boxes, order, np.ascontiguousarray(values), g.sh_degree == 0)
-        offsets, ids = k.bin_tiles(sorted_boxes, order, tiles_x, tiles_y)
-        image = np.empty((height, width, 5), np.float32)
-        k.rasterize(rows, boxes, offsets, ids, width, height, tiles_x, image)
-        images.append(torch.from_numpy(image))
-    out = torch.stack(images).to(gaussians.means.dtype)
+    chunks = 4 * numba.get_num_threads()  # parts of the Gaussians binned in parallel
+    out = torch.empty((len(w2c), height, width, 5))
+    with BUFFERS.borrow() as take:
+        scales, opacities = take("scales", (len(means), 3), np.float32), take("opacities", (len(means),), np.float32)
+        torch.exp(g.log_scales, out=torch.from_numpy(scales))  # Gaussians.scales, into a kept array
+        torch.sigmoid(g.opacity_logits, out=torch.from_numpy(opacities))
+        rows = take("rows", (len(means), k.ROW_COLUMNS), np.float32)  # read only where boxes are set
+        boxes = take("boxes", (len(means), 4), np.int32)
+        for view in range(len(w2c)):
+            w2c_v, K_v = w2c[view].detach().double().cpu(), K[view].detach().double().cpu()
+            intrinsics = np.array([K_v[0, 0], K_v[1, 1], K_v[0, 2], K_v[1, 2]])
+            k.project(means, quats, scales, opacities, w2c_v[:3].numpy(), intrinsics, width, height, rows, boxes)
+            if g.sh_degree == 0:  # view-independent: the kernel takes the DC coefficients
+                colors = g.sh0.numpy()
+            else:  # colours of the projected Gaussians, in input order
+                index = torch.from_numpy(np.flatnonzero(boxes[:, 1] >= boxes[:, 0]))
+                campos = torch.linalg.inv(w2c_v)[:3, 3].float()
+                sh = torch.cat([g.sh0.index_select(0, index)[:, None], g.sh_rest.index_select(0, index)], dim=1)
+                colors = take("colors", (len(means), 3), np.float32)
+                colors[index.numpy()] = sh_to_rgb(sh, g.means.index_select(0, index) - campos).numpy()
+            counts = k.count_tiles(boxes, tiles_x, tiles_y, chunks)
+            offsets = np.zeros(tiles_x * tiles_y + 1, np.int64)
+            np.cumsum(counts.sum(axis=0), out=offsets[1:])
+            starts = offsets[:-1] + np.cumsum(counts, axis=0) - counts  # each part's first slot in each tile
+            records = take("records", (int(offsets[-1]), k.RECORD_COLUMNS), np.float32)
+            k.fill_tiles(rows, boxes, colors, g.sh_degree == 0, starts, tiles_x, records)
+            k.rasterize(records, offsets, width, height, tiles_x, out[view].numpy())
+    out = out.to(gaussians.means.dtype)
     return out[..., :3], out[..., 3:4], out[..., 4:5]
+
+
+def free_buffers() -> int:
+    """Hand the work arrays kept between renders back; returns the bytes freed."""
+    return BUFFERS.free()
 
 
 def warm() -> float:

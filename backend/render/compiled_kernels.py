@@ -2,13 +2,19 @@
 numba's cache folder and threading layer first.
 
 Same conventions as reference.py (gsplat's classic 3DGS), laid out as gsplat lays out its CUDA kernels:
-project every Gaussian (one thread per Gaussian), list each 32x32 tile's Gaussians in depth order, then
-composite each tile front to back (one thread per tile), each pixel stopping once its transmittance would
-fall to 1e-4 and the tile stopping once all its pixels have. A Gaussian's pixels are found row by row from
-its ellipse (power <= ln(255 opacity), exactly the pixels where alpha can reach 1/255), as reference.py does.
-Arithmetic is float64 per pair, with exp by a polynomial that vectorizes (2.6e-6 relative error): results
-match the reference to ~1e-5, except on pixels where a 1/255 or 1e-4 cut-off falls the other way. Twice as
-fast as math.exp on the demo room at 1920x1080 (1.7 vs 3.3 CPU s, AVX-512 machine).
+project every Gaussian (one thread per Gaussian), copy each into one contiguous block of records per 32x32
+tile its box overlaps, then composite each tile (one thread per tile): sort its records by depth (a stable
+radix sort, as gsplat's; sorting tile by tile instead of all Gaussians at once keeps every pass over the big
+arrays in input order, and each tile's records in the core's cache), then composite front to back, each
+pixel stopping once its transmittance would fall to 1e-4 and the tile stopping once all its pixels have.
+A Gaussian's pixels are found row by row from its ellipse (power <= ln(255 opacity), exactly the pixels
+where alpha can reach 1/255), as reference.py does. Arithmetic is float64 per pair, with exp by a
+polynomial that vectorizes (2.6e-6 relative error): results match the reference to ~1e-5, except on pixels
+where a 1/255 or 1e-4 cut-off falls the other way. Twice as fast as math.exp on the demo room at 1920x1080
+(1.7 vs 3.3 CPU s, AVX-512 machine).
+
+The callers own the big arrays (rows, boxes, records: bytes per Gaussian and per tile-Gaussian pair) so that
+they can reuse them from frame to frame: fresh ones cost a page fault per 4 KiB on first touch.
 """
 from __future__ import annotations
 
@@ -22,17 +28,18 @@ from backend.render.reference import (ALPHA_MAX, ALPHA_MIN, EPS2D, FAR_PLANE, FR
                                       SPAN_PAD, T_MIN)
 
 TILE = 32  # 16 (gsplat's) makes more tile-Gaussian pairs: 1.2x the CPU time at 1M/512², 1.3x on the room
-# Columns of the per-Gaussian parameter rows (float32, one 48-byte row per Gaussian).
-MX, MY, CA, CB, CC, OPACITY, LEVEL, DEPTH, RED = range(9)
-N_COLUMNS = 12
-BLOCK = 256  # Gaussians copied at once from a tile's list
+# Columns of the per-Gaussian rows (float32, input order: MX..DEPTH) and of the per-tile records (the
+# same, then the colour and the first and last pixel row of the Gaussian's box).
+MX, MY, CA, CB, CC, OPACITY, LEVEL, DEPTH, RED, GREEN, BLUE, Y0, Y1 = range(13)
+ROW_COLUMNS, RECORD_COLUMNS = 8, 13
+LANES = 8  # a row's alphas are computed in multiples of this many pixels: one AVX-512 vector of float64
 
 
 @njit(parallel=True, cache=True)
 def project(means, quats, scales, opacities, view, intrinsics, width, height, rows, boxes):
-    """Cull and project N Gaussians: rows [N, N_COLUMNS] (MX..DEPTH filled), boxes [N, 4] int32 pixel
-    boxes x0, x1, y0, y1 (x1 < x0 for culled Gaussians). view: [3, 4] world-to-camera; intrinsics:
-    fx, fy, cx, cy."""
+    """Cull and project N Gaussians: rows [N, ROW_COLUMNS] float32, boxes [N, 4] int32 pixel boxes x0, x1,
+    y0, y1 (x1 < x0 for culled Gaussians, whose rows are left as they were). view: [3, 4] world-to-camera;
+    intrinsics: fx, fy, cx, cy."""
     fx, fy, cx, cy = intrinsics[0], intrinsics[1], intrinsics[2], intrinsics[3]
     lim_x_pos = (width - cx) / fx + FRUSTUM_MARGIN * 0.5 * width / fx
     lim_x_neg = cx / fx + FRUSTUM_MARGIN * 0.5 * width / fx
@@ -99,65 +106,77 @@ def _span(center, half, size):
     return int(min(max(lo, 0), size)), int(min(max(hi, -1), size - 1))
 
 
-@njit(cache=True)
-def depth_order(rows, boxes):
-    """Indices of the projected Gaussians (box not empty) front to back; ties keep input order, as
-    gsplat's stable radix sort. Positive float32 depths order like their bits: two 16-bit radix passes."""
-    visible = np.flatnonzero(boxes[:, 1] >= boxes[:, 0])
-    depth = np.empty(visible.shape[0], np.float32)
-    for k in range(visible.shape[0]):
-        depth[k] = rows[visible[k], DEPTH]
-    keys = depth.view(np.uint32)
-    order = np.arange(visible.shape[0])
-    scratch = np.empty_like(order)
-    for shift in (0, 16):
-        counts = np.zeros(65537, np.int64)
-        for k in range(order.shape[0]):
-            counts[((keys[order[k]] >> shift) & 0xFFFF) + 1] += 1
-        for d in range(65536):
-            counts[d + 1] += counts[d]
-        for k in range(order.shape[0]):
-            d = (keys[order[k]] >> shift) & 0xFFFF
-            scratch[counts[d]] = order[k]
-            counts[d] += 1
-        order, scratch = scratch, order
-    return visible[order]
+@njit(parallel=True, cache=True)
+def count_tiles(boxes, tiles_x, tiles_y, chunks):
+    """Tile-Gaussian pairs per tile for each of `chunks` consecutive parts of the Gaussians: [chunks, tiles]
+    (culled Gaussians have empty boxes and count nowhere)."""
+    counts = np.zeros((chunks, tiles_x * tiles_y), np.int64)
+    step = -(-boxes.shape[0] // chunks)
+    for chunk in prange(chunks):
+        for g in range(chunk * step, min(boxes.shape[0], (chunk + 1) * step)):
+            if boxes[g, 1] >= boxes[g, 0]:
+                for ty in range(boxes[g, 2] // TILE, boxes[g, 3] // TILE + 1):
+                    for tx in range(boxes[g, 0] // TILE, boxes[g, 1] // TILE + 1):
+                        counts[chunk, ty * tiles_x + tx] += 1
+    return counts
 
 
 @njit(parallel=True, cache=True)
-def add_colors(rows, boxes, order, colors, from_dc):
-    """Put each visible Gaussian's colour into its row and return the boxes in `order`. colors: [len(order),
-    3] colours in `order`, or with from_dc [N, 3] SH degree-0 coefficients, colour = max(SH_C0 dc + 0.5, 0)."""
-    sorted_boxes = np.empty((order.shape[0], 4), np.int32)
-    for k in prange(order.shape[0]):
-        g = order[k]
-        for j in range(3):
-            rows[g, RED + j] = max(SH_C0 * colors[g, j] + 0.5, 0.0) if from_dc else colors[k, j]
-        for j in range(4):
-            sorted_boxes[k, j] = boxes[g, j]
-    return sorted_boxes
+def fill_tiles(rows, boxes, colors, from_dc, starts, tiles_x, records):
+    """Copy each projected Gaussian into the records of every tile its box overlaps, from that tile's cursor
+    `starts` [chunks, tiles] on (the exclusive running sum of count_tiles' counts), so that each tile's
+    records are one contiguous block, in input order (rasterize sorts them by depth). Everything is read in
+    input order: no jumps across the big arrays. colors [N, 3]: colours, or with from_dc SH degree-0
+    coefficients, colour = max(SH_C0 dc + 0.5, 0)."""
+    chunks = starts.shape[0]
+    step = -(-boxes.shape[0] // chunks)
+    for chunk in prange(chunks):
+        cursor = starts[chunk].copy()
+        for g in range(chunk * step, min(boxes.shape[0], (chunk + 1) * step)):
+            x0, x1, y0, y1 = boxes[g, 0], boxes[g, 1], boxes[g, 2], boxes[g, 3]
+            if x1 < x0:
+                continue
+            red, green, blue = colors[g, 0], colors[g, 1], colors[g, 2]
+            if from_dc:
+                red, green, blue = (max(SH_C0 * red + 0.5, 0.0), max(SH_C0 * green + 0.5, 0.0),
+                                    max(SH_C0 * blue + 0.5, 0.0))
+            for ty in range(y0 // TILE, y1 // TILE + 1):
+                for tx in range(x0 // TILE, x1 // TILE + 1):
+                    t = ty * tiles_x + tx
+                    r = cursor[t]
+                    for col in range(ROW_COLUMNS):
+                        records[r, col] = rows[g, col]
+                    records[r, RED], records[r, GREEN], records[r, BLUE] = red, green, blue
+                    records[r, Y0], records[r, Y1] = y0, y1
+                    cursor[t] += 1
 
 
 @njit(cache=True)
-def bin_tiles(boxes, order, tiles_x, tiles_y):
-    """List, per TILE x TILE tile, the Gaussians `order` (front to back, with their boxes) whose box overlaps it,
-    in that order: (offsets [tiles + 1], ids) with tile t's Gaussians ids[offsets[t]:offsets[t + 1]]."""
-    offsets = np.zeros(tiles_x * tiles_y + 1, np.int64)
-    for k in range(boxes.shape[0]):
-        for ty in range(boxes[k, 2] // TILE, boxes[k, 3] // TILE + 1):
-            for tx in range(boxes[k, 0] // TILE, boxes[k, 1] // TILE + 1):
-                offsets[ty * tiles_x + tx + 1] += 1
-    for t in range(tiles_x * tiles_y):
-        offsets[t + 1] += offsets[t]
-    cursor = offsets[:-1].copy()
-    ids = np.empty(offsets[-1], np.int32)
-    for k in range(boxes.shape[0]):
-        for ty in range(boxes[k, 2] // TILE, boxes[k, 3] // TILE + 1):
-            for tx in range(boxes[k, 0] // TILE, boxes[k, 1] // TILE + 1):
-                t = ty * tiles_x + tx
-                ids[cursor[t]] = order[k]
-                cursor[t] += 1
-    return offsets, ids
+def _depth_order(bits, start, stop):
+    """Indices i of the records start + i (< stop) front to back, bits being the records viewed as uint32;
+    ties keep their order, as in gsplat's stable radix sort. Positive float32 depths order like their bits:
+    an LSD radix sort on them, a byte per pass, skipping passes where every key has the same byte."""
+    n = stop - start
+    keys = np.empty(n, np.uint32)
+    for i in range(n):
+        keys[i] = bits[start + i, DEPTH]
+    ids = np.arange(n).astype(np.int32)
+    keys_out, ids_out = np.empty_like(keys), np.empty_like(ids)
+    counts = np.zeros((4, 257), np.int64)
+    for i in range(n):
+        for byte in range(4):
+            counts[byte, ((keys[i] >> (8 * byte)) & 255) + 1] += 1
+    for byte in range(4):
+        if counts[byte].max() == n:
+            continue
+        for d in range(256):
+            counts[byte, d + 1] += counts[byte, d]
+        for i in range(n):
+            d = (keys[i] >> (8 * byte)) & 255
+            keys_out[counts[byte, d]], ids_out[counts[byte, d]] = keys[i], ids[i]
+            counts[byte, d] += 1
+        keys, keys_out, ids, ids_out = keys_out, keys, ids_out, ids
+    return ids
 
 
 @njit(cache=True, inline="always")
@@ -173,69 +192,58 @@ def _exp_neg(power):
 
 
 @njit(parallel=True, cache=True, fastmath=True)
-def rasterize(rows, boxes, offsets, ids, width, height, tiles_x, image):
+def rasterize(records, offsets, width, height, tiles_x, image):
     """Composite every tile front to back into image [H, W, 5]: r, g, b (sum of w colour), alpha
-    (1 - final transmittance), depth (sum of w z / alpha, 0 where alpha is 0)."""
+    (1 - final transmittance), depth (sum of w z / alpha, 0 where alpha is 0). Tile t's records (fill_tiles)
+    are records[offsets[t]:offsets[t + 1]], sorted by depth here, tile by tile."""
+    bits = records.view(np.uint32)
     for tile in prange(offsets.shape[0] - 1):
         tx0, ty0 = (tile % tiles_x) * TILE, (tile // tiles_x) * TILE
         tw, th = min(TILE, width - tx0), min(TILE, height - ty0)
         # Transmittance per pixel, negated once the pixel is finished; blended features, channel-major.
         trans = np.ones(TILE * TILE)
         accum = np.zeros((4, TILE * TILE))
-        alphas = np.empty(TILE)
-        block_rows = np.empty((BLOCK, N_COLUMNS), np.float32)
-        block_boxes = np.empty((BLOCK, 4), np.int32)
+        alphas = np.empty(TILE + LANES)
         n_open = tw * th
-        start, stop = offsets[tile], offsets[tile + 1]
-        for first in range(start, stop, BLOCK):
-            # The block's Gaussians into a local copy first: independent loads overlap their cache misses
-            # (the tile's list is in depth order, scattered in memory); twice as fast as loading in place.
-            n = min(BLOCK, stop - first)
-            for j in range(n):
-                g = ids[first + j]
-                for col in range(RED + 3):
-                    block_rows[j, col] = rows[g, col]
-                for col in range(4):
-                    block_boxes[j, col] = boxes[g, col]
-            for j in range(n):
-                mx, my, a, b, c = block_rows[j, MX], block_rows[j, MY], block_rows[j, CA], block_rows[j, CB], \
-                    block_rows[j, CC]
-                opacity, level, z = block_rows[j, OPACITY], block_rows[j, LEVEL], block_rows[j, DEPTH]
-                red, green, blue = block_rows[j, RED], block_rows[j, RED + 1], block_rows[j, RED + 2]
-                inv_a = 1.0 / a
-                for y in range(max(block_boxes[j, 2], ty0), min(block_boxes[j, 3], ty0 + th - 1) + 1):
-                    dy = y + 0.5 - my
-                    # 0.5 a dx^2 + b dy dx + 0.5 c dy^2 <= level on the row: dx in centre +- s / a
-                    disc = b * b * dy * dy - a * (c * dy * dy - 2 * level)
-                    half = math.sqrt(max(disc, 0.0)) * inv_a
-                    xs, xe = _span(mx - b * dy * inv_a, half, width)
-                    q0, q1, q2 = 0.5 * c * dy * dy, b * dy, 0.5 * a
-                    base = (y - ty0) * TILE - tx0
-                    x0, x1 = max(xs, tx0), min(xe, tx0 + tw - 1)
-                    # Alphas of the row's span first, in a loop without branches that the compiler runs on
-                    # several pixels at once (SIMD); then the blending, pixel by pixel.
-                    for i in range(x1 - x0 + 1):
-                        dx = x0 + i + 0.5 - mx
-                        power = q0 + dx * (q1 + q2 * dx)
-                        alphas[i] = min(ALPHA_MAX, opacity * _exp_neg(power)) if power >= 0 else 0.0
-                    for i in range(x1 - x0 + 1):
-                        p = base + x0 + i
-                        t, alpha = trans[p], alphas[i]
-                        if t < 0 or alpha < ALPHA_MIN:
-                            continue
-                        after = t * (1 - alpha)
-                        if after <= T_MIN:
-                            trans[p] = -t
-                            n_open -= 1
-                            continue
-                        w = alpha * t
-                        accum[0, p] += w * red
-                        accum[1, p] += w * green
-                        accum[2, p] += w * blue
-                        accum[3, p] += w * z
-                        trans[p] = after
-                if n_open == 0:
-                    break
+        # The tile's records (a few hundred KB: they stay in the core's cache), front to back.
+        for r in _depth_order(bits, offsets[tile], offsets[tile + 1]):
+            r += offsets[tile]
+            mx, my, a, b, c = records[r, MX], records[r, MY], records[r, CA], records[r, CB], records[r, CC]
+            opacity, level, z = records[r, OPACITY], records[r, LEVEL], records[r, DEPTH]
+            red, green, blue = records[r, RED], records[r, GREEN], records[r, BLUE]
+            inv_a = 1.0 / a
+            for y in range(max(int(records[r, Y0]), ty0), min(int(records[r, Y1]), ty0 + th - 1) + 1):
+                dy = y + 0.5 - my
+                # 0.5 a dx^2 + b dy dx + 0.5 c dy^2 <= level on the row: dx in centre +- s / a
+                disc = b * b * dy * dy - a * (c * dy * dy - 2 * level)
+                half = math.sqrt(max(disc, 0.0)) * inv_a
+                xs, xe = _span(mx - b * dy * inv_a, half, width)
+                q0, q1, q2 = 0.5 * c * dy * dy, b * dy, 0.5 * a
+                base = (y - ty0) * TILE - tx0
+                x0, x1 = max(xs, tx0), min(xe, tx0 + tw - 1)
+                # Alphas of the row's span first, in a loop without branches that the compiler runs on
+                # LANES pixels at once (SIMD), rounded up to whole vectors (most spans are 1-6 pixels:
+                # a vector is cheaper than the scalar remainder loop); then the blending, pixel by pixel.
+                for i in range((x1 - x0 + LANES) // LANES * LANES):
+                    dx = x0 + i + 0.5 - mx
+                    power = q0 + dx * (q1 + q2 * dx)
+                    alphas[i] = min(ALPHA_MAX, opacity * _exp_neg(power)) if power >= 0 else 0.0
+                for i in range(x1 - x0 + 1):
+                    p = base + x0 + i
+                    t, alpha = trans[p], alphas[i]
+                    if t < 0 or alpha < ALPHA_MIN:
+                        continue
+                    after = t * (1 - alpha)
+                    if after <= T_MIN:
+                        trans[p] = -t
+                        n_open -= 1
+                        continue
+                    w = alpha * t
+                    accum[0, p] += w * red
+                    accum[1, p] += w * green
+                    accum[2, p] += w * blue
+                    accum[3, p] += w * z
+                    trans[p] = after
             if n_open == 0:
                 break
         for ly in range(th):
