@@ -40,8 +40,9 @@ def test_silhouette_mask_drops_mixed_and_edge_pixels_and_keeps_surfaces():
     slanted = np.linspace(2, 3, 24, dtype=np.float32)[None].repeat(16, 0)   # a floor-like ramp: no edge
     assert silhouette_mask(slanted).all()
     bad = depth.copy()
-    bad[0, 0], bad[15, 23] = np.nan, 0
-    assert not silhouette_mask(bad)[0, 0] and not silhouette_mask(bad)[15, 23]
+    bad[0, 0], bad[15, 23], bad[15, 0] = np.nan, 0, 1e10     # 1e10: Cycles' depth where a ray hits nothing
+    assert not silhouette_mask(bad)[0, 0] and not silhouette_mask(bad)[15, 23] and not silhouette_mask(bad)[15, 0]
+    assert not silhouette_mask(bad)[14, 1] and silhouette_mask(bad)[12, 3]
 
 
 def test_depth_is_cropped_like_the_frames_and_never_interpolated_across_an_edge(tmp_path):
@@ -169,3 +170,16 @@ def test_train_lrm_with_depth_weight_stores_depth_in_the_latent_cache_and_logs_t
     assert (depths["scene0"][0, 32, 48] == WALL / 2) and (depths["scene1"] == 0).all()
     metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert all(np.isfinite(m["depth"]) for m in metrics if "loss" in m)
+
+
+def test_a_model_folder_states_its_scene_scale_and_older_folders_read_as_path():
+    from backend.models.config import ModelConfig
+    from backend.models.model_dir import read_manifest
+    from backend.pipelines.wonderland import DEFAULT_MODEL, SHIPPED_DIR
+    manifest = read_manifest(SHIPPED_DIR / DEFAULT_MODEL)
+    assert manifest["scene_scale"] == "path" and ModelConfig.from_dict(manifest).scene_scale == "path"
+    older = {k: v for k, v in manifest.items() if k != "scene_scale"}
+    assert ModelConfig.from_dict(older).scene_scale == "path"
+    with pytest.raises(InputError, match="'scene_scale' is \"metric\", this backend knows path") as error:
+        ModelConfig.from_dict({**manifest, "scene_scale": "metric"})
+    assert "update the backend" in error.value.hint

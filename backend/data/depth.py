@@ -5,7 +5,9 @@ A scene folder may hold `depth/NNNN.npy` beside `frames/` (tools/synthetic_scene
 so a pixel on an object's silhouette holds a blend of the near and far depths, a depth where no surface is.
 
 Invalid pixels are 0 in every depth map this module returns (a depth is > 0 where it is meant): pixels
-that are not finite and positive, and silhouette pixels, those whose 3x3 neighbourhood spans more than
+that are not finite and positive, pixels where no surface is (Cycles writes 1e10 where a ray hits nothing,
+e.g. the sky beyond an open room's side; a share of it in an anti-aliased pixel exceeds NO_SURFACE_DEPTH
+too), and silhouette pixels, those whose 3x3 neighbourhood spans more than
 SILHOUETTE_LOG_STEP in log depth (the mixed pixel itself and the clean pixels beside the edge, whose
 rendered depth is a blend too at any finite resolution). The mask is made at the file's resolution; a
 resized pixel is valid only when every source pixel it mixes is (its resampled validity is ~1), so
@@ -25,6 +27,7 @@ from backend.errors import InputError
 
 DEPTH_DIR = "depth"
 SILHOUETTE_LOG_STEP = 0.1   # 10 % relative depth change to a neighbour: a depth edge, not a slanted surface
+NO_SURFACE_DEPTH = 1e4     # world units: at or beyond it a pixel shows no surface (Cycles' background is 1e10)
 FULL_VALIDITY = 0.999       # resampled validity above this: every mixed source pixel was valid
 
 
@@ -34,8 +37,8 @@ def depth_file_name(index: int) -> str:
 
 
 def silhouette_mask(depth: np.ndarray) -> np.ndarray:
-    """bool [H, W]: True where the depth is usable (finite, > 0, not on a silhouette; module docstring)."""
-    good = np.isfinite(depth) & (depth > 0)
+    """bool [H, W]: True where the depth is usable (a surface, not on a silhouette; module docstring)."""
+    good = np.isfinite(depth) & (depth > 0) & (depth < NO_SURFACE_DEPTH)
     log = np.log(np.where(good, depth, 1.0))
     padded = np.pad(log, 1, mode="edge")
     good_padded = np.pad(good, 1, mode="edge")
