@@ -18,10 +18,11 @@ The clip is the first 1 + (F - 1)k frames of a scene (F = the model's frame coun
 so every model frame has a ground-truth image; later frames are scored separately ("beyond").
 Scores are averaged over all views of all scenes. Δ columns: novel-view scores minus each baseline's.
 "Near" is frames 1-2 (the views next to the input). A third table gives, for the Gaussian methods, frame 0's
-depth rendered at camera 0 (expected z, where alpha > 0.5) against the scene's depth/0000.npy (where it shows a
-surface: not the sky of open rooms, backend/data/depth.py): AbsRel and the share of pixels within 1.25x (δ < 1.25). With --data-4x (the same test seeds rendered at 4x the
-model's size, e.g. --size 384x256), a second table gives each Gaussian method's input-view PSNR / SSIM
-there, generate given the photo at that size and rendered at camera 0 at that size.
+depth rendered at camera 0 (expected z, where alpha > 0.5) against the scene's depth/0000.npy where it shows a
+surface (not the sky of open rooms, backend/data/depth.py): AbsRel and the share of pixels within 1.25x
+(δ < 1.25). With --data-4x (the same test seeds rendered at 4x the model's size, e.g. --size 384x256), a
+second table gives each Gaussian method's input-view PSNR / SSIM there, generate given the photo at that
+size and rendered at camera 0 at that size.
 """
 from __future__ import annotations
 

@@ -19,8 +19,9 @@ model cameras that stand still while the trajectory says otherwise).
 Items: {"frames": [F, 3, H, W] float in [0, 1], "K": [F, 3, 3], "c2w": [F, 4, 4] (OpenCV, the scene's
 world), "frame_indices": [F] (in the scene), "scene": name, "index": item index}, and "depth" [F, H, W]
 (camera z in the scene's world units, 0 = invalid; backend/data/depth.py: the same crop, silhouettes
-masked) when any scene of the dataset has depth maps, all 0 for the scenes that have none (so batches stack). Cameras are not
-normalised here: the trainers call backend.cameras.normalize on `item_cameras(item)` as inference does.
+masked) when any scene of the dataset has depth maps, all 0 for the scenes that have none (so batches
+stack). Cameras are not normalised here: the trainers call backend.cameras.normalize on
+`item_cameras(item)` as inference does.
 
 Decoding: only the frames of the clip are read; JPEGs are decoded at a reduced size (`Image.draft`,
 a power of 2 that still leaves at least the output resolution inside the box) when the box is
