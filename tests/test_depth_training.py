@@ -1,6 +1,7 @@
 """The LaLRM's depth term: depth maps read from scene folders (silhouettes masked), carried through clips and
 the latent cache, scaled into the normalized frame, and lowering the rendered depth error when trained."""
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -66,17 +67,17 @@ def add_depth(folder, frames=9, size=(96, 64), missing=()):
             np.save(folder / "depth" / f"{i:04d}.npy", wall_depth(size[1], size[0]))
 
 
-def test_scene_folders_carry_depth_into_clips_and_partial_depth_is_a_problem(tmp_path):
+def test_scene_folders_carry_depth_into_clips_and_partial_depth_trains_without_it(tmp_path, caplog):
     for name in ("with", "without", "partial"):
         write_scene(tmp_path / name)
     add_depth(tmp_path / "with")
     add_depth(tmp_path / "partial", missing=(3,))
-    scenes, problems = load_scenes(tmp_path)
-    assert sorted(s.name for s in scenes) == ["with", "without"]
-    [problem] = problems
-    assert "depth/ lacks 1 of the 9" in problem.reason and "depth/0003.npy" in problem.reason
+    with caplog.at_level(logging.WARNING):
+        scenes, problems = load_scenes(tmp_path)
+    assert sorted(s.name for s in scenes) == ["partial", "with", "without"] and not problems
+    assert any("lacks 1 of the 9" in r.getMessage() and "0003.npy" in r.getMessage() for r in caplog.records)
     by_name = {s.name: s for s in scenes}
-    assert by_name["without"].depth is None and len(by_name["with"].depth) == 9
+    assert by_name["without"].depth is None and by_name["partial"].depth is None and len(by_name["with"].depth) == 9
 
     item = ClipDataset([by_name["with"]], 9, 64, 96, fixed=True)[0]
     assert item["depth"].shape == (9, 64, 96) and item["depth"][0, 32, 48] == WALL / 2

@@ -19,6 +19,7 @@ they are.
 from __future__ import annotations
 
 import json
+import logging
 import re
 from pathlib import Path, PurePosixPath
 
@@ -33,6 +34,8 @@ CAMERAS_FILE = "cameras.json"
 FRAMES_DIR = "frames"
 ASPECT_TOLERANCE = 0.01
 _FRAME_INDEX = re.compile(r"frames\[(\d+)\]")
+
+log = logging.getLogger(__name__)
 
 
 def frame_file_name(index: int) -> str:
@@ -90,8 +93,9 @@ def read_scene(directory: Path, name: str) -> Scene | DataProblem:
     if (directory / DEPTH_DIR).is_dir():
         depth = [directory / DEPTH_DIR / depth_file_name(i) for i in range(len(frames))]
         missing = [p.name for p in depth if not p.is_file()]
-        if missing:
-            return DataProblem(source, None, f"{DEPTH_DIR}/ lacks {len(missing)} of the {len(frames)} frames' depth "
-                                             f"maps (first: {DEPTH_DIR}/{missing[0]}); render the scene again, or "
-                                             f"remove {DEPTH_DIR}/ to train it without depth")
+        if missing:   # e.g. an evaluation scene with frame 0's map only: it still trains, without depth
+            log.warning("%s: %s/ lacks %d of the %d frames' depth maps (first: %s), so the scene trains without "
+                        "depth; render it again with depth for every frame", directory, DEPTH_DIR, len(missing),
+                        len(frames), missing[0])
+            depth = None
     return Scene(name=name, frames=frames, cameras=cameras, source=str(source), depth=depth)
