@@ -38,7 +38,7 @@ def spread(log_medians: np.ndarray) -> tuple[float, float]:
     return float(np.std(log_medians)), float(np.mean(np.abs(constant - medians) / medians))
 
 
-def model_medians(model: str, scenes: list, frames: int) -> np.ndarray:
+def model_medians(model: str, scenes: list) -> np.ndarray:
     """log(median rendered depth / median true depth) per scene, the model's detail layer off."""
     from backend.pipelines.wonderland import generate, load_pipeline
     from backend.render import render
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         std, absrel = spread(values)
         print(f"| {name} | {math.exp(values.mean()):.3g} | {std:.3f} | {absrel:.3f} |")
     if args.model:
-        errors = model_medians(args.model, scenes, len(scenes[0].frames))
+        errors = model_medians(args.model, scenes)
         print(f"\n{args.model}, detail layer off: median rendered depth at camera 0 / median true depth: geometric "
               f"mean {math.exp(errors.mean()):.3f}, mean |log ratio| {np.abs(errors).mean():.3f} "
               f"(a ratio off by ×{math.exp(np.abs(errors).mean()):.2f} on average), std of log ratio "

@@ -184,3 +184,18 @@ def test_a_model_folder_states_its_scene_scale_and_older_folders_read_as_path():
     with pytest.raises(InputError, match="'scene_scale' is \"metric\", this backend knows path") as error:
         ModelConfig.from_dict({**manifest, "scene_scale": "metric"})
     assert "update the backend" in error.value.hint
+
+
+def test_bench_scene_scale_reports_the_spread_in_metres_and_in_units_of_the_move(tmp_path, monkeypatch, capsys):
+    from conftest import load_benchmark
+    for i, wall in enumerate((2.0, 4.0)):      # the same move (0.8 units), rooms of two sizes
+        write_scene(tmp_path / f"scene{i}")
+        (tmp_path / f"scene{i}" / "depth").mkdir()
+        np.save(tmp_path / f"scene{i}" / "depth" / "0000.npy", np.full((64, 96), wall, np.float32))
+    assert load_benchmark("bench_scene_scale", monkeypatch).main(["--data", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "2 scenes" in out and "median 0.8 m" in out
+    rows = {line.split("|")[1].strip(): line.split("|")[2:5] for line in out.splitlines() if line.startswith("| ")}
+    assert float(rows["metres"][0]) == pytest.approx(np.sqrt(8), rel=2e-3)            # geometric mean of 2 and 4
+    assert float(rows["normalized by the move"][0]) == pytest.approx(np.sqrt(8) / 0.8, rel=2e-3)
+    assert float(rows["metres"][1]) == pytest.approx(np.log(2) / 2, abs=1e-3)          # std of log 2, log 4
