@@ -70,7 +70,7 @@ def load_depth(path: Path, size: tuple[int, int], box: tuple[float, float, float
         return np.where(valid, depth, 0).astype(np.float32)
 
     def resample(values: np.ndarray) -> np.ndarray:
-        image = Image.fromarray(values.astype(np.float32), mode="F")
+        image = Image.fromarray(values.astype(np.float32))   # 32-bit float: mode "F"
         return np.asarray(image.resize((width, height), Image.Resampling.BILINEAR, box=(x0, y0, x0 + w, y0 + h)))
 
     weight = resample(valid.astype(np.float32))
