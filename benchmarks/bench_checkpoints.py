@@ -7,7 +7,7 @@ The trainer validates on VAE latents of held-out clips; what ships is judged on 
 the LaLRM, the video model's samples, so the choice is made here, on scenes outside the test table
 (the default's model card: test-split seeds 1,000,016-1,000,051). The model folder's own LaLRM and the
 unchanged-input baseline are the first rows. Checkpoints with EMA weights are scored on those (the
-trainer exports them).
+trainer exports them). The last column is bench_quality's frame-0 depth AbsRel (rendered depth at camera 0).
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from backend.evaluation import evaluate_scene, load_eval_scene, mean_scores, unc
 from backend.models.weights import load_state_dict  # noqa: E402
 from backend.pipelines.wonderland import load_pipeline  # noqa: E402
 from backend.training.engine import checkpoint_weights, list_checkpoints  # noqa: E402
-from bench_quality import clip_length, fmt, pipeline_method  # noqa: E402
+from bench_quality import clip_length, depth_scores, fmt, pipeline_method, remembering  # noqa: E402
 from machine import device_name  # noqa: E402
 
 
@@ -49,14 +49,19 @@ def main(argv: list[str] | None = None) -> int:
     clips = [clip_length(len(s.frames), pipe.config.frames) for s in scenes]
 
     def score(method) -> str:
-        results = [evaluate_scene(s, method, clip, device) for s, clip in zip(scenes, clips)]
+        results, depths = [], []
+        for scene, clip in zip(scenes, clips):
+            results.append(evaluate_scene(scene, method, clip, device))
+            if hasattr(method, "last"):
+                depths.append(depth_scores(method.last, scene, device)["absrel"])
         novel, inputs = mean_scores([v for r in results for v in r.novel]), mean_scores([r.input for r in results])
-        return f"{fmt(novel['psnr'])} | {fmt(novel['ssim'], 3)} | {fmt(inputs['psnr'])}"
+        depth = fmt(sum(depths) / len(depths), 3) if depths else "–"
+        return f"{fmt(novel['psnr'])} | {fmt(novel['ssim'], 3)} | {fmt(inputs['psnr'])} | {depth}"
 
     t0 = time.perf_counter()
-    lines = ["| LaLRM | novel PSNR ↑ | novel SSIM ↑ | input-view PSNR ↑ |", "|---|---:|---:|---:|",
-             f"| unchanged baseline | {score(unchanged_baseline)} |"]
-    method = pipeline_method(pipe, args.steps, args.seed, device)
+    lines = ["| LaLRM | novel PSNR ↑ | novel SSIM ↑ | input-view PSNR ↑ | frame-0 depth AbsRel ↓ |",
+             "|---|---:|---:|---:|---:|", f"| unchanged baseline | {score(unchanged_baseline)} |"]
+    method = remembering(pipeline_method(pipe, args.steps, args.seed, device))
     lines.append(f"| {args.model} (its own) | {score(method)} |")
     for checkpoint in checkpoints:
         pipe.lalrm.load_state_dict(load_state_dict(checkpoint_weights(checkpoint)))

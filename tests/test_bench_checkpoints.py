@@ -24,7 +24,8 @@ def test_scores_each_checkpoint_in_place_of_the_models_lalrm(tmp_path, capsys, b
     assert bench_checkpoints.main(["--model", str(model), "--run", str(tmp_path / "run"),
                                    "--data", str(tmp_path / "data")]) == 0
     table = capsys.readouterr().out.split("\n\n")[-1]
-    rows = {line.split("|")[1].strip(): line.split("|")[2:5] for line in table.splitlines()[2:]}
+    rows = {line.split("|")[1].strip(): line.split("|")[2:6] for line in table.splitlines()[2:]}
+    assert rows["unchanged baseline"][3].strip() == "–" and float(rows["run/step_00000001"][3]) >= 0  # depth AbsRel
     assert list(rows) == ["unchanged baseline", f"{model} (its own)", "run/step_00000001", "run/step_00000002"]
     # the model folder holds the exported last step: same scores; the first step's weights score otherwise
     assert rows["run/step_00000002"] == rows[f"{model} (its own)"] != rows["run/step_00000001"]

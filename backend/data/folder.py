@@ -6,6 +6,9 @@
       frames/
         0000.png          the image of frames[0] in cameras.json
         0001.png          frames[1], ... in the order of the "frames" list (not the "frame" numbers)
+      depth/              optional: 0000.npy, 0001.npy, ... float32 [H, W] camera z-depth of each frame in
+                          world units (tools/synthetic_scenes.py writes it); LaLRM training's depth term
+                          reads it (backend/data/depth.py), everything else ignores it
 
 A frame entry may carry `"file": "name.jpg"` (a path relative to frames/) to override its default
 name `NNNN.png` (its index in the list, 4 digits). The frame order in the list is the temporal order.
@@ -16,12 +19,14 @@ they are.
 from __future__ import annotations
 
 import json
+import logging
 import re
 from pathlib import Path, PurePosixPath
 
 from PIL import Image
 
 from backend.cameras import CameraBatch, cameras_from_dict, crop_resize_intrinsics
+from backend.data.depth import DEPTH_DIR, depth_file_name
 from backend.data.scenes import DataProblem, Scene, json_array_lines, read_json
 from backend.errors import InputError
 
@@ -29,6 +34,8 @@ CAMERAS_FILE = "cameras.json"
 FRAMES_DIR = "frames"
 ASPECT_TOLERANCE = 0.01
 _FRAME_INDEX = re.compile(r"frames\[(\d+)\]")
+
+log = logging.getLogger(__name__)
 
 
 def frame_file_name(index: int) -> str:
@@ -82,4 +89,13 @@ def read_scene(directory: Path, name: str) -> Scene | DataProblem:
         box = (0.0, 0.0, float(cameras.width), float(cameras.height))
         cameras = CameraBatch(crop_resize_intrinsics(cameras.K, box, width, height), cameras.c2w,
                               width, height, cameras.frames)
-    return Scene(name=name, frames=frames, cameras=cameras, source=str(source))
+    depth = None
+    if (directory / DEPTH_DIR).is_dir():
+        depth = [directory / DEPTH_DIR / depth_file_name(i) for i in range(len(frames))]
+        missing = [p.name for p in depth if not p.is_file()]
+        if missing:   # e.g. an evaluation scene with frame 0's map only: it still trains, without depth
+            log.warning("%s: %s/ lacks %d of the %d frames' depth maps (first: %s), so the scene trains without "
+                        "depth; render it again with depth for every frame", directory, DEPTH_DIR, len(missing),
+                        len(frames), missing[0])
+            depth = None
+    return Scene(name=name, frames=frames, cameras=cameras, source=str(source), depth=depth)
