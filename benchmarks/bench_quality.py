@@ -18,10 +18,11 @@ The clip is the first 1 + (F - 1)k frames of a scene (F = the model's frame coun
 so every model frame has a ground-truth image; later frames are scored separately ("beyond").
 Scores are averaged over all views of all scenes. Δ columns: novel-view scores minus each baseline's.
 "Near" is frames 1-2 (the views next to the input). A third table gives, for the Gaussian methods, frame 0's
-depth rendered at camera 0 (expected z, where alpha > 0.5) against the scene's depth/0000.npy: AbsRel and
-the share of pixels within 1.25x (δ < 1.25). With --data-4x (the same test seeds rendered at 4x the
-model's size, e.g. --size 384x256), a second table gives each Gaussian method's input-view PSNR / SSIM
-there, generate given the photo at that size and rendered at camera 0 at that size.
+depth rendered at camera 0 (expected z, where alpha > 0.5) against the scene's depth/0000.npy where it shows a
+surface (not the sky of open rooms, backend/data/depth.py): AbsRel and the share of pixels within 1.25x
+(δ < 1.25). With --data-4x (the same test seeds rendered at 4x the model's size, e.g. --size 384x256), a
+second table gives each Gaussian method's input-view PSNR / SSIM there, generate given the photo at that
+size and rendered at camera 0 at that size.
 """
 from __future__ import annotations
 
@@ -39,6 +40,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from backend.cameras import CameraBatch, normalize  # noqa: E402
+from backend.data.depth import NO_SURFACE_DEPTH  # noqa: E402
 from backend.data.latent_cache import encode_video  # noqa: E402
 from backend.errors import InputError  # noqa: E402
 from backend.evaluation import (EvalScene, SceneScores, blurred_baseline, evaluate_scene,  # noqa: E402
@@ -129,7 +131,7 @@ def depth_scores(gaussians: Gaussians, scene: EvalScene, device: torch.device) -
         out = render(gaussians.to(device), scene.cameras[0].to(device))
     z, alpha = out.depth[0, ..., 0].cpu(), out.alpha[0, ..., 0].cpu()
     truth = torch.from_numpy(scene.depth0)
-    valid = (alpha > 0.5) & (truth > 0) & (z > 0)
+    valid = (alpha > 0.5) & (truth > 0) & (truth < NO_SURFACE_DEPTH) & (z > 0)   # not the sky of open rooms
     if not valid.any():
         return {"absrel": math.nan, "delta": math.nan}
     z, truth = z[valid], truth[valid]

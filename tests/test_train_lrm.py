@@ -59,7 +59,8 @@ def test_clip_cameras_normalize_inputs_like_inference_and_carry_other_frames_alo
     c2w = torch.eye(4).repeat(3, 1, 1)
     c2w[:, :3, 3] = torch.tensor([[1.0, 2, 3], [3.0, 2, 3], [5.0, 2, 3]])  # camera 0 at (1,2,3), then +2, +4 in x
     K = torch.tensor([[50.0, 0, 16], [0, 50, 16], [0, 0, 1]]).repeat(3, 1, 1)
-    inputs, all_cams = clip_cameras(K, c2w, 32, 32, [0, 1])
+    inputs, all_cams, norm = clip_cameras(K, c2w, 32, 32, [0, 1])
+    assert norm.scale == pytest.approx(2.0)  # camera 1 is 2 world units from camera 0
     assert torch.allclose(inputs.c2w[0], torch.eye(4))
     assert torch.allclose(inputs.c2w[1, :3, 3], torch.tensor([1.0, 0, 0]))
     assert torch.allclose(all_cams.c2w[2, :3, 3], torch.tensor([2.0, 0, 0]))  # beyond the inputs: same map

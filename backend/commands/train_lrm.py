@@ -46,6 +46,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--ssim-weight", type=float, default=0.0, help="weight of (1 - SSIM)")
     p.add_argument("--scale-weight", type=float, default=0.01)
     p.add_argument("--opacity-weight", type=float, default=0.01)
+    p.add_argument("--depth-weight", type=float, default=0.0,
+                   help="weight of the log-depth L1 between the rendered depth and the scenes' depth/ maps "
+                        "(backend/training/losses.py); scenes without depth maps train as with 0")
 
 
 def parse_stages(text: str | None) -> list[dict]:
@@ -79,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
     data = LRMData(views=args.views, input_stride=args.input_stride, extra_frames=args.extra_frames,
                    render_height=render_h, render_width=render_w, renderer=args.renderer)
     weights = LossWeights(perceptual=args.perceptual_weight, ssim=args.ssim_weight, scale=args.scale_weight,
-                          opacity=args.opacity_weight)
+                          opacity=args.opacity_weight, depth=args.depth_weight)
     return run_training(train_lrm, LRMRun(
         train=train_config(args, stages), model=model, data=data, weights=weights, scenes=data_options(args),
         vae=args.vae, latent_cache=args.latent_cache, init=args.init, vgg19=args.vgg19, resume=args.resume,

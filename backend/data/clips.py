@@ -17,8 +17,11 @@ the dataset is built and listed in `dataset.problems` (repeating frames instead 
 model cameras that stand still while the trajectory says otherwise).
 
 Items: {"frames": [F, 3, H, W] float in [0, 1], "K": [F, 3, 3], "c2w": [F, 4, 4] (OpenCV, the scene's
-world), "frame_indices": [F] (in the scene), "scene": name, "index": item index}. Cameras are not
-normalised here: the trainers call backend.cameras.normalize on `item_cameras(item)` as inference does.
+world), "frame_indices": [F] (in the scene), "scene": name, "index": item index}, and "depth" [F, H, W]
+(camera z in the scene's world units, 0 = invalid; backend/data/depth.py: the same crop, silhouettes
+masked) when any scene of the dataset has depth maps, all 0 for the scenes that have none (so batches
+stack). Cameras are not normalised here: the trainers call backend.cameras.normalize on
+`item_cameras(item)` as inference does.
 
 Decoding: only the frames of the clip are read; JPEGs are decoded at a reduced size (`Image.draft`,
 a power of 2 that still leaves at least the output resolution inside the box) when the box is
@@ -39,6 +42,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from backend.cameras import CameraBatch, center_crop_box, crop_resize_intrinsics
+from backend.data.depth import load_depth
 from backend.data.scenes import DataProblem, Scene
 from backend.errors import InputError
 
@@ -104,6 +108,7 @@ class ClipDataset(Dataset):
                                      f"scene {s.name} has {len(s.frames)} frames, fewer than the {need} a clip of "
                                      f"{num_frames} at stride {stride[0]} spans; skipped")
                          for s in scenes if len(s.frames) < need]
+        self.has_depth = any(s.depth is not None for s in self.scenes)
         if not self.scenes:
             raise InputError(f"none of the {len(scenes)} scene(s) has the {need} frames that one clip of "
                              f"{num_frames} frames at stride {stride[0]} needs",
@@ -143,10 +148,15 @@ class ClipDataset(Dataset):
         size = (scene.cameras.width, scene.cameras.height)
         pixels = np.stack([load_frame(scene.frames[i], size, box, self.width, self.height) for i in indices])
         select = torch.tensor(indices)
-        return {"frames": torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 255.0,
+        item = {"frames": torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 255.0,
                 "K": crop_resize_intrinsics(scene.cameras.K[select].float(), box, self.width, self.height),
                 "c2w": scene.cameras.c2w[select].float().clone(),
                 "frame_indices": select, "scene": scene.name, "index": index}
+        if self.has_depth:
+            item["depth"] = torch.zeros(len(indices), self.height, self.width) if scene.depth is None else \
+                torch.from_numpy(np.stack([load_depth(scene.depth[i], size, box, self.width, self.height)
+                                           for i in indices]))
+        return item
 
 
 def collate(items: list[dict]) -> dict:

@@ -6,6 +6,9 @@
       frames/
         0000.png          the image of frames[0] in cameras.json
         0001.png          frames[1], ... in the order of the "frames" list (not the "frame" numbers)
+      depth/              optional: 0000.npy, 0001.npy, ... float32 [H, W] camera z-depth of each frame in
+                          world units (tools/synthetic_scenes.py writes it); LaLRM training's depth term
+                          reads it (backend/data/depth.py), everything else ignores it
 
 A frame entry may carry `"file": "name.jpg"` (a path relative to frames/) to override its default
 name `NNNN.png` (its index in the list, 4 digits). The frame order in the list is the temporal order.
@@ -22,6 +25,7 @@ from pathlib import Path, PurePosixPath
 from PIL import Image
 
 from backend.cameras import CameraBatch, cameras_from_dict, crop_resize_intrinsics
+from backend.data.depth import DEPTH_DIR, depth_file_name
 from backend.data.scenes import DataProblem, Scene, json_array_lines, read_json
 from backend.errors import InputError
 
@@ -82,4 +86,12 @@ def read_scene(directory: Path, name: str) -> Scene | DataProblem:
         box = (0.0, 0.0, float(cameras.width), float(cameras.height))
         cameras = CameraBatch(crop_resize_intrinsics(cameras.K, box, width, height), cameras.c2w,
                               width, height, cameras.frames)
-    return Scene(name=name, frames=frames, cameras=cameras, source=str(source))
+    depth = None
+    if (directory / DEPTH_DIR).is_dir():
+        depth = [directory / DEPTH_DIR / depth_file_name(i) for i in range(len(frames))]
+        missing = [p.name for p in depth if not p.is_file()]
+        if missing:
+            return DataProblem(source, None, f"{DEPTH_DIR}/ lacks {len(missing)} of the {len(frames)} frames' depth "
+                                             f"maps (first: {DEPTH_DIR}/{missing[0]}); render the scene again, or "
+                                             f"remove {DEPTH_DIR}/ to train it without depth")
+    return Scene(name=name, frames=frames, cameras=cameras, source=str(source), depth=depth)

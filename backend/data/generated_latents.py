@@ -9,9 +9,9 @@ VAE encodes frame 0 alone), the cameras are normalized and turned into Plücker 
 and `sample_video_latents` denoises with the model's scheduler and step count.
 
 The result is a latent cache in the same layout (LatentCacheDataset reads it, train-lrm trains on it):
-its signature is the source's (same VAE, clip size and frames) plus a "generated" record (the video
-model's weights fingerprint, steps, samples, seed), and each clip file keeps the source clip's cameras
-and frames. Latent frame 0 is the cached condition itself, as `generate` keeps it. Clip `i`'s sample
+its signature is the source's (same VAE, clip size, frames and depth maps) plus a "generated" record (the video
+model's weights fingerprint, steps, samples, seed), and each clip file keeps the source clip's cameras,
+frames and depth maps. Latent frame 0 is the cached condition itself, as `generate` keeps it. Clip `i`'s sample
 `s` is entry `i * samples + s`, drawn with generators seeded by (seed, entry), so the latents do not
 depend on the batch size. Like the VAE cache, a build first removes the manifest and resumes by
 re-using every clip file that already holds its entry.
@@ -84,7 +84,8 @@ def build_generated_cache(transformer: CameraControlledTransformer, scheduler: C
         latents = sample_video_latents(transformer, scheduler, image_latents, plucker.to(device), steps=steps,
                                        generator=[clip_generator(seed, i) for i in chunk],
                                        keep_image_frame=True).float().cpu()
-        return [({"latents": latents[j], "K": item["K"], "c2w": item["c2w"], "frame_indices": item["frame_indices"]},
+        return [({"latents": latents[j], "K": item["K"], "c2w": item["c2w"], "frame_indices": item["frame_indices"],
+                  **({"depth": item["depth"]} if "depth" in item else {})},
                  item.get("frames"), item["scene"]) for j, item in enumerate(items)]
 
     return write_cache(path, signature, list(source.latent_shape), entries, frame_indices, generate_batch, batch_size,

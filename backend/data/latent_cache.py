@@ -7,7 +7,8 @@ Layout of a cache folder:
                                     float32, scaled like the sampler's latents; "K" [F, 3, 3] and
                                     "c2w" [F, 4, 4] of the clip (pixels of the clip size, OpenCV);
                                     "frame_indices" [F]; "frames" [F, 3, H, W] uint8 (the clip's
-                                    pixels, the LaLRM's supervision) unless built with store_frames=False
+                                    pixels, the LaLRM's supervision) unless built with store_frames=False;
+                                    "depth" [F, H, W] float32 when the clips have depth (ClipDataset)
     CACHE/cache.json                the manifest, written last: the signature and the clip list
 
 The signature records the VAE (hash of its full config, scaling factor, a fingerprint of its
@@ -90,7 +91,8 @@ def cache_signature(vae: AutoencoderKLCogVideoX, dataset: ClipDataset, seed: int
     return {"vae_config_sha256": vae_config_hash(vae), "vae_weights": weights_fingerprint(vae),
             "scaling_factor": float(vae.config.scaling_factor), "num_frames": dataset.num_frames,
             "height": dataset.height, "width": dataset.width, "stride": dataset.stride[0],
-            "clips_per_scene": dataset.clips_per_scene, "seed": seed, "frames_stored": store_frames}
+            "clips_per_scene": dataset.clips_per_scene, "seed": seed, "frames_stored": store_frames,
+            "depth_stored": dataset.has_depth}
 
 
 def clip_file(index: int) -> str:
@@ -136,8 +138,9 @@ def build_latent_cache(vae: AutoencoderKLCogVideoX, dataset: ClipDataset, path, 
     def encode(chunk: list[int]) -> list[tuple[dict, Tensor | None, str]]:
         batch = collate([dataset[i] for i in chunk])
         latents = encode_video(vae, batch["frames"], [clip_generator(seed, i) for i in chunk]).float().cpu()
+        depth = {"depth": batch["depth"]} if "depth" in batch else {}
         return [({"latents": latents[j], "K": batch["K"][j], "c2w": batch["c2w"][j],
-                  "frame_indices": batch["frame_indices"][j]},
+                  "frame_indices": batch["frame_indices"][j], **{k: v[j] for k, v in depth.items()}},
                  batch["frames"][j] if store_frames else None, batch["scene"][j]) for j in range(len(chunk))]
 
     spatial = 2 ** (len(vae.config.block_out_channels) - 1)
@@ -185,7 +188,8 @@ def write_cache(path, signature: dict, latent_shape: list[int], entries: list[di
 
 class LatentCacheDataset(Dataset):
     """The clips of a finished latent cache: {"latents" [T, C, h, w], "K", "c2w", "frame_indices",
-    "frames" [F, 3, H, W] float in [0, 1] (when stored), "scene", "index"}, like ClipDataset's items.
+    "frames" [F, 3, H, W] float in [0, 1] (when stored), "depth" [F, H, W] (when stored), "scene", "index"},
+    like ClipDataset's items.
 
     vae (a model, or a config dict such as VideoModelConfig.vae) and num_frames / height / width, when
     given, must match what the cache was built with; a mismatch is an InputError that says to rebuild.
@@ -242,4 +246,6 @@ class LatentCacheDataset(Dataset):
                 "frame_indices": tensors["frame_indices"], "scene": clip["scene"], "index": clip["index"]}
         if "frames" in tensors:
             item["frames"] = tensors["frames"].float() / 255.0
+        if "depth" in tensors:
+            item["depth"] = tensors["depth"]
         return item

@@ -49,6 +49,7 @@ class Scene:
     frames: list[Path]    # image files in temporal order
     cameras: CameraBatch  # one per frame: K in pixels of the frame images' size, c2w OpenCV
     source: str           # the file the cameras came from
+    depth: list[Path] | None = None  # per frame: camera z-depth maps (backend/data/depth.py), when the data has them
 
 
 @dataclass

@@ -17,6 +17,10 @@ from backend.models.weights import check_field_types
 
 CONFIG_FORMAT = "wonderland-model"
 CONFIG_VERSION = 1
+# How a model's scene gets its size (wonderland.json "scene_scale"; folders without the key are "path"):
+# "path" = the cameras are normalized by the move (backend.cameras.normalize), so the scene's size follows the
+# move's length, the paper's rule. Why the default keeps it, measured: backend/weights/default/MODEL_CARD.md.
+SCENE_SCALES = ("path",)
 
 
 @dataclass
@@ -27,6 +31,7 @@ class ModelConfig:
     # Inference defaults (the CLI's options override them).
     prune_opacity: float = 0.005       # drop nearly transparent Gaussians before writing
     max_gaussians: int | None = None   # cap on the written count (most opaque kept)
+    scene_scale: str = "path"          # SCENE_SCALES
 
     def __post_init__(self) -> None:
         v, r = self.video, self.lalrm
@@ -52,7 +57,8 @@ class ModelConfig:
     def to_dict(self) -> dict[str, Any]:
         return {"format": CONFIG_FORMAT, "version": CONFIG_VERSION, "name": self.name,
                 "video": self.video.to_dict(), "lalrm": self.lalrm.to_dict(),
-                "prune_opacity": self.prune_opacity, "max_gaussians": self.max_gaussians}
+                "prune_opacity": self.prune_opacity, "max_gaussians": self.max_gaussians,
+                "scene_scale": self.scene_scale}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], source: str = "wonderland.json") -> "ModelConfig":
@@ -77,9 +83,13 @@ class ModelConfig:
         if d.get("max_gaussians") is not None and d["max_gaussians"] < 1:
             raise InputError(f"{source}: 'max_gaussians' is {d['max_gaussians']}, must be 1 or more",
                              "or null for no cap")
+        if d.get("scene_scale", "path") not in SCENE_SCALES:
+            raise InputError(f"{source}: 'scene_scale' is {json.dumps(d['scene_scale'])[:40]}, this backend knows "
+                             f"{', '.join(SCENE_SCALES)}", "update the backend, or remove the key (\"path\": the "
+                             "scene's size follows the camera move)")
         return cls(name=d["name"], video=VideoModelConfig.from_dict(d["video"]),
                    lalrm=LaLRMConfig.from_dict(d["lalrm"]), prune_opacity=d.get("prune_opacity", 0.005),
-                   max_gaussians=d.get("max_gaussians"))
+                   max_gaussians=d.get("max_gaussians"), scene_scale=d.get("scene_scale", "path"))
 
     # --- named configurations ---------------------------------------------------------------------
     @classmethod

@@ -5,6 +5,18 @@ loss = MSE(render, target)
      + ssim_weight · (1 − SSIM(render, target))                          (torchmetrics)
      + scale_weight · mean(relu(log_scale − log(scale_threshold)))       (no needle/blob Gaussians)
      + opacity_weight · mean(opacity)                                    (prefer few opaque Gaussians)
+     + depth_weight · mean_valid |log ẑ − log z|                         (geometry from depth maps)
+
+The depth term compares the rendered expected camera z ẑ of all Gaussians (backend.render's depth: Σ w z / α)
+with the ground-truth camera z (backend/data/depth.py), both in the normalized frame, at the supervised
+views. Why the rendered depth and not each pixel-aligned Gaussian's own ray distance: the rendered depth is
+what the result is seen with and what the detail layer lifts the photo onto at camera 0 (backend/detail.py),
+it lets the Gaussians of all frames share a surface (a frame's Gaussians need not sit on its own rays'
+surface where another frame's cover it), and it also supervises the views between and beyond the inputs.
+Log depth makes it scale-free (a relative error, like the AbsRel it is scored by) and the choice of ray
+distance or camera z immaterial: per pixel they differ by the factor |K⁻¹ (u, v, 1)|, a constant in log
+space. Valid pixels: ground truth > 0 (silhouettes and missing data are 0) and rendered alpha > DEPTH_MIN_ALPHA
+(expected depth means little where almost nothing is seen; the photometric terms govern coverage there).
 
 The perceptual term is the Chen & Koltun feature loss used by GS-LRM and Long-LRM: VGG-19 ReLU outputs
 relu1_2, relu2_2, relu3_2, relu4_2, relu5_2 with weights 1/2.6, 1/4.8, 1/3.7, 1/5.6, 10/1.5, images
@@ -22,6 +34,7 @@ convert it once on a machine where you trust it:
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from dataclasses import dataclass
@@ -41,6 +54,7 @@ VGG19_LAYOUT = (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 5
 PERCEPTUAL_LAYERS = {3: 1 / 2.6, 8: 1 / 4.8, 13: 1 / 3.7, 22: 1 / 5.6, 31: 10 / 1.5}  # ReLU index: weight
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+DEPTH_MIN_ALPHA = 0.5   # the same threshold bench_quality's depth scores use
 NO_VGG_HINT = ("pass --vgg19 FILE.safetensors (torchvision's vgg19 weights converted to safetensors, see "
                "backend/training/losses.py), or turn the term off with --perceptual-weight 0 "
                "(e.g. use --ssim-weight instead)")
@@ -99,6 +113,13 @@ class LossWeights:
     scale: float = 0.01
     scale_threshold: float = 0.1   # normalized scene units (the LaLRM's max_scale is 0.3)
     opacity: float = 0.01
+    depth: float = 0.0             # log-depth L1 (module docstring); 0 trains as before
+
+    def __post_init__(self) -> None:
+        bad = {k: v for k, v in dataclasses.asdict(self).items() if not (math.isfinite(v) and v >= 0)}
+        if bad or not self.scale_threshold > 0:
+            raise InputError(f"loss weights {bad or {'scale_threshold': self.scale_threshold}} are not usable",
+                             "use finite weights >= 0 (0 turns a term off) and a scale threshold > 0")
 
 
 class ReconstructionLoss(nn.Module):
@@ -112,8 +133,10 @@ class ReconstructionLoss(nn.Module):
         self.weights = weights
         self.vgg = vgg if weights.perceptual > 0 else None
 
-    def forward(self, rendered: Tensor, target: Tensor, gaussians: Gaussians | None = None) -> dict[str, Tensor]:
-        """rendered, target [N, 3, H, W] in [0, 1] -> {"loss", "mse", and each active term}."""
+    def forward(self, rendered: Tensor, target: Tensor, gaussians: Gaussians | None = None,
+                depth: tuple[Tensor, Tensor, Tensor] | None = None) -> dict[str, Tensor]:
+        """rendered, target [N, 3, H, W] in [0, 1] -> {"loss", "mse", and each active term}. `depth`:
+        (rendered camera z, rendered alpha, ground-truth camera z), each [N, H, W], 0 = invalid truth."""
         w = self.weights
         rendered, target = rendered.float(), target.float()
         terms = {"mse": F.mse_loss(rendered, target)}
@@ -131,8 +154,19 @@ class ReconstructionLoss(nn.Module):
         if gaussians is not None and w.opacity > 0:
             terms["opacity_reg"] = gaussians.opacities.float().mean()
             loss = loss + w.opacity * terms["opacity_reg"]
+        if depth is not None and w.depth > 0:
+            terms["depth"] = depth_loss(*depth)
+            loss = loss + w.depth * terms["depth"]
         terms["loss"] = loss
         return terms
+
+
+def depth_loss(rendered: Tensor, alpha: Tensor, truth: Tensor) -> Tensor:
+    """mean |log rendered − log truth| over valid pixels (module docstring); 0 (with a graph) when none is."""
+    valid = (truth > 0) & (alpha.detach() > DEPTH_MIN_ALPHA) & (rendered.detach() > 0)
+    if not valid.any():
+        return rendered.sum() * 0
+    return (rendered[valid].float().log() - truth[valid].float().log()).abs().mean()
 
 
 def ssim(a: Tensor, b: Tensor) -> Tensor:

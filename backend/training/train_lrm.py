@@ -10,6 +10,11 @@ One step, per clip of the batch:
 3. The LaLRM predicts one Gaussian per output pixel per input frame (normalized frame).
 4. `views` supervision frames are drawn from the whole clip and rendered (backend.render.render) at the
    stage's render size; the targets are the ground-truth frames at that size.
+5. With a depth weight and clips that carry depth maps (scene folders with depth/, and latent caches built
+   from them), the rendered depth of the same views is compared with the maps (losses.py, the depth term):
+   the maps are in the scene's world units, so they are divided by the clip's normalization scale s
+   (backend.cameras.normalize), the map that also shrinks the cameras; silhouettes are already masked
+   (backend/data/depth.py). Clips without depth (all 0) add nothing to the term.
 
 Input vs supervision frames: with `input_stride` s and `extra_frames` e, clips are read with
 (F − 1)·s + 1 + e frames; frames 0, s, …, (F − 1)·s are the input video and supervision is drawn from
@@ -35,7 +40,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import ConcatDataset
 
-from backend.cameras import CameraBatch, normalize
+from backend.cameras import CameraBatch, Normalization, normalize
+from backend.data.depth import resize_depth
 from backend.data.scenes import DataOptions
 from backend.errors import InputError
 from backend.models.lalrm import LaLRM, LaLRMConfig
@@ -89,10 +95,11 @@ def render_size(config: LaLRMConfig, stage: dict, data: LRMData) -> tuple[int, i
 
 
 def clip_cameras(K: Tensor, c2w: Tensor, width: int, height: int, input_index: list[int]
-                 ) -> tuple[CameraBatch, CameraBatch]:
-    """(input cameras, all clip cameras), both in the input cameras' normalized frame (inference's rule)."""
+                 ) -> tuple[CameraBatch, CameraBatch, Normalization]:
+    """(input cameras, all clip cameras, the normalization), the cameras in the input cameras' normalized
+    frame (inference's rule); world lengths (depth maps) divide by the normalization's scale."""
     inputs, norm = normalize(CameraBatch(K[input_index], c2w[input_index], width, height))
-    return inputs, norm.cameras_to_normalized(CameraBatch(K, c2w.detach(), width, height))
+    return inputs, norm.cameras_to_normalized(CameraBatch(K, c2w.detach(), width, height)), norm
 
 
 def predict_clip_gaussians(forward, lalrm: LaLRM, config: LaLRMConfig, latents: Tensor,
@@ -151,9 +158,12 @@ class LaLRMObjective:
             available = batch["frames"].shape[1]
             views = torch.randperm(available)[:self.data.views].sort().values
             target = resize_frames(batch["frames"][b, views].float(), rh, rw)
-            rgb = render(g, cams[b][1][views.tolist()], width=rw, height=rh,
-                         backend=self.data.renderer).rgb.permute(0, 3, 1, 2)
-            for name, value in self.loss(rgb, target, g).items():
+            out = render(g, cams[b][1][views.tolist()], width=rw, height=rh, backend=self.data.renderer)
+            depth = None
+            if "depth" in batch and self.loss.weights.depth > 0:
+                truth = resize_depth(batch["depth"][b, views], rh, rw) / cams[b][2].scale
+                depth = (out.depth[..., 0], out.alpha[..., 0], truth.to(out.depth.device))
+            for name, value in self.loss(out.rgb.permute(0, 3, 1, 2), target, g, depth).items():
                 total[name] = total.get(name, 0) + value / len(gaussians)
         return total
 
@@ -295,6 +305,7 @@ def train_lrm(run: LRMRun) -> dict:
                                                                size.width, cfg.seed), cache, seed=cfg.seed)
             trainer.accelerator.wait_for_everyone()
         cached = ConcatDataset([LatentCacheDataset(c, vae=vae, num_frames=model_cfg.num_frames) for c in caches])
+        has_depth = any(d.signature.get("depth_stored") for d in cached.datasets)
 
         def train_data(index, stage):
             return cached
@@ -302,6 +313,10 @@ def train_lrm(run: LRMRun) -> dict:
         def train_data(index, stage):
             size = stage_config(model_cfg, stage)
             return run.scenes.training_clips(train_scenes, clip_frames, size.height, size.width, cfg.seed)
+        has_depth = any(s.depth is not None for s in train_scenes)
+    if run.weights.depth > 0 and not has_depth:
+        log.warning("--depth-weight %g, but no training clip has depth maps (scene folders' depth/, latent caches "
+                    "built from them): the depth term adds nothing", run.weights.depth)
 
     if run.resume and trainer.resume():
         log.info("resumed from step %d", trainer.step)
