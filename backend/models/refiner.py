@@ -76,6 +76,9 @@ class Refiner(nn.Module):
         for d in config.dilations:
             layers += [nn.Conv2d(w, w, 3, padding=d, dilation=d), nn.SiLU()]
         self.body = nn.Sequential(*layers)
+        for conv in self.body[::2]:   # He init: the features keep their spread through the layers (PyTorch's
+            nn.init.kaiming_normal_(conv.weight, nonlinearity="relu")   # default shrinks it about 3x a layer)
+            nn.init.zeros_(conv.bias)
         self.head = nn.Conv2d(w, OUTPUT_CHANNELS, 1)
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
