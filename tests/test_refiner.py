@@ -145,3 +145,19 @@ def test_generate_runs_the_refiner_with_the_detail_layer_only(tiny_with_refiner)
     assert n == 96 * 64 and not torch.allclose(runs["refined", 96].gaussians.means[-n:],
                                                runs["plain", 96].gaussians.means[-n:])
     assert torch.equal(runs["refined", 0].gaussians.means, runs["plain", 0].gaussians.means)   # the paper's path
+
+
+def test_bench_quality_scores_a_refiner_beside_the_plain_detail_layer(tiny_with_refiner, tmp_path, capsys,
+                                                                       bench_quality):
+    from tests.test_evaluation import make_plane_scene
+    folder, _ = tiny_with_refiner
+    scene = tmp_path / "data" / "scene_0000001"
+    make_plane_scene(scene, frames=9)
+    for i in range(1, 9):   # scenes need every frame's depth map; only frame 0's is scored
+        (scene / "depth" / f"{i:04d}.npy").write_bytes((scene / "depth" / "0000.npy").read_bytes())
+    assert bench_quality.main(["--data", str(tmp_path / "data"), "--model", "tiny", "--steps", "2",
+                               "--refiner", str(folder)]) == 0
+    rows = {line.split("|")[1].strip(): line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")}
+    assert bench_quality.REFINED in rows and bench_quality.FULL in rows
+    with pytest.raises(InputError, match="the model folder has no refiner"):
+        bench_quality.main(["--data", str(tmp_path / "data"), "--model", "tiny", "--refiner", str(tmp_path)])
