@@ -140,7 +140,8 @@ def test_generate_runs_the_refiner_with_the_detail_layer_only(tiny_with_refiner)
     runs = {(name, size): generate(pipe, image, cameras, steps=2, preview_count=0, detail_size=size)
             for name, pipe in (("refined", refined), ("plain", plain)) for size in (0, 96)}
     assert runs["refined", 96].info["detail"]["refiner"] is True
-    assert runs["plain", 96].info["detail"]["refiner"] is False and runs["refined", 0].info["detail"]["refiner"] is False
+    assert runs["plain", 96].info["detail"]["refiner"] is False
+    assert runs["refined", 0].info["detail"]["refiner"] is False
     n = runs["plain", 96].info["detail"]["count"]            # the detail Gaussians come last, one per pixel
     assert n == 96 * 64 and not torch.allclose(runs["refined", 96].gaussians.means[-n:],
                                                runs["plain", 96].gaussians.means[-n:])
