@@ -15,7 +15,9 @@ identity there), so it maps to the world exactly like the model's Gaussians. Its
   magnification, so the coverage found when dollying in holds at every distance; at the detail size
   itself the rasterizer's eps2d (0.3 px^2) adds to it;
 - occluders: the model's Gaussians that would render in front of the detail surface anywhere in their
-  footprint (radius where their alpha reaches 1/255, not only their centre) are culled.
+  footprint (radius where their alpha reaches 1/255, not only their centre) are culled;
+- a learned refiner (backend/models/refiner.py), when the model folder has one, corrects each pixel's
+  depth, opacity and splat size from the photo and the model's view at camera 0 before the lift.
 """
 from __future__ import annotations
 
@@ -27,7 +29,8 @@ from torch import Tensor
 
 from backend.cameras import CameraBatch
 from backend.gaussians import SH_C0, Gaussians
-from backend.render import render
+from backend.models.refiner import Refiner
+from backend.render import RenderOutput, render
 from backend.render.reference import ALPHA_MIN
 
 SPLAT_SIGMA = 0.6               # std-dev in pixel footprints: coverage >= 0.96 between splats dollying in x4
@@ -89,10 +92,14 @@ def fill_holes(inv_depth: Tensor, alpha: Tensor) -> Tensor:
     return alpha * inv_depth + (1 - alpha) * blurred
 
 
-def model_inverse_depth(local: Gaussians, camera0: CameraBatch) -> Tensor:
-    """Inverse expected camera z [1, 1, h, w] of all the model's Gaussians at camera 0's model size."""
+def model_view(local: Gaussians, camera0: CameraBatch) -> RenderOutput:
+    """All the model's Gaussians rendered at camera 0's model size (what the layer is built from)."""
     with torch.no_grad():
-        out = render(local, camera0)
+        return render(local, camera0)
+
+
+def model_inverse_depth(out: RenderOutput) -> Tensor:
+    """Inverse expected camera z [1, 1, h, w] of the model's view at camera 0 (model_view), holes filled."""
     alpha = out.alpha[..., 0].clamp(0, 1)[:, None]
     z = out.depth[..., 0][:, None]
     seen = alpha > 1e-4
@@ -111,10 +118,12 @@ def snap_silhouettes(inv_depth: Tensor, radius: int) -> Tensor:
     return torch.where(edge, snapped, inv_depth)
 
 
-def detail_depth(local: Gaussians, camera0: CameraBatch, photo: Tensor) -> Tensor:
-    """Camera z [h, w] of the detail grid (photo [h, w, 3] in 0..1) from the model's Gaussians."""
+def detail_depth(local: Gaussians, camera0: CameraBatch, photo: Tensor, view: RenderOutput | None = None
+                 ) -> Tensor:
+    """Camera z [h, w] of the detail grid (photo [h, w, 3] in 0..1) from the model's Gaussians (their
+    model_view when already rendered)."""
     h, w = photo.shape[:2]
-    inv = model_inverse_depth(local, camera0)
+    inv = model_inverse_depth(model_view(local, camera0) if view is None else view)
     factor = max(w / camera0.width, h / camera0.height)
     inv = F.interpolate(inv, size=(h, w), mode="bilinear", align_corners=False)
     grey = (photo.to(inv) @ torch.tensor([0.299, 0.587, 0.114]).to(inv))[None, None]
@@ -124,21 +133,28 @@ def detail_depth(local: Gaussians, camera0: CameraBatch, photo: Tensor) -> Tenso
     return 1.0 / inv[0, 0]
 
 
-def lift(photo: Tensor, depth: Tensor, K: Tensor, sh_rest_count: int = 0) -> Gaussians:
+def lift(photo: Tensor, depth: Tensor, K: Tensor, sh_rest_count: int = 0,
+         opacity_offset: Tensor | None = None, log_scale_offset: Tensor | None = None) -> Gaussians:
     """One opaque Gaussian per pixel of photo [h, w, 3] on its centre ray at camera z depth [h, w], in the
-    frame of a camera at the identity with intrinsics K [3, 3] (at the photo's size)."""
+    frame of a camera at the identity with intrinsics K [3, 3] (at the photo's size); a refiner's
+    per-pixel opacity logit and log-scale offsets [h, w] change its opacity and splat size."""
     h, w = depth.shape
     dtype = depth.dtype
     v, u = torch.meshgrid(torch.arange(h, dtype=dtype) + 0.5, torch.arange(w, dtype=dtype) + 0.5, indexing="ij")
     fx, fy, cx, cy = K[0, 0], K[1, 1], K[0, 2], K[1, 2]
     z = depth.reshape(-1)
     means = torch.stack([(u.reshape(-1) - cx) / fx * z, (v.reshape(-1) - cy) / fy * z, z], dim=-1)
-    sigma = SPLAT_SIGMA * z / torch.sqrt(fx * fy)
+    log_sigma = torch.log(SPLAT_SIGMA * z / torch.sqrt(fx * fy))
     n = h * w
+    logits = torch.full((n,), math.log(SPLAT_OPACITY / (1 - SPLAT_OPACITY)), dtype=dtype)
+    if opacity_offset is not None:
+        logits = logits + opacity_offset.reshape(-1)
+    if log_scale_offset is not None:
+        log_sigma = log_sigma + log_scale_offset.reshape(-1)
     rgb = photo.reshape(-1, 3).to(dtype)
-    return Gaussians(means=means, log_scales=torch.log(sigma)[:, None].expand(n, 3).contiguous(),
+    return Gaussians(means=means, log_scales=log_sigma[:, None].expand(n, 3).contiguous(),
                      quats=torch.tensor([1.0, 0.0, 0.0, 0.0], dtype=dtype).expand(n, 4).contiguous(),
-                     opacity_logits=torch.full((n,), math.log(SPLAT_OPACITY / (1 - SPLAT_OPACITY)), dtype=dtype),
+                     opacity_logits=logits,
                      sh0=(rgb - 0.5) / SH_C0, sh_rest=torch.zeros((n, sh_rest_count, 3), dtype=dtype))
 
 
@@ -174,18 +190,41 @@ def occluders(gaussians: Gaussians, depth: Tensor, K: Tensor) -> Tensor:
     return inside & (z * (1 + CULL_TOLERANCE) < far)
 
 
-def detail_layer(local: Gaussians, photo: Tensor, camera0: CameraBatch) -> tuple[Gaussians, Tensor, dict]:
+def refiner_features(photo: Tensor, view: RenderOutput, depth: Tensor) -> Tensor:
+    """The refiner's input [1, 8, h, w] (backend/models/refiner.py): photo [h, w, 3], the model's view at
+    camera 0 (colour, alpha) upsampled to the photo's size, and log depth [h, w] minus its median."""
+    h, w = depth.shape
+
+    def up(x: Tensor) -> Tensor:
+        return F.interpolate(x.permute(0, 3, 1, 2).to(depth), size=(h, w), mode="bilinear", align_corners=False)
+
+    log_depth = depth.log()
+    return torch.cat([photo.permute(2, 0, 1)[None].to(depth), up(view.rgb.clamp(0, 1)), up(view.alpha.clamp(0, 1)),
+                      (log_depth - log_depth.median())[None, None]], dim=1)
+
+
+def detail_layer(local: Gaussians, photo: Tensor, camera0: CameraBatch, refiner: Refiner | None = None
+                 ) -> tuple[Gaussians, Tensor, dict]:
     """The detail Gaussians for photo [h, w, 3] (cropped like the model input) and the mask of the model's
     Gaussians `local` to keep, both in camera 0's normalized frame (camera0: its model-size camera there,
-    c2w the identity); and what to report (size, counts)."""
+    c2w the identity); and what to report (size, counts, whether a refiner ran). With a `refiner`, its
+    corrections apply (differentiably: train-refiner trains it through this function)."""
     h, w = photo.shape[:2]
     dtype = torch.float32
     local32 = local.to("cpu", dtype)
     cam = camera0.to("cpu", dtype)
-    depth = detail_depth(local32, cam, photo.to(dtype))
+    photo = photo.to(dtype)
+    view = model_view(local32, cam)
+    depth = detail_depth(local32, cam, photo, view)
     K = cam.K[0] * torch.tensor([[w / cam.width], [h / cam.height], [1.0]], dtype=dtype)
-    detail = lift(photo.to(dtype), depth, K, local.sh_rest.shape[1])
-    keep = ~occluders(local32, depth, K)
-    info = {"size": [w, h], "count": len(detail), "culled": int((~keep).sum()),
-            "depth_range": [round(float(depth.min()), 4), round(float(depth.max()), 4)]}
+    opacity_offset = log_scale_offset = None
+    if refiner is not None:
+        device = next(refiner.parameters()).device
+        log_depth, opacity_offset, log_scale_offset = (
+            o[0].to("cpu", dtype) for o in refiner(refiner_features(photo, view, depth).to(device)))
+        depth = depth * torch.exp(log_depth)
+    detail = lift(photo, depth, K, local.sh_rest.shape[1], opacity_offset, log_scale_offset)
+    keep = ~occluders(local32, depth.detach(), K)
+    info = {"size": [w, h], "count": len(detail), "culled": int((~keep).sum()), "refiner": refiner is not None,
+            "depth_range": [round(float(depth.detach().min()), 4), round(float(depth.detach().max()), 4)]}
     return detail, keep, info

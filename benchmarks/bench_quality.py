@@ -2,7 +2,7 @@
 Gaussians against the ground-truth renders.
 
     .venv/bin/python benchmarks/bench_quality.py --data DIR --model NAME|DIR [--scenes N] [--steps S] [--levers]
-                                                 [--data-4x DIR4]
+                                                 [--data-4x DIR4] [--refiner FILE|MODEL_DIR]
 
 DIR holds held-out scenes (tools/synthetic_scenes.py --split test; each with depth/0000.npy). Rows:
 - full pipeline: generate() on frame 0 and the clip's cameras (image -> latents -> Gaussians), with the
@@ -13,7 +13,9 @@ DIR holds held-out scenes (tools/synthetic_scenes.py --split test; each with dep
 - baselines: frame 0 on camera 0's fronto-parallel plane at the median depth of frame 0, and frame 0
   unchanged as the prediction for every view;
 - a yardstick: frame 0 blurred as every view (PSNR rewards blur; a model that only blurs scores this);
-- with --levers, the full pipeline again with each speed lever (what they cost in quality).
+- with --levers, the full pipeline again with each speed lever (what they cost in quality);
+- with --refiner, the full pipeline again with that detail-layer refiner (backend/models/refiner.py) beside
+  the model's own detail layer, side by side on the same latents (same seed).
 The clip is the first 1 + (F - 1)k frames of a scene (F = the model's frame count, k as large as fits),
 so every model frame has a ground-truth image; later frames are scored separately ("beyond").
 Scores are averaged over all views of all scenes. Δ columns: novel-view scores minus each baseline's.
@@ -27,6 +29,7 @@ size and rendered at camera 0 at that size.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import sys
 import time
@@ -46,6 +49,8 @@ from backend.errors import InputError  # noqa: E402
 from backend.evaluation import (EvalScene, SceneScores, blurred_baseline, evaluate_scene,  # noqa: E402
                                 load_eval_scene, mean_scores, plane_method, render_views, unchanged_baseline)
 from backend.gaussians import Gaussians  # noqa: E402
+from backend.models.model_dir import read_refiner  # noqa: E402
+from backend.models.refiner import Refiner  # noqa: E402
 from backend.render import render  # noqa: E402
 from backend.pipelines.wonderland import WonderlandPipeline, generate, load_pipeline, model_inputs  # noqa: E402
 from backend.training.metrics import image_metrics  # noqa: E402
@@ -53,6 +58,7 @@ from machine import device_name  # noqa: E402
 
 PLANE, UNCHANGED = "plane baseline", "unchanged baseline"
 FULL, DETAIL_OFF = "full pipeline (image → latents → Gaussians)", "full pipeline, detail layer off (the paper's)"
+REFINED = "full pipeline, detail layer + the --refiner"
 NEAR_VIEWS = 2      # frames 1..2: the "near views" column
 # generate's speed levers that act on an unguided model (guidance_fraction needs prompt embeddings)
 SPEED_LEVERS = {"ControlNet first 40%": dict(controlnet_fraction=0.4),
@@ -74,6 +80,16 @@ def pipeline_method(pipe: WonderlandPipeline, steps: int | None, seed: int, devi
         return generate(pipe, image, cameras, steps=steps, seed=seed, preview_count=0, device=device,
                         **levers).gaussians
     return run
+
+
+def refiner_of(path: Path) -> Refiner:
+    """--refiner: a refiner file, or the one of a model folder."""
+    if path.is_dir():
+        found = read_refiner(path)
+        if found is None:
+            raise InputError(f"--refiner {path}: the model folder has no refiner", "give a refiner .safetensors")
+        return found
+    return Refiner.from_pretrained(path)
 
 
 def gt_latents_method(pipe: WonderlandPipeline, seed: int, device: torch.device):
@@ -166,6 +182,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="add full-pipeline rows with the speed levers that apply without guidance")
     parser.add_argument("--data-4x", type=Path, default=None,
                         help="the same test scenes rendered at 4x the model's size: input-view scores there")
+    parser.add_argument("--refiner", type=Path, default=None,
+                        help="a refiner .safetensors (or a model folder with one): a full-pipeline row with it")
     args = parser.parse_args(argv)
     folders = sorted(p.parent for p in args.data.glob("*/cameras.json"))[:args.scenes]
     if not folders:
@@ -178,6 +196,9 @@ def main(argv: list[str] | None = None) -> int:
                "LaLRM on ground-truth latents (upper bound)": gt_latents_method(pipe, args.seed, device),
                PLANE: plane_method, UNCHANGED: unchanged_baseline,
                "blurred input (a yardstick: what blur alone scores)": blurred_baseline}
+    if args.refiner is not None:
+        refined = dataclasses.replace(pipe, refiner=refiner_of(args.refiner).to(device))
+        methods[REFINED] = pipeline_method(refined, args.steps, args.seed, device)
     if args.levers:
         for name, levers in SPEED_LEVERS.items():
             methods[f"full pipeline, {name}"] = pipeline_method(pipe, args.steps, args.seed, device, **levers)
@@ -204,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
               f"| {fmt(float(np.nanmean([v['delta'] for v in values])), 3)} |")
     if args.data_4x is not None:
         print(large_input_table(args.data_4x, [f.name for f in folders], pipe,
-                                {m: methods[m] for m in (FULL, DETAIL_OFF, PLANE)}, device))
+                                {m: methods[m] for m in (FULL, DETAIL_OFF, REFINED, PLANE) if m in methods}, device))
     return 0
 
 

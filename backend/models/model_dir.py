@@ -1,12 +1,15 @@
 """The model directory that `generate --model DIR` loads, written part by part by the trainers.
 
     wonderland.json              {"format", "version", "name", "video": {...}, "lalrm": {...},
-                                  "base_model": optional path to a CogVideoX-5B-I2V folder in diffusers' layout}
+                                  "base_model": optional path to a CogVideoX-5B-I2V folder in diffusers' layout,
+                                  "refiner": optional, the detail layer's refiner config}
     vae/ transformer/ scheduler/ the base video model in diffusers' layout (absent when base_model is set)
     camera_branches.safetensors  our ControlNet + LoRA camera branches
     lalrm.safetensors            the LaLRM (its config also sits in the file's header)
+    refiner.safetensors          the detail layer's learned refiner, when "refiner" is in wonderland.json
+                                 (backend/models/refiner.py; folders without one use the plain detail layer)
 
-`train-vae`, `train-video` and `train-lrm` each export their part into the same folder
+`train-vae`, `train-video`, `train-lrm` and `train-refiner` each export their part into the same folder
 (`write_vae`, `write_video`, `write_lalrm`); wonderland.json collects the parts' configs, and loading
 says which part is missing and which command makes it. Loading is local only and never unpickles:
 diffusers is asked for safetensors files only.
@@ -23,13 +26,16 @@ from backend.atomic import atomic_write_text
 from backend.errors import InputError
 from backend.models.config import CONFIG_FORMAT, CONFIG_VERSION, ModelConfig
 from backend.models.lalrm import LaLRM
+from backend.models.refiner import Refiner
 from backend.models.video import CameraControlledTransformer
 from backend.models.weights import load_state_dict, save_state_dict
 
 CONFIG_FILE = "wonderland.json"
 CAMERA_FILE = "camera_branches.safetensors"
 LALRM_FILE = "lalrm.safetensors"
+REFINER_FILE = "refiner.safetensors"
 MAKERS = {"vae": "train-vae", "video": "train-video", "lalrm": "train-lrm"}
+NOT_CONFIG = ("base_model", "refiner")    # manifest keys that are not ModelConfig fields
 
 
 def read_manifest(directory: Path) -> dict:
@@ -113,11 +119,40 @@ def write_lalrm(directory: str | Path, lalrm: LaLRM) -> None:
     _write_manifest(directory, lalrm=lalrm.config.to_dict())
 
 
-def write_model(directory: str | Path, config: ModelConfig, vae, transformer, scheduler, lalrm) -> None:
+def write_refiner(directory: str | Path, refiner: Refiner) -> None:
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    refiner.save_pretrained(directory / REFINER_FILE)
+    _write_manifest(directory, refiner=refiner.config.to_dict())
+
+
+def read_refiner(directory: str | Path) -> Refiner | None:
+    """The model folder's refiner (eval mode, CPU), or None when its wonderland.json names none."""
+    directory = Path(directory)
+    if "refiner" not in read_manifest(directory):
+        return None
+    if not (directory / REFINER_FILE).is_file():
+        raise InputError(f"{directory / CONFIG_FILE} names a refiner but {REFINER_FILE} is missing",
+                         f"restore the file, export one (`python -m backend train-refiner … --export {directory}`), "
+                         "or remove the \"refiner\" key to use the plain detail layer")
+    return Refiner.from_pretrained(directory / REFINER_FILE)
+
+
+def write_model(directory: str | Path, config: ModelConfig, vae, transformer, scheduler, lalrm,
+                refiner: Refiner | None = None) -> None:
     write_vae(directory, vae)
     write_video(directory, transformer, scheduler)
     write_lalrm(directory, lalrm)
+    if refiner is not None:
+        write_refiner(directory, refiner)
     _write_manifest(Path(directory), **{k: v for k, v in config.to_dict().items() if k not in ("video", "lalrm")})
+
+
+def read_config(directory: Path, manifest: dict | None = None) -> ModelConfig:
+    """The ModelConfig of a model folder's wonderland.json."""
+    manifest = read_manifest(directory) if manifest is None else manifest
+    return ModelConfig.from_dict({k: v for k, v in manifest.items() if k not in NOT_CONFIG},
+                                 source=str(directory / CONFIG_FILE))
 
 
 def read_model(directory: str | Path, dtype: torch.dtype = torch.float32):
@@ -133,8 +168,7 @@ def read_model(directory: str | Path, dtype: torch.dtype = torch.float32):
     if missing:
         raise InputError(f"model folder {directory} lacks its {' and '.join(missing)} part",
                          " and ".join(f"`python -m backend {MAKERS[p]} … --export {directory}`" for p in missing))
-    config = ModelConfig.from_dict({k: v for k, v in manifest.items() if k != "base_model"},
-                                   source=str(directory / CONFIG_FILE))
+    config = read_config(directory, manifest)
     load = dict(use_safetensors=True, local_files_only=True, torch_dtype=dtype)
     try:
         base = CogVideoXTransformer3DModel.from_pretrained(base_dir, subfolder="transformer", **load)

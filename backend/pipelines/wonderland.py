@@ -24,7 +24,8 @@ from backend.images import crop_resize
 from backend.models.config import NAMED_CONFIGS, ModelConfig
 from backend.models.lalrm import LaLRM
 from backend.models.video import CameraControlledTransformer, build_scheduler, build_vae
-from backend.models.model_dir import CONFIG_FILE, read_model, write_model
+from backend.models.model_dir import CONFIG_FILE, read_model, read_refiner, write_model
+from backend.models.refiner import Refiner
 from backend.pipelines.camera_i2v import (check_tiling, compile_blocks, decode_latents, encode_image,
                                           sample_video_latents)
 from backend.plucker import plucker_embedding
@@ -46,6 +47,7 @@ class WonderlandPipeline:
     lalrm: LaLRM
     source: str                      # the directory it came from, or how its random weights were made
     random_weights: bool = False
+    refiner: Refiner | None = None   # the detail layer's learned refiner, when the model folder has one
 
     # --- construction ------------------------------------------------------------------------------
     @classmethod
@@ -63,12 +65,15 @@ class WonderlandPipeline:
     @classmethod
     def from_pretrained(cls, directory: str | Path, dtype: torch.dtype = torch.float32) -> "WonderlandPipeline":
         config, vae, transformer, scheduler, lalrm = read_model(directory, dtype)
-        return cls(config, vae, transformer, scheduler, lalrm, source=str(directory))
+        return cls(config, vae, transformer, scheduler, lalrm, source=str(directory), refiner=read_refiner(directory))
 
     def save_pretrained(self, directory: str | Path) -> None:
-        write_model(directory, self.config, self.vae, self.transformer, self.scheduler, self.lalrm)
+        write_model(directory, self.config, self.vae, self.transformer, self.scheduler, self.lalrm, self.refiner)
 
     def to(self, device: torch.device, dtype: torch.dtype | None = None) -> "WonderlandPipeline":
+        """Moves the models; the refiner stays float32 (it works on the detail layer's float32 grid)."""
+        if self.refiner is not None:
+            self.refiner.to(device=device)
         for module in (self.vae, self.transformer, self.lalrm):
             module.to(device=device)
             if dtype is not None and next(module.parameters()).dtype != dtype:
@@ -171,7 +176,8 @@ def generate(pipe: WonderlandPipeline, image: np.ndarray, cameras: CameraBatch, 
     latents with the VAE (`vae_tiling`: in tiles), a look at what the video model made; the 3D path
     never needs it, so it counts as one more step of the render stage. `detail_size` (long side in
     pixels, 0 = off, the paper's behaviour) adds the photo itself as pixel-aligned Gaussians
-    (backend/detail.py) and culls the model's Gaussians in front of it.
+    (backend/detail.py), corrected by the model's refiner when it has one (info["detail"]["refiner"]),
+    and culls the model's Gaussians in front of it.
     """
 
     def progress(stage: str, step: int, total: int) -> None:
@@ -243,12 +249,13 @@ def generate(pipe: WonderlandPipeline, image: np.ndarray, cameras: CameraBatch, 
             latents[0], cams_norm, prune_opacity=cfg.prune_opacity if prune_opacity is None else prune_opacity,
             max_count=cfg.max_gaussians if max_gaussians is None else max_gaussians)
     model_count = len(local)
-    info["detail"] = {"size": None, "count": 0, "culled": 0}
+    info["detail"] = {"size": None, "count": 0, "culled": 0, "refiner": False}
     if detail_size and model_count:   # no model Gaussians, no depth: the result stays empty, and says so
         box = input_crop(cfg.size, image.shape[1::-1], cameras)[0]
         width, height = detail_grid(box, cfg.size, detail_size)
         photo = torch.from_numpy(crop_resize(image, box, width, height))
-        detail, keep, info["detail"] = detail_layer(local, photo, cams_norm[0])
+        with torch.no_grad():
+            detail, keep, info["detail"] = detail_layer(local, photo, cams_norm[0], pipe.refiner)
         local = Gaussians.cat([local.to(torch.float32)[keep.to(local.device)], detail.to(local.device)])
     with torch.no_grad():
         gaussians = normalization.gaussians_to_world(local).detach().to(dtype=torch.float32)

@@ -1,0 +1,66 @@
+"""`python -m backend train-refiner`: train the detail layer's refiner with the LaLRM frozen
+(backend/training/train_refiner.py). E.g., on the caches train-lrm built from scene folders with depth:
+  --model backend/weights/default --latent-cache CACHE [GENERATED] --depth-weight 0.1 --steps 2000 --out RUN
+  --export MODEL_DIR
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from backend.commands.training_options import add_training_arguments, run_training, train_config
+from backend.errors import InputError
+from backend.render import DIFFERENTIABLE_BACKENDS
+
+SHIPPED = Path(__file__).resolve().parents[1] / "weights"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    p = parser
+    add_training_arguments(p, model_configs="the refiner's config: `default` or a RefinerConfig JSON file "
+                           "(backend/models/refiner.py)", lr=1e-3, lr_min=1e-5,
+                           export="write the trained refiner into this model folder (refiner.safetensors and "
+                                  "wonderland.json's \"refiner\" entry)")
+    p.set_defaults(model_config="default")
+    p.add_argument("--model", default="default",
+                   help="model folder (or shipped model name) whose LaLRM, frozen, the refiner corrects")
+    p.add_argument("--latent-cache", metavar="PATH", nargs="+", required=True,
+                   help="latent caches that store frames (and depth: train-lrm --latent-cache builds them)")
+    p.add_argument("--init", metavar="FILE|MODEL_DIR", help="start from this refiner (a --resume checkpoint wins)")
+    p.add_argument("--views", type=int, default=4, help="views rendered per clip and step, the input view among them")
+    p.add_argument("--renderer", choices=DIFFERENTIABLE_BACKENDS, default="auto",
+                   help="auto = gsplat on CUDA, our torch rasterizer elsewhere")
+    p.add_argument("--ssim-weight", type=float, default=0.0, help="weight of (1 - SSIM)")
+    p.add_argument("--depth-weight", type=float, default=0.1,
+                   help="weight of the log-depth L1 against the caches' depth maps; 0 = photometric only")
+
+
+def model_folder(name: str) -> Path:
+    """--model as a folder: a path, or the name of a shipped model."""
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return path
+    if (SHIPPED / name).is_dir():
+        return SHIPPED / name
+    raise InputError(f"--model {name!r} is neither a folder nor a shipped model",
+                     "give a model folder with a trained LaLRM, e.g. backend/weights/default")
+
+
+def refiner_config(name: str):
+    from backend.models.refiner import RefinerConfig
+    from backend.models.weights import named_or_file_config
+    return named_or_file_config(name, {"default": RefinerConfig}, RefinerConfig)
+
+
+def run(args: argparse.Namespace) -> int:
+    from backend.training.losses import LossWeights
+    from backend.training.train_refiner import RefinerRun, train_refiner
+    if args.data:
+        raise InputError("train-refiner reads latent caches, not scene folders",
+                         "build a cache from the scenes with train-lrm --latent-cache PATH --data …, then pass it "
+                         "as --latent-cache")
+    weights = LossWeights(perceptual=0, ssim=args.ssim_weight, scale=0, opacity=0, depth=args.depth_weight)
+    return run_training(train_refiner, RefinerRun(
+        train=train_config(args), model=str(model_folder(args.model)), latent_cache=args.latent_cache,
+        refiner=refiner_config(args.model_config), weights=weights, views=args.views, renderer=args.renderer,
+        init=args.init, resume=args.resume, export=args.export))
