@@ -191,6 +191,20 @@ def test_same_seed_same_scene_and_every_asset_credited(rendered, catalog_dir):
     assert not list(a.glob(".*.tmp")) and not list(a.glob(".scene_*"))  # nothing half-written left
 
 
+def test_version_1_data_card_credits_no_catalogue(tmp_path):
+    """Version-1 scenes use no external asset: their card says so instead of crediting Sweet Home 3D."""
+    for seed, split in ((0, "train"), (1_000_000, "test")):
+        (tmp_path / f"scene_{seed:07d}").mkdir()
+        (tmp_path / f"scene_{seed:07d}" / "scene.json").write_text(
+            json.dumps({"generator_version": 1, "split": split, "seed": seed}))
+    data = write_data_card(tmp_path, [])
+    assert data["assets"] == [] and data["scenes"] == {"test": 1, "train": 1}
+    card = (tmp_path / "DATA_CARD.md").read_text()
+    assert "## Furniture (0 models)\n\nProcedural furniture only (generator version 1).\n" in card
+    assert "Sweet Home" not in card and "| model |" not in card and "| file | source |" not in card
+    assert "## HDRIs (0)\n\nNone (generator version 1's uniform sky).\n" in card
+
+
 def test_heldout_split_never_uses_a_training_asset(rendered, catalog_dir, tmp_path):
     info = json.loads((rendered[0] / f"scene_{gen.HELDOUT_SEED_START + 1:07d}" / "scene.json").read_text())
     assert info["split"] == "heldout" and info["assets"]

@@ -58,22 +58,32 @@ def render_card(data: dict) -> str:
              "reproduce them from their seeds. Each scene's `scene.json` lists the assets it uses. Procedural "
              "materials and lights are made by the generator itself. scikit-image's sample photos are never "
              "used.", "",
-             f"## Furniture ({len(furniture)} models)", "",
-             "From Sweet Home 3D furniture catalogues (Debian's `sweethome3d-furniture`), converted to OBJ by "
-             "Emmanuel Puybaret / eTeks. Models under a Creative Commons Attribution licence are credited below "
-             "by name and creator; redistributing the rendered images requires keeping this credit.", ""]
-    lines += [f"- {n} model{'s' * (n != 1)}: {lic}" for lic, n in sorted(licences.items())]
+             f"## Furniture ({len(furniture)} models)", ""]
+    v1_only = data["generator_versions"] == [1]
+    if furniture:
+        lines += ["From Sweet Home 3D furniture catalogues (Debian's `sweethome3d-furniture`), converted to OBJ "
+                  "by Emmanuel Puybaret / eTeks. Models under a Creative Commons Attribution licence are credited "
+                  "below by name and creator; redistributing the rendered images requires keeping this credit.", ""]
+        lines += [f"- {n} model{'s' * (n != 1)}: {lic}" for lic, n in sorted(licences.items())]
+    else:  # generator version 1 uses no external asset
+        lines += ["Procedural furniture only" + (" (generator version 1)." if v1_only else ".")]
     if data["catalogs"]:
         lines += ["", _row(("catalogue file", "name", "version", "licence", "models usable", "skipped")),
                   _row(["---"] * 6)]
         lines += [_row((c["file"], c["name"], c["version"], c["license"], c["models_used"], c["models_skipped"]))
                   for c in data["catalogs"]]
-    lines += ["", _row(("model", "id", "creator", "catalogue", "licence", "split", "scenes")), _row(["---"] * 7)]
-    lines += [_row((a["name"], a["id"], a["creator"], a["catalog_file"], a["license"], a["split"], a["scenes"]))
-              for a in furniture]
-    lines += ["", f"## HDRIs ({len(hdris)})", "", _row(("file", "source", "creator", "licence", "split", "scenes")),
-              _row(["---"] * 6)]
-    lines += [_row((a["file"], a["source"], a["creator"], a["license"], a["split"], a["scenes"])) for a in hdris]
+    if furniture:
+        lines += ["", _row(("model", "id", "creator", "catalogue", "licence", "split", "scenes")),
+                  _row(["---"] * 7)]
+        lines += [_row((a["name"], a["id"], a["creator"], a["catalog_file"], a["license"], a["split"],
+                        a["scenes"])) for a in furniture]
+    lines += ["", f"## HDRIs ({len(hdris)})", ""]
+    if hdris:
+        lines += [_row(("file", "source", "creator", "licence", "split", "scenes")), _row(["---"] * 6)]
+        lines += [_row((a["file"], a["source"], a["creator"], a["license"], a["split"], a["scenes"]))
+                  for a in hdris]
+    else:
+        lines += ["None (generator version 1's uniform sky)." if v1_only else "None."]
     lines += ["", f"## Framed photographs ({len(pictures)})", ""]
     if pictures:
         lines += [_row(("file", "copyright", "licence", "credits from", "split", "scenes")), _row(["---"] * 6)]
