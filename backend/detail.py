@@ -208,12 +208,14 @@ def detail_layer(local: Gaussians, photo: Tensor, camera0: CameraBatch, refiner:
     """The detail Gaussians for photo [h, w, 3] (cropped like the model input) and the mask of the model's
     Gaussians `local` to keep, both in camera 0's normalized frame (camera0: its model-size camera there,
     c2w the identity); and what to report (size, counts, whether a refiner ran). With a `refiner`, its
-    corrections apply (differentiably: train-refiner trains it through this function)."""
+    corrections apply (differentiably: train-refiner trains it through this function). The detail Gaussians
+    and the mask are on the CPU whatever the devices of `local`, `photo` and the refiner (train-refiner
+    passes CUDA frames); the refiner runs on its own device."""
     h, w = photo.shape[:2]
     dtype = torch.float32
     local32 = local.to("cpu", dtype)
     cam = camera0.to("cpu", dtype)
-    photo = photo.to(dtype)
+    photo = photo.to("cpu", dtype)   # all of the layer is built on the CPU, whatever device the photo came on
     view = model_view(local32, cam)
     depth = detail_depth(local32, cam, photo, view)
     K = cam.K[0] * torch.tensor([[w / cam.width], [h / cam.height], [1.0]], dtype=dtype)

@@ -20,6 +20,7 @@ import torch
 from PIL import Image, ImageFilter
 
 from backend.cameras import CameraBatch
+from backend.data.depth import NO_SURFACE_DEPTH
 from backend.data.folder import read_scene
 from backend.data.scenes import DataProblem
 from backend.errors import InputError
@@ -48,8 +49,10 @@ class EvalScene:
 
     @property
     def median_depth(self) -> float:
-        """Median camera z of frame 0's pixels: where the plane baseline puts the image."""
-        return float(np.median(self.depth0))
+        """Median camera z of frame 0's pixels that show a surface (0 < z < NO_SURFACE_DEPTH: not Cycles'
+        1e10 sky): where the plane baseline puts the image."""
+        depth = self.depth0[np.isfinite(self.depth0) & (self.depth0 > 0) & (self.depth0 < NO_SURFACE_DEPTH)]
+        return float(np.median(depth)) if depth.size else 1.0
 
 
 Prediction = Gaussians | np.ndarray   # Gaussians in the world frame, or images [N, H, W, 3] for the N views

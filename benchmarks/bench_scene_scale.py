@@ -5,8 +5,9 @@
 The model sees cameras normalized by the move (backend.cameras.normalize: the farthest camera is 1 unit from
 camera 0), so the depth it must predict is the metric depth divided by the move's length s. For each scene
 folder with depth/0000.npy this prints the spread over scenes of frame 0's median depth in metres and in
-normalized units (standard deviation of its log, and the mean AbsRel of the best single constant, the
-geometric mean over scenes: what a model that knew nothing but the unit would score on the median). With
+normalized units (standard deviation of its log, and the mean AbsRel of the geometric-mean constant, the
+geometric mean over scenes: what a model that knew nothing but the unit would score on the median). Scenes
+whose cameras do not move (a pan: normalize then keeps scale 1.0, which is no move length) are skipped. With
 --model it adds the model's own median scale error in each unit: its rendered depth at camera 0 (detail
 layer off) against the truth, median to median, in normalized units as predicted and after the world
 mapping (the same number: the pipeline maps its normalized depth to metres with the move's s).
@@ -25,17 +26,23 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from backend.cameras import normalize  # noqa: E402
+from backend.cameras import MIN_TRANSLATION, normalize  # noqa: E402
 from backend.data.depth import silhouette_mask  # noqa: E402
 from backend.evaluation import load_eval_scene  # noqa: E402
 from machine import cpu_description  # noqa: E402
 
 
 def spread(log_medians: np.ndarray) -> tuple[float, float]:
-    """(std of log median depth, mean AbsRel of the best constant: the geometric mean of the medians)."""
+    """(std of log median depth, mean AbsRel of the geometric-mean constant: the geometric mean of the medians)."""
     constant = math.exp(float(np.mean(log_medians)))
     medians = np.exp(log_medians)
     return float(np.std(log_medians)), float(np.mean(np.abs(constant - medians) / medians))
+
+
+def moved(cameras) -> bool:
+    """Whether the farthest camera is at least normalize's MIN_TRANSLATION from camera 0 (else a pan)."""
+    centres = cameras.c2w[:, :3, 3].cpu().double()
+    return float((centres - centres[0]).norm(dim=-1).max()) >= MIN_TRANSLATION
 
 
 def model_medians(model: str, scenes: list) -> np.ndarray:
@@ -67,6 +74,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"no scene folders with depth/0000.npy in {', '.join(map(str, args.data))}: render some with "
                      "tools/synthetic_scenes.py")
     scenes = [load_eval_scene(f) for f in folders]
+    moving = [s for s in scenes if moved(s.cameras)]
+    skipped = len(scenes) - len(moving)
+    scenes = moving
+    if not scenes:
+        parser.error("no scene with a camera move (all are pans): the move's length is undefined")
     metric, normalized, moves = [], [], []
     for scene in scenes:
         _, norm = normalize(scene.cameras)
@@ -74,10 +86,11 @@ def main(argv: list[str] | None = None) -> int:
         metric.append(math.log(median))
         normalized.append(math.log(median / norm.scale))
         moves.append(norm.scale)
-    print(f"{len(scenes)} scenes from {', '.join(map(str, args.data))}. CPU: {cpu_description()}.\n")
+    print(f"{len(scenes)} scenes from {', '.join(map(str, args.data))} ({skipped} skipped: their cameras do not "
+          f"move, a pan). CPU: {cpu_description()}.\n")
     print(f"camera move (farthest camera from camera 0): median {np.median(moves):.3g} m, "
           f"range {min(moves):.3g}–{max(moves):.3g} m\n")
-    print("| unit | median depth, geometric mean | std of log median | AbsRel of the best constant |")
+    print("| unit | median depth, geometric mean | std of log median | AbsRel of the geometric-mean constant |")
     print("|---|---:|---:|---:|")
     for name, values in (("metres", np.array(metric)), ("normalized by the move", np.array(normalized))):
         std, absrel = spread(values)

@@ -192,9 +192,16 @@ def test_bench_scene_scale_reports_the_spread_in_metres_and_in_units_of_the_move
         write_scene(tmp_path / f"scene{i}")
         (tmp_path / f"scene{i}" / "depth").mkdir()
         np.save(tmp_path / f"scene{i}" / "depth" / "0000.npy", np.full((64, 96), wall, np.float32))
+    write_scene(tmp_path / "pan")              # a camera that only turns: no move length, so it is skipped
+    cameras = json.loads((tmp_path / "pan" / "cameras.json").read_text())
+    for entry in cameras["frames"]:
+        entry["c2w"][0][3] = 0.0
+    (tmp_path / "pan" / "cameras.json").write_text(json.dumps(cameras))
+    (tmp_path / "pan" / "depth").mkdir()
+    np.save(tmp_path / "pan" / "depth" / "0000.npy", np.full((64, 96), 50.0, np.float32))
     assert load_benchmark("bench_scene_scale", monkeypatch).main(["--data", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert "2 scenes" in out and "median 0.8 m" in out
+    assert "2 scenes" in out and "1 skipped" in out and "median 0.8 m" in out
     rows = {line.split("|")[1].strip(): line.split("|")[2:5] for line in out.splitlines() if line.startswith("| ")}
     assert float(rows["metres"][0]) == pytest.approx(np.sqrt(8), rel=2e-3)            # geometric mean of 2 and 4
     assert float(rows["normalized by the move"][0]) == pytest.approx(np.sqrt(8) / 0.8, rel=2e-3)

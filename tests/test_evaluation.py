@@ -62,6 +62,15 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
     return image_metrics(to(a), to(b))["psnr"]
 
 
+def test_the_plane_baselines_median_depth_leaves_out_the_sky(tmp_path):
+    folder, _ = make_plane_scene(tmp_path / "open")
+    depth = np.full((HEIGHT, WIDTH), 1e10, dtype=np.float32)     # Cycles' depth where a ray hits nothing
+    depth[: HEIGHT // 3] = DEPTH                                  # a third of the frame shows a surface
+    depth[-1, -1] = 0.0
+    np.save(folder / "depth" / "0000.npy", depth)
+    assert load_eval_scene(folder).median_depth == DEPTH
+
+
 def test_plane_baseline_sits_on_the_plane_and_renders_the_input_image(tmp_path):
     folder, cameras = make_plane_scene(tmp_path / "plane")
     scene = load_eval_scene(folder)

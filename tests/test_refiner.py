@@ -10,6 +10,7 @@ import torch
 from backend.cameras import CameraBatch
 from backend.detail import SPLAT_OPACITY, detail_layer, lift
 from backend.errors import InputError
+from backend.gaussians import Gaussians
 from backend.models.model_dir import CONFIG_FILE, REFINER_FILE, read_refiner
 from backend.models.refiner import INPUT_CHANNELS, Refiner, RefinerConfig
 from backend.pipelines.wonderland import DEFAULT_MODEL, SHIPPED_DIR, WonderlandPipeline, generate, load_pipeline
@@ -87,9 +88,22 @@ def test_refiner_config_refuses_bad_values():
 
 def test_the_shipped_model_folder_works_without_a_refiner():
     folder = SHIPPED_DIR / DEFAULT_MODEL
-    assert read_refiner(folder) is None
     if "refiner" in json.loads((folder / CONFIG_FILE).read_text()):
         pytest.skip("this checkout ships a refiner")
+    assert read_refiner(folder) is None
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs CUDA"))])
+def test_the_detail_layer_is_built_on_the_cpu_whatever_the_photo_device(device):
+    """train-refiner passes CUDA frames: the layer (and its mask) must still come out on the CPU, where the
+    model's kept Gaussians are joined to it."""
+    local, photo, cam = model_and_photo()
+    refiner = busy(Refiner(RefinerConfig(width=8, dilations=(1, 2)))).to(device)
+    detail, keep, _ = detail_layer(local.to(device), photo.double().to(device), cam, refiner)
+    assert detail.means.device.type == "cpu" and detail.sh0.device.type == "cpu" and keep.device.type == "cpu"
+    assert detail.sh0.dtype == torch.float32
+    assert len(Gaussians.cat([local[keep], detail])) == int(keep.sum()) + len(detail)
 
 
 @pytest.fixture(scope="module")
@@ -128,6 +142,17 @@ def test_a_folder_without_refiner_loads_and_a_missing_file_is_named(tiny_with_re
     with pytest.raises(InputError, match="names a refiner but refiner.safetensors is missing") as error:
         WonderlandPipeline.from_pretrained(old)
     assert "train-refiner" in error.value.hint and "remove the \"refiner\" key" in error.value.hint
+
+
+def test_saving_a_model_without_refiner_into_a_folder_with_one_removes_it(tiny_with_refiner, tmp_path):
+    folder, pipe = tiny_with_refiner
+    target = tmp_path / "reused"
+    pipe.save_pretrained(target)
+    assert "refiner" in json.loads((target / CONFIG_FILE).read_text()) and (target / REFINER_FILE).is_file()
+    load_pipeline("tiny").save_pretrained(target)      # write_model(..., refiner=None)
+    assert "refiner" not in json.loads((target / CONFIG_FILE).read_text())
+    assert not (target / REFINER_FILE).exists() and read_refiner(target) is None
+    assert WonderlandPipeline.from_pretrained(target).refiner is None
 
 
 def test_generate_runs_the_refiner_with_the_detail_layer_only(tiny_with_refiner):

@@ -38,6 +38,50 @@ def fixture_cache(tmp_path_factory):
     return root
 
 
+@pytest.fixture(scope="module")
+def plain_cache(fixture_cache, tmp_path_factory):
+    """A second latent cache, of a scene without depth maps (the fixture's stores depth)."""
+    root = tmp_path_factory.mktemp("refiner-plain")
+    write_scene(root / "data" / "scene", seed=5)
+    assert train_lrm_cli("--data", root / "data", "--out", root / "run", "--model-config", "tiny",
+                         "--vae", fixture_cache / "model", "--latent-cache", root / "cache", "--steps", "1",
+                         "--views", "1", "--stride", "1", "1", "--perceptual-weight", "0", "--val-fraction", "0",
+                         "--checkpoint-every", "0") == 0
+    return root / "cache"
+
+
+def test_caches_with_and_without_depth_mix_in_one_run(fixture_cache, plain_cache, tmp_path):
+    from backend.data import collate
+    from backend.data.latent_cache import LatentCacheDataset, latent_caches
+    assert "depth" not in LatentCacheDataset(plain_cache)[0]
+    both = latent_caches([fixture_cache / "cache", plain_cache])
+    items = [both[0], both[len(both) - 1]]
+    batch = collate(items)
+    assert batch["depth"].shape[0] == 2 and (batch["depth"][1] == 0).all() and batch["depth"][0].abs().sum() > 0
+    with pytest.raises(ValueError, match="differ in their keys"):
+        collate([items[0], LatentCacheDataset(plain_cache)[0]])
+    common = ["--latent-cache", fixture_cache / "cache", plain_cache, "--steps", "2", "--batch-size", "3",
+              "--views", "1", "--checkpoint-every", "0", "--depth-weight", "0.1"]
+    (tmp_path / "small.json").write_text(json.dumps({"width": 8, "dilations": [1, 2]}))
+    assert train_refiner_cli("--model", fixture_cache / "model", "--out", tmp_path / "ref", *common,
+                             "--model-config", tmp_path / "small.json") == 0
+    assert train_lrm_cli("--vae", fixture_cache / "model", "--out", tmp_path / "lrm", "--model-config", "tiny",
+                         "--perceptual-weight", "0", "--val-fraction", "0", "--stride", "1", "1", *common) == 0
+
+
+def test_init_gives_the_config_when_model_config_is_left_out(fixture_cache, tmp_path):
+    small = tmp_path / "small.json"
+    small.write_text(json.dumps({"width": 8, "dilations": [1, 2]}))
+    base = ["--model", fixture_cache / "model", "--latent-cache", fixture_cache / "cache", "--views", "1",
+            "--steps", "1", "--checkpoint-every", "0"]
+    assert train_refiner_cli(*base, "--out", tmp_path / "a", "--model-config", small, "--export", tmp_path / "m") == 0
+    assert train_refiner_cli(*base, "--out", tmp_path / "b", "--init", tmp_path / "m", "--export", tmp_path / "n") == 0
+    assert read_refiner(tmp_path / "n").config == read_refiner(tmp_path / "m").config
+    with pytest.raises(InputError, match="not the one asked for") as error:
+        train_refiner_cli(*base, "--out", tmp_path / "c", "--init", tmp_path / "m", "--model-config", "default")
+    assert "leave out --model-config" in error.value.hint
+
+
 def losses(run):
     return [m["loss"] for m in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "loss" in m]
 
@@ -77,6 +121,8 @@ def test_resume_continues_from_the_last_checkpoint(fixture_cache, tmp_path):
     (["--model-config", "no-such.json"], "neither a named config nor a JSON file"),
     (["--depth-weight", "-1"], "loss weights"),
     (["--latent-cache", "no-such-cache"], "holds no finished latent cache"),
+    (["--val-fraction", "0.1"], "does not validate on held-out clips: --val-fraction"),
+    (["--val-clips", "4", "--validate-every", "5"], "--val-clips, --validate-every would do nothing"),
 ])
 def test_bad_options_are_refused_with_what_to_do(tmp_path, options, message, capsys):
     argv = ["train-refiner", "--out", str(tmp_path / "run"), "--latent-cache", str(tmp_path / "none"), *options]

@@ -73,10 +73,9 @@ def pack(args) -> int:
     scenes, latents with frames (the LaLRM's targets); note the model; check what would travel."""
     from backend.data.latent_cache import build_latent_cache
     from backend.data.scenes import DataOptions
-    from backend.models.config import ModelConfig
-    from backend.models.model_dir import load_vae, read_manifest
+    from backend.models.model_dir import load_vae, read_config
     folder = model_folder(args.model)
-    video = ModelConfig.from_dict(read_manifest(folder)).video
+    video = read_config(folder).video
     options = DataOptions(roots=[str(r) for r in args.data], val_fraction=args.val_fraction)
     train, _ = options.split(args.seed, "the GPU burst")
     train = train[:args.max_scenes] if args.max_scenes else train

@@ -12,16 +12,15 @@ from backend.commands.training_options import add_training_arguments, run_traini
 from backend.errors import InputError
 from backend.render import DIFFERENTIABLE_BACKENDS
 
-SHIPPED = Path(__file__).resolve().parents[1] / "weights"
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     p = parser
     add_training_arguments(p, model_configs="the refiner's config: `default` or a RefinerConfig JSON file "
-                           "(backend/models/refiner.py)", lr=1e-3, lr_min=1e-5,
+                           "(backend/models/refiner.py); left out: --init's config, else `default`", lr=1e-3,
+                           lr_min=1e-5,
                            export="write the trained refiner into this model folder (refiner.safetensors and "
                                   "wonderland.json's \"refiner\" entry)")
-    p.set_defaults(model_config="default")
+    p.set_defaults(model_config=None, val_fraction=None, val_clips=None, validate_every=None)   # see run()
     p.add_argument("--model", default="default",
                    help="model folder (or shipped model name) whose LaLRM, frozen, the refiner corrects")
     p.add_argument("--latent-cache", metavar="PATH", nargs="+", required=True,
@@ -37,18 +36,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def model_folder(name: str) -> Path:
     """--model as a folder: a path, or the name of a shipped model."""
+    from backend.pipelines.wonderland import SHIPPED_DIR
     path = Path(name).expanduser()
     if path.is_dir():
         return path
-    if (SHIPPED / name).is_dir():
-        return SHIPPED / name
+    if (SHIPPED_DIR / name).is_dir():
+        return SHIPPED_DIR / name
     raise InputError(f"--model {name!r} is neither a folder nor a shipped model",
                      "give a model folder with a trained LaLRM, e.g. backend/weights/default")
 
 
-def refiner_config(name: str):
-    from backend.models.refiner import RefinerConfig
+def refiner_config(name: str | None, init: str | None):
+    """--model-config's RefinerConfig; left out, the --init refiner's (so a run continues it), else `default`."""
+    from backend.models.refiner import Refiner, RefinerConfig
     from backend.models.weights import named_or_file_config
+    if name is None:
+        if init is None:
+            return RefinerConfig()
+        from backend.training.train_refiner import init_file
+        return Refiner.from_pretrained(init_file(init)).config
     return named_or_file_config(name, {"default": RefinerConfig}, RefinerConfig)
 
 
@@ -59,8 +65,15 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("train-refiner reads latent caches, not scene folders",
                          "build a cache from the scenes with train-lrm --latent-cache PATH --data …, then pass it "
                          "as --latent-cache")
+    held_out = [f"--{name.replace('_', '-')}" for name in ("val_fraction", "val_clips", "validate_every")
+                if getattr(args, name) is not None]
+    if held_out:
+        raise InputError(f"train-refiner does not validate on held-out clips: {', '.join(held_out)} would do nothing",
+                         "leave them out; score the exported refiner on held-out scenes with "
+                         "benchmarks/bench_quality.py --data DIR --model MODEL --refiner MODEL_DIR")
+    args.validate_every = 0
     weights = LossWeights(perceptual=0, ssim=args.ssim_weight, scale=0, opacity=0, depth=args.depth_weight)
     return run_training(train_refiner, RefinerRun(
         train=train_config(args), model=str(model_folder(args.model)), latent_cache=args.latent_cache,
-        refiner=refiner_config(args.model_config), weights=weights, views=args.views, renderer=args.renderer,
+        refiner=refiner_config(args.model_config, args.init), weights=weights, views=args.views, renderer=args.renderer,
         init=args.init, resume=args.resume, export=args.export))

@@ -160,7 +160,13 @@ class ClipDataset(Dataset):
 
 
 def collate(items: list[dict]) -> dict:
-    """Stack items into a batch: tensors gain a leading batch dimension, names become a list."""
+    """Stack items into a batch: tensors gain a leading batch dimension, names become a list. The items
+    must have the same keys (datasets mixed in one run yield the same ones: LatentCacheDataset's depth)."""
+    keys = set(items[0])
+    odd = [sorted(keys ^ set(item)) for item in items[1:] if set(item) != keys]
+    if odd:
+        raise ValueError(f"collate: the items of a batch differ in their keys {odd[0]}; every dataset of one run "
+                         "must yield the same ones")
     batch = {}
     for key in items[0]:
         values = [item[key] for item in items]

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from diffusers import AutoencoderKLCogVideoX
 from torch import Tensor
-from torch.utils.data import Dataset
+from torch.utils.data import ConcatDataset, Dataset
 
 from backend.atomic import atomic_write_text
 from backend.data.clips import ClipDataset, collate
@@ -194,11 +194,16 @@ class LatentCacheDataset(Dataset):
     vae (a model, or a config dict such as VideoModelConfig.vae) and num_frames / height / width, when
     given, must match what the cache was built with; a mismatch is an InputError that says to rebuild.
     A model is also checked by its weights fingerprint and scaling factor.
+
+    depth: None = "depth" only when the cache stores it; True = always, all zeros (no depth: the depth term
+    skips it, like ClipDataset's scenes without depth/) when the cache stores none, so that caches of both
+    kinds mix in one run (`latent_caches`: the items of one batch must have the same keys).
     """
 
     def __init__(self, path, vae: AutoencoderKLCogVideoX | Mapping | None = None, num_frames: int | None = None,
-                 height: int | None = None, width: int | None = None):
+                 height: int | None = None, width: int | None = None, depth: bool | None = None):
         self.path = Path(path)
+        self.depth = depth
         rebuild = "build it with backend.data.latent_cache.build_latent_cache (an interrupted build resumes)"
         try:
             manifest = json.loads((self.path / MANIFEST).read_text(encoding="utf-8"))
@@ -248,4 +253,17 @@ class LatentCacheDataset(Dataset):
             item["frames"] = tensors["frames"].float() / 255.0
         if "depth" in tensors:
             item["depth"] = tensors["depth"]
+        elif self.depth:
+            item["depth"] = torch.zeros(self.num_frames, self.height, self.width)
         return item
+
+
+def latent_caches(paths, vae: AutoencoderKLCogVideoX | Mapping | None = None, num_frames: int | None = None
+                  ) -> ConcatDataset:
+    """The caches of one training run as one dataset: when any stores depth maps, every one yields "depth"
+    (zeros where its cache has none), so batches that mix them collate."""
+    sets = [LatentCacheDataset(p, vae=vae, num_frames=num_frames) for p in paths]
+    with_depth = any(d.signature.get("depth_stored") for d in sets)
+    for data in sets:
+        data.depth = with_depth
+    return ConcatDataset(sets)

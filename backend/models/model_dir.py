@@ -65,9 +65,11 @@ def base_folder(directory: Path, manifest: dict | None = None) -> Path:
     return directory / manifest["base_model"] if manifest.get("base_model") else directory
 
 
-def _write_manifest(directory: Path, **parts) -> None:
+def _write_manifest(directory: Path, *, remove: tuple[str, ...] = (), **parts) -> None:
     manifest = read_manifest(directory)
     manifest.update(parts)
+    for key in remove:
+        manifest.pop(key, None)
     atomic_write_text(directory / CONFIG_FILE, json.dumps(manifest, indent=1))
 
 
@@ -143,9 +145,14 @@ def write_model(directory: str | Path, config: ModelConfig, vae, transformer, sc
     write_vae(directory, vae)
     write_video(directory, transformer, scheduler)
     write_lalrm(directory, lalrm)
+    """The whole model folder; without a refiner, one that the folder held is removed (the manifest's key first,
+    in the same atomic write as the config, then refiner.safetensors), so the folder is the model given."""
     if refiner is not None:
         write_refiner(directory, refiner)
-    _write_manifest(Path(directory), **{k: v for k, v in config.to_dict().items() if k not in ("video", "lalrm")})
+    _write_manifest(Path(directory), remove=() if refiner is not None else ("refiner",),
+                    **{k: v for k, v in config.to_dict().items() if k not in ("video", "lalrm")})
+    if refiner is None:
+        (Path(directory) / REFINER_FILE).unlink(missing_ok=True)
 
 
 def read_config(directory: Path, manifest: dict | None = None) -> ModelConfig:

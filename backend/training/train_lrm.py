@@ -38,7 +38,6 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.data import ConcatDataset
 
 from backend.cameras import CameraBatch, Normalization, normalize
 from backend.data.depth import resize_depth
@@ -291,7 +290,7 @@ def train_lrm(run: LRMRun) -> dict:
                                 "vae": run.vae, "loss": dataclasses.asdict(run.weights),
                                 "lrm_data": dataclasses.asdict(data)})
     if run.latent_cache:
-        from backend.data.latent_cache import LatentCacheDataset, build_latent_cache
+        from backend.data.latent_cache import build_latent_cache, latent_caches
         if data.input_stride != 1 or data.extra_frames or (cfg.stages and len({(s.get("height"), s.get("width"))
                                                                              for s in cfg.stages}) > 1):
             raise InputError("a latent cache holds fixed clips of the input frames at one size",
@@ -304,7 +303,7 @@ def train_lrm(run: LRMRun) -> dict:
                 build_latent_cache(vae, run.scenes.cache_clips(train_scenes, model_cfg.num_frames, size.height,
                                                                size.width, cfg.seed), cache, seed=cfg.seed)
             trainer.accelerator.wait_for_everyone()
-        cached = ConcatDataset([LatentCacheDataset(c, vae=vae, num_frames=model_cfg.num_frames) for c in caches])
+        cached = latent_caches(caches, vae=vae, num_frames=model_cfg.num_frames)   # all yield depth, or none
         has_depth = any(d.signature.get("depth_stored") for d in cached.datasets)
 
         def train_data(index, stage):

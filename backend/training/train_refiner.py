@@ -28,7 +28,6 @@ from pathlib import Path
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import ConcatDataset
 
 from backend.detail import detail_layer
 from backend.errors import InputError
@@ -86,8 +85,9 @@ class RefinerObjective:
         with torch.no_grad():
             local = self.lalrm.predict_gaussians(batch["latents"][b], inputs, prune_opacity=self.config.prune_opacity,
                                                  max_count=self.config.max_gaussians)
-        detail, keep, _ = detail_layer(local, frames[0].permute(1, 2, 0).float(), inputs[0], refiner)
-        return Gaussians.cat([local.to("cpu")[keep], detail]), cams, norm
+        # the detail layer is built on the CPU (its photo moved there too, the frames may be on CUDA); so is keep
+        detail, keep, _ = detail_layer(local, frames[0].permute(1, 2, 0).float().cpu(), inputs[0], refiner)
+        return Gaussians.cat([local.to("cpu")[keep.cpu()], detail.to("cpu")]), cams, norm
 
     def __call__(self, model: nn.Module, batch: dict, stage: dict) -> dict[str, Tensor]:
         total: dict[str, Tensor] = {}
@@ -119,31 +119,34 @@ def frozen_lalrm(model_dir: Path) -> tuple[LaLRM, ModelConfig]:
     return lalrm, read_config(model_dir)
 
 
+def init_file(init: str) -> Path:
+    """--init as a refiner file: the path itself, or a model folder's refiner.safetensors."""
+    from backend.models.model_dir import REFINER_FILE
+    path = Path(init)
+    return path / REFINER_FILE if path.is_dir() else path
+
+
 def initial_refiner(config: RefinerConfig, init: str | None) -> Refiner:
     """A fresh (zero-output) refiner, or the one in `init` (a refiner .safetensors or a model folder)."""
     if init is None:
         return Refiner(config)
-    from backend.models.model_dir import REFINER_FILE
-    path = Path(init)
-    path = path / REFINER_FILE if path.is_dir() else path
+    path = init_file(init)
     refiner = Refiner.from_pretrained(path)
     if refiner.config != config:
         raise InputError(f"--init {path} holds a refiner of config {refiner.config.to_dict()}, not the one asked for",
-                         "leave out --refiner-config to continue with the file's config")
+                         "leave out --model-config to continue with the file's config")
     return refiner.train()
 
 
 def cache_datasets(paths: list[str], vae, num_frames: int):
     """The latent caches, each checked to store frames (the detail layer's photo and the targets)."""
-    from backend.data.latent_cache import LatentCacheDataset
-    sets = []
-    for path in paths:
-        data = LatentCacheDataset(path, vae=vae, num_frames=num_frames)
+    from backend.data.latent_cache import latent_caches
+    caches = latent_caches(paths, vae=vae, num_frames=num_frames)   # all yield depth (zeros: none), or none
+    for path, data in zip(paths, caches.datasets):
         if not data.signature.get("frames_stored"):
             raise InputError(f"latent cache {path} stores no frames, and the refiner needs them (photo, targets)",
                              "use a cache built from scene folders by train-lrm --latent-cache (frames are stored)")
-        sets.append(data)
-    return ConcatDataset(sets)
+    return caches
 
 
 def train_refiner(run: RefinerRun) -> dict:
