@@ -46,6 +46,11 @@ def bench_checkpoints(monkeypatch):
     return load_benchmark("bench_checkpoints", monkeypatch)
 
 
+@pytest.fixture
+def bench_scene_scale(monkeypatch):
+    return load_benchmark("bench_scene_scale", monkeypatch)
+
+
 @pytest.fixture(scope="module")
 def bench_models():
     with pytest.MonkeyPatch.context() as monkeypatch:

@@ -186,8 +186,7 @@ def test_a_model_folder_states_its_scene_scale_and_older_folders_read_as_path():
     assert "update the backend" in error.value.hint
 
 
-def test_bench_scene_scale_reports_the_spread_in_metres_and_in_units_of_the_move(tmp_path, monkeypatch, capsys):
-    from conftest import load_benchmark
+def test_bench_scene_scale_reports_the_spread_in_metres_and_in_units_of_the_move(tmp_path, capsys, bench_scene_scale):
     for i, wall in enumerate((2.0, 4.0)):      # the same move (0.8 units), rooms of two sizes
         write_scene(tmp_path / f"scene{i}")
         (tmp_path / f"scene{i}" / "depth").mkdir()
@@ -199,7 +198,7 @@ def test_bench_scene_scale_reports_the_spread_in_metres_and_in_units_of_the_move
     (tmp_path / "pan" / "cameras.json").write_text(json.dumps(cameras))
     (tmp_path / "pan" / "depth").mkdir()
     np.save(tmp_path / "pan" / "depth" / "0000.npy", np.full((64, 96), 50.0, np.float32))
-    assert load_benchmark("bench_scene_scale", monkeypatch).main(["--data", str(tmp_path)]) == 0
+    assert bench_scene_scale.main(["--data", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "2 scenes" in out and "1 skipped" in out and "median 0.8 m" in out
     rows = {line.split("|")[1].strip(): line.split("|")[2:5] for line in out.splitlines() if line.startswith("| ")}
