@@ -45,6 +45,11 @@ def _row(cells) -> str:
     return "| " + " | ".join(str(c).replace("|", "/") for c in cells) + " |"
 
 
+def _table(header: tuple, rows) -> list[str]:
+    """A Markdown table's lines: the header, its rule, one line per row of cells."""
+    return [_row(header), _row(["---"] * len(header)), *map(_row, rows)]
+
+
 def render_card(data: dict) -> str:
     furniture = [a for a in data["assets"] if not a["id"].startswith(("hdri:", "picture:"))]
     hdris = [a for a in data["assets"] if a["id"].startswith("hdri:")]
@@ -68,27 +73,24 @@ def render_card(data: dict) -> str:
     else:  # generator version 1 uses no external asset
         lines += ["Procedural furniture only" + (" (generator version 1)." if v1_only else ".")]
     if data["catalogs"]:
-        lines += ["", _row(("catalogue file", "name", "version", "licence", "models usable", "skipped")),
-                  _row(["---"] * 6)]
-        lines += [_row((c["file"], c["name"], c["version"], c["license"], c["models_used"], c["models_skipped"]))
-                  for c in data["catalogs"]]
+        lines += ["", *_table(("catalogue file", "name", "version", "licence", "models usable", "skipped"),
+                              ((c["file"], c["name"], c["version"], c["license"], c["models_used"],
+                                c["models_skipped"]) for c in data["catalogs"]))]
     if furniture:
-        lines += ["", _row(("model", "id", "creator", "catalogue", "licence", "split", "scenes")),
-                  _row(["---"] * 7)]
-        lines += [_row((a["name"], a["id"], a["creator"], a["catalog_file"], a["license"], a["split"],
-                        a["scenes"])) for a in furniture]
+        lines += ["", *_table(("model", "id", "creator", "catalogue", "licence", "split", "scenes"),
+                              ((a["name"], a["id"], a["creator"], a["catalog_file"], a["license"], a["split"],
+                                a["scenes"]) for a in furniture))]
     lines += ["", f"## HDRIs ({len(hdris)})", ""]
     if hdris:
-        lines += [_row(("file", "source", "creator", "licence", "split", "scenes")), _row(["---"] * 6)]
-        lines += [_row((a["file"], a["source"], a["creator"], a["license"], a["split"], a["scenes"]))
-                  for a in hdris]
+        lines += _table(("file", "source", "creator", "licence", "split", "scenes"),
+                        ((a["file"], a["source"], a["creator"], a["license"], a["split"], a["scenes"]) for a in hdris))
     else:
         lines += ["None (generator version 1's uniform sky)." if v1_only else "None."]
     lines += ["", f"## Framed photographs ({len(pictures)})", ""]
     if pictures:
-        lines += [_row(("file", "copyright", "licence", "credits from", "split", "scenes")), _row(["---"] * 6)]
-        lines += [_row((a["file"], a["creator"], a["license"], a["source"], a["split"], a["scenes"]))
-                  for a in pictures]
+        lines += _table(("file", "copyright", "licence", "credits from", "split", "scenes"),
+                        ((a["file"], a["creator"], a["license"], a["source"], a["split"], a["scenes"])
+                         for a in pictures))
     else:
         lines += ["None (`--pictures` was not given)."]
     return "\n".join(lines) + "\n"
