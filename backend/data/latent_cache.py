@@ -195,15 +195,15 @@ class LatentCacheDataset(Dataset):
     given, must match what the cache was built with; a mismatch is an InputError that says to rebuild.
     A model is also checked by its weights fingerprint and scaling factor.
 
-    depth: None = "depth" only when the cache stores it; True = always, all zeros (no depth: the depth term
-    skips it, like ClipDataset's scenes without depth/) when the cache stores none, so that caches of both
-    kinds mix in one run (`latent_caches`: the items of one batch must have the same keys).
+    `pad_depth` (set by `latent_caches`): yield "depth" even when the cache stores none, all zeros (no depth:
+    the depth term skips it, like ClipDataset's scenes without depth/), so that caches of both kinds mix in
+    one run (the items of one batch must have the same keys). Off, "depth" comes only from caches that store it.
     """
 
     def __init__(self, path, vae: AutoencoderKLCogVideoX | Mapping | None = None, num_frames: int | None = None,
-                 height: int | None = None, width: int | None = None, depth: bool | None = None):
+                 height: int | None = None, width: int | None = None):
         self.path = Path(path)
-        self.depth = depth
+        self.pad_depth = False
         rebuild = "build it with backend.data.latent_cache.build_latent_cache (an interrupted build resumes)"
         try:
             manifest = json.loads((self.path / MANIFEST).read_text(encoding="utf-8"))
@@ -253,7 +253,7 @@ class LatentCacheDataset(Dataset):
             item["frames"] = tensors["frames"].float() / 255.0
         if "depth" in tensors:
             item["depth"] = tensors["depth"]
-        elif self.depth:
+        elif self.pad_depth:
             item["depth"] = torch.zeros(self.num_frames, self.height, self.width)
         return item
 
@@ -265,5 +265,5 @@ def latent_caches(paths, vae: AutoencoderKLCogVideoX | Mapping | None = None, nu
     sets = [LatentCacheDataset(p, vae=vae, num_frames=num_frames) for p in paths]
     with_depth = any(d.signature.get("depth_stored") for d in sets)
     for data in sets:
-        data.depth = with_depth
+        data.pad_depth = with_depth
     return ConcatDataset(sets)
