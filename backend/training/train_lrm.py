@@ -47,7 +47,7 @@ from backend.models.lalrm import LaLRM, LaLRMConfig
 from backend.models.model_dir import load_vae, write_vae_if_missing
 from backend.models.weights import named_or_file_config
 from backend.plucker import plucker_embedding
-from backend.render import DIFFERENTIABLE_BACKENDS, render
+from backend.render import DIFFERENTIABLE_BACKENDS, RenderOutput, render
 from backend.training.engine import Trainer, TrainConfig, image_validator
 from backend.training.losses import LossWeights, ReconstructionLoss
 
@@ -99,6 +99,14 @@ def clip_cameras(K: Tensor, c2w: Tensor, width: int, height: int, input_index: l
     frame (inference's rule); world lengths (depth maps) divide by the normalization's scale."""
     inputs, norm = normalize(CameraBatch(K[input_index], c2w[input_index], width, height))
     return inputs, norm.cameras_to_normalized(CameraBatch(K, c2w.detach(), width, height)), norm
+
+
+def depth_term_inputs(out: RenderOutput, depth: Tensor, norm: Normalization) -> tuple[Tensor, Tensor, Tensor]:
+    """(rendered depth, alpha, target) of the rendered views for ReconstructionLoss's depth term: their depth
+    maps [V, H, W] (world units, 0 = invalid) at the render's size, in the normalized frame."""
+    h, w = out.depth.shape[1:3]
+    truth = resize_depth(depth, h, w) / norm.scale
+    return out.depth[..., 0], out.alpha[..., 0], truth.to(out.depth.device)
 
 
 def predict_clip_gaussians(forward, lalrm: LaLRM, config: LaLRMConfig, latents: Tensor,
@@ -158,10 +166,8 @@ class LaLRMObjective:
             views = torch.randperm(available)[:self.data.views].sort().values
             target = resize_frames(batch["frames"][b, views].float(), rh, rw)
             out = render(g, cams[b][1][views.tolist()], width=rw, height=rh, backend=self.data.renderer)
-            depth = None
-            if "depth" in batch and self.loss.weights.depth > 0:
-                truth = resize_depth(batch["depth"][b, views], rh, rw) / cams[b][2].scale
-                depth = (out.depth[..., 0], out.alpha[..., 0], truth.to(out.depth.device))
+            depth = depth_term_inputs(out, batch["depth"][b, views], cams[b][2]) \
+                if "depth" in batch and self.loss.weights.depth > 0 else None
             for name, value in self.loss(out.rgb.permute(0, 3, 1, 2), target, g, depth).items():
                 total[name] = total.get(name, 0) + value / len(gaussians)
         return total

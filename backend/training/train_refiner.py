@@ -34,13 +34,12 @@ from backend.errors import InputError
 from backend.gaussians import Gaussians
 from backend.models.config import ModelConfig
 from backend.models.lalrm import LaLRM
-from backend.models.model_dir import LALRM_FILE, load_vae, read_config, write_refiner
+from backend.models.model_dir import LALRM_FILE, REFINER_FILE, load_vae, read_config, write_refiner
 from backend.models.refiner import Refiner, RefinerConfig
 from backend.render import DIFFERENTIABLE_BACKENDS, render
 from backend.training.engine import Trainer, TrainConfig
 from backend.training.losses import LossWeights, ReconstructionLoss
-from backend.training.train_lrm import clip_cameras
-from backend.data.depth import resize_depth
+from backend.training.train_lrm import clip_cameras, depth_term_inputs
 
 log = logging.getLogger(__name__)
 
@@ -100,11 +99,8 @@ class RefinerObjective:
             target = batch["frames"][b, views].float()
             device = target.device
             out = render(g.to(device), cams[views.tolist()].to(device), backend=self.renderer)
-            depth = None
-            if "depth" in batch and self.loss.weights.depth > 0:
-                h, w = target.shape[-2:]
-                truth = resize_depth(batch["depth"][b, views], h, w) / norm.scale
-                depth = (out.depth[..., 0], out.alpha[..., 0], truth.to(out.depth.device))
+            depth = depth_term_inputs(out, batch["depth"][b, views], norm) \
+                if "depth" in batch and self.loss.weights.depth > 0 else None
             for name, value in self.loss(out.rgb.permute(0, 3, 1, 2), target, None, depth).items():
                 total[name] = total.get(name, 0) + value / count
         return total
@@ -121,7 +117,6 @@ def frozen_lalrm(model_dir: Path) -> tuple[LaLRM, ModelConfig]:
 
 def init_file(init: str) -> Path:
     """--init as a refiner file: the path itself, or a model folder's refiner.safetensors."""
-    from backend.models.model_dir import REFINER_FILE
     path = Path(init)
     return path / REFINER_FILE if path.is_dir() else path
 
