@@ -142,11 +142,11 @@ def read_refiner(directory: str | Path) -> Refiner | None:
 
 def write_model(directory: str | Path, config: ModelConfig, vae, transformer, scheduler, lalrm,
                 refiner: Refiner | None = None) -> None:
+    """The whole model folder; without a refiner, one that the folder held is removed (the manifest's key first,
+    in the same atomic write as the config, then refiner.safetensors), so the folder is the model given."""
     write_vae(directory, vae)
     write_video(directory, transformer, scheduler)
     write_lalrm(directory, lalrm)
-    """The whole model folder; without a refiner, one that the folder held is removed (the manifest's key first,
-    in the same atomic write as the config, then refiner.safetensors), so the folder is the model given."""
     if refiner is not None:
         write_refiner(directory, refiner)
     _write_manifest(Path(directory), remove=() if refiner is not None else ("refiner",),
