@@ -312,13 +312,16 @@ class Normalization:
                            batch.width, batch.height, list(batch.frames))
 
 
-def normalize(batch: CameraBatch, radius: float = SCALE_RADIUS) -> tuple[CameraBatch, Normalization]:
+def normalize(batch: CameraBatch, radius: float = SCALE_RADIUS, by_path: bool = True
+              ) -> tuple[CameraBatch, Normalization]:
     """Poses relative to camera 0, scaled so the trajectory has a fixed size.
 
     The rule (training and inference must agree, the ray-distance head's near/far are in these units):
       c2w_i' = c2w_0⁻¹ · c2w_i (camera 0 becomes the identity), then every translation is divided by
       s = max_i |t_i'| / radius, the largest distance of any camera centre from camera 0 mapped to
       `radius`; s = 1 when that distance is below 1e-6 world units (pure rotation, single camera).
+    `by_path=False` keeps the world's unit (s = 1 always): the frame of a metric-scale LaLRM
+    (ModelConfig.scene_scale "metric"), where a 0.25 m dolly stays 0.25 units long.
     Computed in float64; returns the batch's dtype and device and the Normalization that undoes it.
     """
     if not radius > 0:
@@ -326,7 +329,8 @@ def normalize(batch: CameraBatch, radius: float = SCALE_RADIUS) -> tuple[CameraB
     c2w = batch.c2w.cpu().double()
     rel = _rigid_inverse(c2w[0]) @ c2w
     distance = torch.linalg.norm(rel[:, :3, 3], dim=-1).max().item()
-    normalization = Normalization(c2w0=c2w[0].clone(), scale=distance / radius if distance >= MIN_TRANSLATION else 1.0)
+    scale = distance / radius if by_path and distance >= MIN_TRANSLATION else 1.0
+    normalization = Normalization(c2w0=c2w[0].clone(), scale=scale)
     normalized = normalization.cameras_to_normalized(batch)
     normalized.c2w[0] = torch.eye(4, dtype=normalized.c2w.dtype)  # exactly, not up to rounding
     return normalized, normalization

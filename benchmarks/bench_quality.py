@@ -102,7 +102,7 @@ def gt_latents_method(pipe: WonderlandPipeline, seed: int, device: torch.device)
             crop, fitted, _ = model_inputs(pipe, scene.image(i), cameras)
             pixels.append(torch.from_numpy(crop).permute(2, 0, 1))
         video = torch.stack(pixels)[None]                                         # [1, F, 3, H, W]
-        cams_norm, normalization = normalize(fitted)
+        cams_norm, normalization = normalize(fitted, by_path=pipe.config.lalrm_by_path)
         generator = torch.Generator(device=device).manual_seed(seed)
         with torch.no_grad():
             latents = encode_video(pipe.vae, video, generator).to(pipe.lalrm.dtype)

@@ -174,16 +174,81 @@ def test_train_lrm_with_depth_weight_stores_depth_in_the_latent_cache_and_logs_t
 
 
 def test_a_model_folder_states_its_scene_scale_and_older_folders_read_as_path():
-    from backend.models.config import ModelConfig
+    from backend.models.config import SCENE_SCALES, ModelConfig
     from backend.models.model_dir import read_manifest
     from backend.pipelines.wonderland import DEFAULT_MODEL, SHIPPED_DIR
     manifest = read_manifest(SHIPPED_DIR / DEFAULT_MODEL)
-    assert manifest["scene_scale"] == "path" and ModelConfig.from_dict(manifest).scene_scale == "path"
+    assert manifest["scene_scale"] in SCENE_SCALES
+    assert ModelConfig.from_dict(manifest).scene_scale == manifest["scene_scale"]
     older = {k: v for k, v in manifest.items() if k != "scene_scale"}
     assert ModelConfig.from_dict(older).scene_scale == "path"
-    with pytest.raises(InputError, match="'scene_scale' is \"metric\", this backend knows path") as error:
-        ModelConfig.from_dict({**manifest, "scene_scale": "metric"})
-    assert "update the backend" in error.value.hint
+    with pytest.raises(InputError, match="'scene_scale' is \"feet\", this backend knows path, metric") as error:
+        ModelConfig.from_dict({**manifest, "scene_scale": "feet"})
+    assert "train-lrm --scene-scale" in error.value.hint
+
+
+def test_a_metric_lalrm_learns_the_wall_in_world_units(tmp_path):
+    """scene_scale "metric": the clip keeps the world's unit (s = 1, the cameras 1 unit apart), and the depth
+    term pulls the rendered depth to the wall at WALL itself, not WALL / path length."""
+    batch = collate([WallClips()[0]])
+    inputs, _, norm = clip_cameras(batch["K"][0], batch["c2w"][0], 32, 32, list(range(5)), by_path=False)
+    assert norm.scale == 1.0 and torch.allclose(inputs.c2w[:, 0, 3], STEP * torch.arange(5.0))
+    config = TrainConfig(output_dir=str(tmp_path / "run"), max_steps=25, lr=1e-2, lr_min=1e-3, weight_decay=0.0,
+                         checkpoint_every=0, seed=0)
+    torch.manual_seed(0)
+    trainer = Trainer(config, lambda: LaLRM(MICRO5))
+    objective = LaLRMObjective(trainer.unwrapped_model, ReconstructionLoss(LossWeights(perceptual=0, opacity=0,
+                               depth=1.0)), LRMData(views=2, renderer="torch", scene_scale="metric"))
+    trainer.fit(WallClips(), objective, collate_fn=collate)
+    with torch.no_grad():
+        g = predict_clip_gaussians(trainer.unwrapped_model, trainer.unwrapped_model, MICRO5, batch["latents"],
+                                   [inputs])[0]
+        out = render(g, inputs[[0]], backend="torch")
+    z = out.depth[0, ..., 0][out.alpha[0, ..., 0] > 0.01]
+    assert abs(float(z.median()) / WALL - 1) < 0.25, float(z.median())   # path-normalized it would be 1.5
+    with pytest.raises(InputError, match="scene scale 'feet' is unknown"):
+        LRMData(scene_scale="feet")
+
+
+def test_train_lrm_exports_the_frame_it_trained_in_and_generate_uses_it(tmp_path):
+    """--scene-scale metric reaches wonderland.json; a metric model's Gaussians keep the world's unit, so twice
+    the move is not twice the scene, where a path model's scene grows with the move exactly."""
+    import dataclasses
+
+    from backend.cameras import CameraBatch
+    from backend.models.model_dir import read_manifest, write_vae
+    from backend.pipelines.wonderland import generate, load_pipeline
+
+    for i in range(2):
+        write_scene(tmp_path / "data" / f"scene{i}", seed=i)
+    write_vae(tmp_path / "model", load_pipeline("tiny").vae)
+    assert train_lrm_cli("--data", tmp_path / "data", "--out", tmp_path / "run", "--model-config", "tiny",
+                         "--vae", tmp_path / "model", "--steps", "1", "--views", "2", "--stride", "1", "1",
+                         "--perceptual-weight", "0", "--val-fraction", "0", "--checkpoint-every", "0",
+                         "--scene-scale", "metric", "--export", tmp_path / "model") == 0
+    assert read_manifest(tmp_path / "model")["scene_scale"] == "metric"
+
+    tiny = load_pipeline("tiny")
+    c2w = torch.eye(4).repeat(3, 1, 1)
+    c2w[:, 0, 3] = torch.tensor([0.0, 0.2, 0.4])
+    K = torch.tensor([[80.0, 0, 48], [0, 80, 32], [0, 0, 1]]).repeat(3, 1, 1)
+    image = np.random.default_rng(0).random((64, 96, 3), dtype=np.float32)
+
+    def means(pipe, move: float):
+        moved = c2w.clone()
+        moved[:, :3, 3] *= move
+        cams = CameraBatch(K, moved, 96, 64)
+        result = generate(pipe, image, cams, preview_count=0, detail_size=0, prune_opacity=0)
+        return result.gaussians.means, result.info
+
+    path1, _ = means(tiny, 1.0)
+    path2, info = means(tiny, 2.0)
+    assert info["scene_scale"] == "path" and torch.allclose(path2, 2 * path1, atol=1e-4)
+    metric = dataclasses.replace(tiny, config=dataclasses.replace(tiny.config, scene_scale="metric"))
+    metric1, _ = means(metric, 1.0)
+    metric2, info = means(metric, 2.0)
+    assert info["scene_scale"] == "metric" and info["normalization_scale"] == 1.0
+    assert not torch.allclose(metric2, 2 * metric1, atol=1e-2)
 
 
 def test_bench_scene_scale_reports_the_spread_in_metres_and_in_units_of_the_move(tmp_path, capsys, bench_scene_scale):

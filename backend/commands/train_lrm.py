@@ -12,6 +12,7 @@ import json
 
 from backend.commands.training_options import add_training_arguments, data_options, run_training, train_config
 from backend.errors import InputError
+from backend.models.config import SCENE_SCALES
 from backend.render import DIFFERENTIABLE_BACKENDS
 
 DEFAULT_STAGES_HELP = ("progressive stages as JSON [[steps, height, width], ...] or [{\"steps\":..., \"height\":..., "
@@ -40,6 +41,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--renderer", choices=DIFFERENTIABLE_BACKENDS, default="auto",
                    help="supervision renders: auto = gsplat on CUDA, our torch rasterizer elsewhere; torch on CUDA "
                         "needs no gsplat build (a GPU machine without nvcc, or minutes saved on a short lease)")
+    p.add_argument("--scene-scale", choices=SCENE_SCALES, default="path",
+                   help="the frame the LaLRM learns in: path = normalized by the camera move (the paper's), "
+                        "metric = the data's own unit (metres in our synthetic scenes); --export writes it into "
+                        "the model folder's wonderland.json")
     p.add_argument("--perceptual-weight", type=float, default=0.5,
                    help="VGG-19 perceptual loss weight (needs --vgg19); 0 turns it off")
     p.add_argument("--vgg19", metavar="FILE.safetensors", help="torchvision vgg19 weights converted to safetensors")
@@ -80,7 +85,8 @@ def run(args: argparse.Namespace) -> int:
         stage_config(model, stage)  # a size the model cannot take is an InputError now, not hours later
     render_h, render_w = args.render_size or (None, None)
     data = LRMData(views=args.views, input_stride=args.input_stride, extra_frames=args.extra_frames,
-                   render_height=render_h, render_width=render_w, renderer=args.renderer)
+                   render_height=render_h, render_width=render_w, renderer=args.renderer,
+                   scene_scale=args.scene_scale)
     weights = LossWeights(perceptual=args.perceptual_weight, ssim=args.ssim_weight, scale=args.scale_weight,
                           opacity=args.opacity_weight, depth=args.depth_weight)
     return run_training(train_lrm, LRMRun(

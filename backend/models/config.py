@@ -17,10 +17,13 @@ from backend.models.weights import check_field_types
 
 CONFIG_FORMAT = "wonderland-model"
 CONFIG_VERSION = 1
-# How a model's scene gets its size (wonderland.json "scene_scale"; folders without the key are "path"):
-# "path" = the cameras are normalized by the move (backend.cameras.normalize), so the scene's size follows the
-# move's length, the paper's rule. Why the default keeps it, measured: backend/weights/default/MODEL_CARD.md.
-SCENE_SCALES = ("path",)
+# How a model's scene gets its size (wonderland.json "scene_scale"; folders without the key are "path"), i.e. the
+# frame the LaLRM reads cameras and places Gaussians in (backend.cameras.normalize):
+# "path" = normalized by the move, so the scene's size follows the move's length, the paper's rule;
+# "metric" = camera 0's frame in world units (a LaLRM trained on metric data: a short move stays short).
+# The video model's camera input is normalized by the move in both (the paper's conditioning: the shape of
+# the move, not its size). Which the default uses, and why, measured: backend/weights/default/MODEL_CARD.md.
+SCENE_SCALES = ("path", "metric")
 
 
 @dataclass
@@ -32,6 +35,11 @@ class ModelConfig:
     prune_opacity: float = 0.005       # drop nearly transparent Gaussians before writing
     max_gaussians: int | None = None   # cap on the written count (most opaque kept)
     scene_scale: str = "path"          # SCENE_SCALES
+
+    @property
+    def lalrm_by_path(self) -> bool:
+        """normalize(..., by_path=) for the LaLRM's cameras: False for a metric-scale model."""
+        return self.scene_scale == "path"
 
     def __post_init__(self) -> None:
         v, r = self.video, self.lalrm
@@ -85,8 +93,8 @@ class ModelConfig:
                              "or null for no cap")
         if d.get("scene_scale", "path") not in SCENE_SCALES:
             raise InputError(f"{source}: 'scene_scale' is {json.dumps(d['scene_scale'])[:40]}, this backend knows "
-                             f"{', '.join(SCENE_SCALES)}", "update the backend, or remove the key (\"path\": the "
-                             "scene's size follows the camera move)")
+                             f"{', '.join(SCENE_SCALES)}", "write the one the LaLRM was trained with (train-lrm "
+                             "--scene-scale); without the key it is \"path\": the scene's size follows the move")
         return cls(name=d["name"], video=VideoModelConfig.from_dict(d["video"]),
                    lalrm=LaLRMConfig.from_dict(d["lalrm"]), prune_opacity=d.get("prune_opacity", 0.005),
                    max_gaussians=d.get("max_gaussians"), scene_scale=d.get("scene_scale", "path"))

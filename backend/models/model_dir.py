@@ -115,10 +115,12 @@ def write_video(directory: str | Path, transformer: CameraControlledTransformer,
     _write_manifest(directory, video=transformer.config.to_dict())
 
 
-def write_lalrm(directory: str | Path, lalrm: LaLRM) -> None:
+def write_lalrm(directory: str | Path, lalrm: LaLRM, scene_scale: str = "path") -> None:
+    """The LaLRM and the frame it reads cameras in (ModelConfig.scene_scale: the model folder's, since the
+    LaLRM's training decides it)."""
     directory = Path(directory)
     lalrm.save_pretrained(directory / LALRM_FILE)
-    _write_manifest(directory, lalrm=lalrm.config.to_dict())
+    _write_manifest(directory, lalrm=lalrm.config.to_dict(), scene_scale=scene_scale)
 
 
 def write_refiner(directory: str | Path, refiner: Refiner) -> None:
@@ -146,7 +148,7 @@ def write_model(directory: str | Path, config: ModelConfig, vae, transformer, sc
     in the same atomic write as the config, then refiner.safetensors), so the folder is the model given."""
     write_vae(directory, vae)
     write_video(directory, transformer, scheduler)
-    write_lalrm(directory, lalrm)
+    write_lalrm(directory, lalrm, config.scene_scale)
     if refiner is not None:
         write_refiner(directory, refiner)
     _write_manifest(Path(directory), remove=() if refiner is not None else ("refiner",),

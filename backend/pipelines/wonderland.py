@@ -217,7 +217,8 @@ def generate(pipe: WonderlandPipeline, image: np.ndarray, cameras: CameraBatch, 
     t0 = time.perf_counter()
 
     pixels, fitted, info = model_inputs(pipe, image, cameras)
-    cams_norm, normalization = normalize(fitted)
+    cams_norm, _ = normalize(fitted)                  # the video model's cameras: normalized by the move
+    cams_lrm, normalization = normalize(fitted, by_path=cfg.lalrm_by_path)   # the LaLRM's (scene_scale)
     generator = torch.Generator(device=device).manual_seed(seed)
     progress("encode", 0, 1)
     with torch.no_grad():
@@ -246,7 +247,7 @@ def generate(pipe: WonderlandPipeline, image: np.ndarray, cameras: CameraBatch, 
     progress("reconstruct", 0, 1)
     with torch.no_grad(), placed(pipe.lalrm):
         local = pipe.lalrm.predict_gaussians(
-            latents[0], cams_norm, prune_opacity=cfg.prune_opacity if prune_opacity is None else prune_opacity,
+            latents[0], cams_lrm, prune_opacity=cfg.prune_opacity if prune_opacity is None else prune_opacity,
             max_count=cfg.max_gaussians if max_gaussians is None else max_gaussians)
     model_count = len(local)
     info["detail"] = {"size": None, "count": 0, "culled": 0, "refiner": False}
@@ -255,7 +256,7 @@ def generate(pipe: WonderlandPipeline, image: np.ndarray, cameras: CameraBatch, 
         width, height = detail_grid(box, cfg.size, detail_size)
         photo = torch.from_numpy(crop_resize(image, box, width, height))
         with torch.no_grad():
-            detail, keep, info["detail"] = detail_layer(local, photo, cams_norm[0], pipe.refiner)
+            detail, keep, info["detail"] = detail_layer(local, photo, cams_lrm[0], pipe.refiner)
         local = Gaussians.cat([local.to(torch.float32)[keep.to(local.device)], detail.to(local.device)])
     with torch.no_grad():
         gaussians = normalization.gaussians_to_world(local).detach().to(dtype=torch.float32)
@@ -274,7 +275,7 @@ def generate(pipe: WonderlandPipeline, image: np.ndarray, cameras: CameraBatch, 
     previews = render_previews(gaussians, cameras, preview_count, preview_size,
                                lambda stage, i, n: progress(stage, i + offset, n + offset), check)
     timings["render"] = time.perf_counter() - t3
-    info.update({"steps": steps, "seed": seed, "normalization_scale": normalization.scale,
+    info.update({"steps": steps, "seed": seed, "normalization_scale": normalization.scale, "scene_scale": cfg.scene_scale,
                  "count": len(gaussians),
                  "model_count": model_count, "timings_s": {k: round(v, 3) for k, v in timings.items()}})
     return GenerateResult(gaussians.to("cpu"), previews, video, info)

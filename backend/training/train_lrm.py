@@ -6,7 +6,8 @@ One step, per clip of the batch:
    encodes the frames on the fly (random clips and crops) under no_grad. Latents are scaled like the
    sampler's. `--init` starts from trained weights (fine-tuning on generated latents).
 2. The input cameras are normalized with backend.cameras.normalize (camera 0 = identity, largest camera
-   distance = 1), the rule inference uses; every other frame of the clip goes through the same map.
+   distance = 1; with `scene_scale` "metric" the world's unit is kept), the rule inference uses for a model
+   folder of that scene_scale; every other frame of the clip goes through the same map.
 3. The LaLRM predicts one Gaussian per output pixel per input frame (normalized frame).
 4. `views` supervision frames are drawn from the whole clip and rendered (backend.render.render) at the
    stage's render size; the targets are the ground-truth frames at that size.
@@ -43,6 +44,7 @@ from backend.cameras import CameraBatch, Normalization, normalize
 from backend.data.depth import resize_depth
 from backend.data.scenes import DataOptions
 from backend.errors import InputError
+from backend.models.config import SCENE_SCALES
 from backend.models.lalrm import LaLRM, LaLRMConfig
 from backend.models.model_dir import load_vae, write_vae_if_missing
 from backend.models.weights import named_or_file_config
@@ -63,11 +65,14 @@ class LRMData:
     render_height: int | None = None   # default: the stage's (or model's) pixel size
     render_width: int | None = None
     renderer: str = "auto"             # backend.render's backend for the supervision renders
+    scene_scale: str = "path"          # the LaLRM's frame (backend.models.config.SCENE_SCALES)
 
     def __post_init__(self) -> None:
         if self.views < 1 or self.input_stride < 1 or self.extra_frames < 0:
             raise InputError(f"views {self.views}, input stride {self.input_stride}, extra frames "
                              f"{self.extra_frames}", "use views >= 1, input stride >= 1, extra frames >= 0")
+        if self.scene_scale not in SCENE_SCALES:
+            raise InputError(f"scene scale {self.scene_scale!r} is unknown", f"use one of {', '.join(SCENE_SCALES)}")
         if self.renderer not in DIFFERENTIABLE_BACKENDS:
             raise InputError(f"renderer {self.renderer!r} is unknown or cannot train (it gives no gradients)",
                              f"use one of {', '.join(DIFFERENTIABLE_BACKENDS)}")
@@ -93,11 +98,11 @@ def render_size(config: LaLRMConfig, stage: dict, data: LRMData) -> tuple[int, i
             int(stage.get("render_width", data.render_width or config.width)))
 
 
-def clip_cameras(K: Tensor, c2w: Tensor, width: int, height: int, input_index: list[int]
+def clip_cameras(K: Tensor, c2w: Tensor, width: int, height: int, input_index: list[int], by_path: bool = True
                  ) -> tuple[CameraBatch, CameraBatch, Normalization]:
     """(input cameras, all clip cameras, the normalization), the cameras in the input cameras' normalized
-    frame (inference's rule); world lengths (depth maps) divide by the normalization's scale."""
-    inputs, norm = normalize(CameraBatch(K[input_index], c2w[input_index], width, height))
+    frame (inference's rule; `by_path` as normalize's); world lengths (depth maps) divide by its scale."""
+    inputs, norm = normalize(CameraBatch(K[input_index], c2w[input_index], width, height), by_path=by_path)
     return inputs, norm.cameras_to_normalized(CameraBatch(K, c2w.detach(), width, height)), norm
 
 
@@ -152,7 +157,8 @@ class LaLRMObjective:
                              f"{config.height}×{config.width} (expects {config.latent_shape})",
                              "build the latent cache at the model's frame count and pixel size")
         height, width = batch["frames"].shape[-2:]
-        cams = [clip_cameras(batch["K"][b], batch["c2w"][b], int(width), int(height), index)
+        cams = [clip_cameras(batch["K"][b], batch["c2w"][b], int(width), int(height), index,
+                             self.data.scene_scale == "path")
                 for b in range(latents.shape[0])]
         return config, latents, cams
 
@@ -204,15 +210,17 @@ def final_config(base: LaLRMConfig, config: TrainConfig) -> LaLRMConfig:
     return stage_config(base, config.stages[-1]) if config.stages else base
 
 
-def export_lalrm(trainer: Trainer, base: LaLRMConfig, directory: str | Path, vae=None) -> LaLRM:
-    """write_lalrm(directory) with the trained (EMA when on) weights, and write_vae when the folder has no
-    VAE yet, so `generate --model directory` finds everything once the video part is there. All ranks call it."""
+def export_lalrm(trainer: Trainer, base: LaLRMConfig, directory: str | Path, vae=None,
+                 scene_scale: str = "path") -> LaLRM:
+    """write_lalrm(directory) with the trained (EMA when on) weights and the frame it was trained in, and
+    write_vae when the folder has no VAE yet, so `generate --model directory` finds everything once the video
+    part is there. All ranks call it."""
     from backend.models.model_dir import write_lalrm
     state = trainer.full_state_dict(ema=True)
     lalrm = LaLRM(final_config(base, trainer.config))
     lalrm.load_state_dict(state)
     if trainer.is_main:
-        write_lalrm(directory, lalrm)
+        write_lalrm(directory, lalrm, scene_scale)
         write_vae_if_missing(directory, vae)
     trainer.accelerator.wait_for_everyone()
     return lalrm
@@ -336,6 +344,6 @@ def train_lrm(run: LRMRun) -> dict:
                                   cfg.stages[-1] if cfg.stages else {})
     trainer.fit(train_data, objective, collate_fn=collate, validate_fn=validate)
     if run.export:
-        export_lalrm(trainer, model_cfg, run.export, vae)
+        export_lalrm(trainer, model_cfg, run.export, vae, data.scene_scale)
     trainer.end()
     return trainer.summary()

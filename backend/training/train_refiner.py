@@ -80,7 +80,7 @@ class RefinerObjective:
         frames = batch["frames"][b]
         height, width = frames.shape[-2:]
         inputs, cams, norm = clip_cameras(batch["K"][b], batch["c2w"][b], int(width), int(height),
-                                          list(range(frames.shape[0])))
+                                          list(range(frames.shape[0])), self.config.lalrm_by_path)
         with torch.no_grad():
             local = self.lalrm.predict_gaussians(batch["latents"][b], inputs, prune_opacity=self.config.prune_opacity,
                                                  max_count=self.config.max_gaussians)
