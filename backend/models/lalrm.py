@@ -20,7 +20,6 @@ GS-LRM rule "0.3 × scene extent" for a path of extent ~1 (gaussians.md).
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -34,8 +33,7 @@ from backend.cameras import CameraBatch
 from backend.errors import InputError
 from backend.gaussians import Gaussians
 from backend.heads import RAW_CHANNELS, gaussians_from_raw
-from backend.models.weights import config_from_dict, load_into, load_state_dict, read_metadata, \
-    save_state_dict
+from backend.models.weights import config_from_dict, header_config, load_into, load_state_dict, save_with_config
 from backend.plucker import pixel_rays, plucker_embedding
 
 PLUCKER_CHANNELS = 6
@@ -185,17 +183,6 @@ class LaLRMConfig:
     def from_dict(cls, data: Any) -> "LaLRMConfig":
         return config_from_dict(cls, data, source="LaLRM config")
 
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> "LaLRMConfig":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as error:
-            raise InputError(f"LaLRM config is not valid JSON: {error}") from error
-        return cls.from_dict(data)
-
 
 def gaussian_count(config: LaLRMConfig) -> int:
     """Gaussians per video before pruning: one per output pixel per frame (4,233,600 for the paper)."""
@@ -253,18 +240,16 @@ class LaLRM(nn.Module):
     # Weights with their config ----------------------------------------------------------------------
     def save_pretrained(self, path: str | os.PathLike) -> None:
         """One .safetensors file holding the weights and, in its header, the config."""
-        save_state_dict(self.state_dict(), path, metadata={CONFIG_METADATA_KEY: self.config.to_json()})
+        save_with_config(self, self.config.to_dict(), CONFIG_METADATA_KEY, path)
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, device: str | torch.device = "cpu",
                         dtype: torch.dtype | None = None) -> "LaLRM":
         """The model of a save_pretrained file, in eval mode (weights read once, no random init)."""
-        metadata = read_metadata(path)
-        if CONFIG_METADATA_KEY not in metadata:
-            raise InputError(f"{path} has no LaLRM config in its header",
-                             "save LaLRM weights with LaLRM.save_pretrained")
+        config = LaLRMConfig.from_dict(header_config(path, CONFIG_METADATA_KEY, "LaLRM",
+                                                     "save LaLRM weights with LaLRM.save_pretrained"))
         with torch.device("meta"):
-            model = cls(LaLRMConfig.from_json(metadata[CONFIG_METADATA_KEY]))
+            model = cls(config)
         load_into(model, load_state_dict(path, device=device), strict=True)
         return model.to(device=device, dtype=dtype).eval()
 

@@ -23,7 +23,6 @@ header), like the LaLRM.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 from dataclasses import dataclass
@@ -33,7 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from backend.errors import InputError
-from backend.models.weights import config_from_dict, load_into, load_state_dict, read_metadata, save_state_dict
+from backend.models.weights import config_from_dict, header_config, load_into, load_state_dict, save_with_config
 
 INPUT_CHANNELS = 8              # photo 3 + model render 3 + model alpha 1 + centred log depth 1
 OUTPUT_CHANNELS = 3             # log-depth residual, opacity logit offset, log-scale offset
@@ -90,20 +89,12 @@ class Refiner(nn.Module):
 
     def save_pretrained(self, path: str | os.PathLike) -> None:
         """One .safetensors file holding the weights and, in its header, the config."""
-        save_state_dict(self.state_dict(), path,
-                        metadata={CONFIG_METADATA_KEY: json.dumps(self.config.to_dict(), sort_keys=True)})
+        save_with_config(self, self.config.to_dict(), CONFIG_METADATA_KEY, path)
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike) -> "Refiner":
         """The refiner of a save_pretrained file, in eval mode, on the CPU."""
-        metadata = read_metadata(path)
-        if CONFIG_METADATA_KEY not in metadata:
-            raise InputError(f"{path} has no refiner config in its header",
-                             "export refiners with `python -m backend train-refiner … --export DIR`")
-        try:
-            data = json.loads(metadata[CONFIG_METADATA_KEY])
-        except json.JSONDecodeError as error:
-            raise InputError(f"{path}: the refiner config in its header is not valid JSON: {error}") from None
-        model = cls(RefinerConfig.from_dict(data))
+        model = cls(RefinerConfig.from_dict(header_config(
+            path, CONFIG_METADATA_KEY, "refiner", "export refiners with `python -m backend train-refiner … --export DIR`")))
         load_into(model, load_state_dict(path), strict=True)
         return model.eval()

@@ -119,6 +119,24 @@ def read_metadata(path: str | os.PathLike) -> dict[str, str]:
         return dict(f.metadata() or {})
 
 
+def save_with_config(module: nn.Module, config: Mapping[str, Any], key: str, path: str | os.PathLike) -> None:
+    """One .safetensors file holding a module's weights and, under `key` in its header, its config as JSON:
+    the file alone rebuilds the model (LaLRM.save_pretrained, Refiner.save_pretrained)."""
+    save_state_dict(module.state_dict(), path, metadata={key: json.dumps(dict(config), sort_keys=True)})
+
+
+def header_config(path: str | os.PathLike, key: str, what: str, hint: str) -> dict[str, Any]:
+    """The config a save_with_config file holds under `key`, parsed; an InputError that names `what` (e.g.
+    "LaLRM") and gives `hint` when the header has none or it is not JSON."""
+    metadata = read_metadata(path)
+    if key not in metadata:
+        raise InputError(f"{path} has no {what} config in its header", hint)
+    try:
+        return json.loads(metadata[key])
+    except json.JSONDecodeError as error:
+        raise InputError(f"{path}: the {what} config in its header is not valid JSON: {error}", hint) from None
+
+
 def _name_list(names: list[str]) -> str:
     shown = ", ".join(names[:_LISTED])
     return f"{len(names)} ({shown}{', ...' if len(names) > _LISTED else ''})"
