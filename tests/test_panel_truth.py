@@ -14,8 +14,8 @@ import torch
 from backend.cameras import CameraBatch
 from backend.pipelines.wonderland import model_inputs
 from wonderland_blender.intrinsics import model_crop
-from wonderland_blender.model_info import (ModelSpec, find_model_config, job_warnings, move_length, read_model_spec,
-                                           scale_text, weights_dirs)
+from wonderland_blender.model_info import (ModelSpec, find_model_config, job_scene_scale, job_warnings, move_length,
+                                           read_model_spec, scale_text, weights_dirs)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -84,3 +84,13 @@ def test_the_scale_line_measures_the_camera_move(tmp_path):
     assert move_length(tmp_path / "cameras.json") == pytest.approx(0.5)
     assert scale_text(0.5) == "Scale follows the camera move (0.5 units here): twice the move, twice the scene"
     assert "only turns" in scale_text(0.0)
+
+
+def test_the_scale_line_says_when_the_model_sizes_the_scene_in_metres(tmp_path):
+    meta = tmp_path / "meta.json"
+    assert job_scene_scale(meta) == "path"                        # no meta.json: the paper's rule
+    meta.write_text(json.dumps({"scene_scale": "metric"}))
+    assert job_scene_scale(meta) == "metric"
+    assert scale_text(0.25, "metric").startswith("Scale: metres") and "0.25 units" in scale_text(0.25, "metric")
+    meta.write_text(json.dumps({"model": "old"}))                 # older backends write no key
+    assert job_scene_scale(meta) == "path" and scale_text(0.5, "path").startswith("Scale follows the camera move")

@@ -76,14 +76,27 @@ def job_warnings(out_dir: Path, meta: str | None = None) -> list[str]:
 
 
 def move_length(cameras_json: str | os.PathLike) -> float:
-    """How far the job's camera moved from its first position (scene units). The backend scales the
-    trajectory to a fixed size and back, so this length sets the size of the scene it makes."""
+    """How far the job's camera moved from its first position (scene units). For a model of scene_scale
+    "path" the backend scales the trajectory to a fixed size and back, so this length sets the scene's size."""
     frames = json.loads(Path(cameras_json).read_text(encoding="utf-8"))["frames"]
     return relative_motion([frame["c2w"] for frame in frames])[0]
 
 
-def scale_text(length: float) -> str:
+def job_scene_scale(meta: str | os.PathLike) -> str:
+    """How the job's model sized the scene (meta.json's "scene_scale"): "metric" (the model's own metres) or
+    "path" (the paper's rule, and what a meta.json without the key, or none, means)."""
+    try:
+        value = json.loads(Path(meta).read_text(encoding="utf-8")).get("scene_scale", "path")
+    except (OSError, ValueError, AttributeError):
+        return "path"
+    return value if value in ("path", "metric") else "path"
+
+
+def scale_text(length: float, scene_scale: str = "path") -> str:
     """The panel's line on where the result's scale comes from."""
+    if scene_scale == "metric":
+        return (f"Scale: metres, as the model learned rooms (the camera moved {length:.3g} units: a short move "
+                "stays short)")
     if length < 1e-6:
         return "Scale: the camera only turns, so the scene's size is arbitrary (no move to measure it by)"
     return f"Scale follows the camera move ({length:.3g} units here): twice the move, twice the scene"

@@ -25,7 +25,7 @@ from bpy.props import FloatProperty, StringProperty
 from .display import solid_view_note
 from .housekeeping import RESULT_KEY, clean_job_folders, note_job_folder, retire_previous_results, used_paths
 from .job import Job, JobState, build_command, stage_progress
-from .model_info import job_warnings, move_length
+from .model_info import job_scene_scale, job_warnings, move_length
 from .plyio import PlyError, read_ply
 from .pointcloud import create_object
 from .preferences import (SOURCE_ROOT, WonderlandPreferences, get_preferences, output_root,
@@ -288,6 +288,7 @@ def _import_result(context, job: Job) -> str:
     retired = retire_previous_results(context, obj)
     settings.last_warnings = "\n".join(job_warnings(job.out_dir, final.get("meta")))
     settings.last_move_length = length
+    settings.last_scene_scale = job_scene_scale(final.get("meta") or job.out_dir / "meta.json")
     settings.last_result_path = str(final["ply"])
     settings.last_count = len(result.splats)
     settings.last_seconds = job.seconds

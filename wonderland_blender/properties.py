@@ -52,7 +52,11 @@ class WonderlandSceneSettings(bpy.types.PropertyGroup):
     last_seconds: FloatProperty(name="Seconds", min=0.0, default=0.0)
     last_error: StringProperty(name="Last Error")
     last_move_length: FloatProperty(name="Camera Move", min=0.0, default=0.0,
-                                    description="How far the last result's camera moved: it sets the scene's size")
+                                    description="How far the last result's camera moved: it sets the scene's size "
+                                                "unless the model is metric")
+    last_scene_scale: StringProperty(name="Scene Scale", default="path",
+                                     description="How the last result's model sized the scene: path (by the camera "
+                                                 "move) or metric (metres it learned)")
     last_warnings: StringProperty(name="Backend Warnings", description="The last job's warnings, one a line")
 
 

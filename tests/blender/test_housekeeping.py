@@ -35,6 +35,7 @@ def test_regenerating_hides_the_previous_result_and_shows_backend_warnings(job_s
     assert scene.wonderland.last_warnings.startswith("--model tiny has no trained weights")  # stderr's warning
     assert "aspect" not in scene.wonderland.last_warnings  # picture and camera are both 64×48
     assert scene.wonderland.last_move_length == pytest.approx(0.3, abs=1e-5)  # the camera's x went 0 → 0.3
+    assert scene.wonderland.last_scene_scale == "path"   # meta.json's: the tiny model sizes by the move
     scene.render.resolution_x = 96  # a 2:1 camera for a 4:3 picture: the backend crops and says so
     assert bpy.ops.wonderland.generate(extra_args=FAST_PREVIEWS) == {'FINISHED'}
     second = next(o for o in scene.objects if RESULT_KEY in o and o != first)
@@ -117,3 +118,23 @@ def test_a_new_job_folder_is_noted_as_made_in_this_session(generate_ops, tmp_pat
     assert old.is_dir()
 
 
+
+
+def test_a_metric_models_result_says_its_scale_is_metres(job_scene, tmp_path):
+    """The panel's scale line follows the job's meta.json: a model folder of scene_scale "metric" (the tiny
+    model's weights, written as a folder) gives "metric", and its line speaks of metres, not the move."""
+    import dataclasses
+
+    from backend.models.model_dir import write_model
+    from backend.pipelines.wonderland import load_pipeline
+    from wonderland_blender.model_info import scale_text
+
+    tiny = load_pipeline("tiny")
+    folder = tmp_path / "metric-model"
+    write_model(folder, dataclasses.replace(tiny.config, scene_scale="metric"), tiny.vae, tiny.transformer,
+                tiny.scheduler, tiny.lalrm)
+    job_scene.wonderland.model = str(folder)
+    assert bpy.ops.wonderland.generate(extra_args=FAST_PREVIEWS) == {'FINISHED'}
+    settings = job_scene.wonderland
+    assert settings.last_scene_scale == "metric"
+    assert scale_text(settings.last_move_length, settings.last_scene_scale).startswith("Scale: metres")
