@@ -298,6 +298,30 @@ def test_frozen_base_trains_only_the_camera_branches(tmp_path, scenes):
     assert 0 < drift.max() < 0.05
 
 
+def test_train_base_trains_the_base_weights(tmp_path, scenes):
+    """--train-base: the base's own weights train beside the camera branches (peft's LoRA injection freezes
+    them, so the trainer must unfreeze them), and without it they stay as they were."""
+    from backend.commands import train_video
+    from backend.models.model_dir import write_vae, write_video
+    from backend.models.weights import load_state_dict
+    from backend.training.train_video import build_transformer
+    config = small_config()
+    assert all(p.requires_grad for p in build_transformer(config, None, True).base_parameters())
+    assert not any(p.requires_grad for p in build_transformer(config, None, False).base_parameters())
+    (tmp_path / "small.json").write_text(json.dumps(config.to_dict()))
+    torch.manual_seed(0)
+    write_video(tmp_path / "init", CameraControlledTransformer(config).float(), build_scheduler(config))
+    write_vae(tmp_path / "init", build_vae(config))
+    assert run_command(train_video, ["--data", scenes, "--model-config", tmp_path / "small.json", "--train-base",
+                                     "--init", tmp_path / "init", "--vae", tmp_path / "init", "--out", tmp_path / "run",
+                                     "--steps", 2, "--lr", 1e-3,
+                                     "--val-fraction", 0, "--export", tmp_path / "out"]) == 0
+    file = "transformer/diffusion_pytorch_model.safetensors"
+    before, after = load_state_dict(tmp_path / "init" / file), load_state_dict(tmp_path / "out" / file)
+    moved = [name for name in before if not torch.equal(before[name], after[name])]
+    assert "proj_out.weight" in moved and "transformer_blocks.0.attn1.to_q.weight" in moved, moved
+
+
 def test_init_starts_from_a_model_folders_video_model(tmp_path, scenes):
     """--init MODEL_DIR: base and camera branches start as the folder's (a run of one step at a negligible lr
     exports them unchanged); a folder of another config is refused with a hint."""

@@ -89,9 +89,8 @@ def build_transformer(config: VideoModelConfig, base: CogVideoXTransformer3DMode
     """The model to train: camera branches around `base` (random when None), float32; the base frozen
     unless `train_base`."""
     model = CameraControlledTransformer(config, base=base).float()
-    if not train_base:
-        for p in model.base_parameters():
-            p.requires_grad_(False)
+    for p in model.base_parameters():   # set both ways: peft's add_adapter freezes every weight but the LoRA's
+        p.requires_grad_(train_base)
     if gradient_checkpointing:
         model.base.enable_gradient_checkpointing()
     return model
