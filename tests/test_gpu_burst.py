@@ -86,6 +86,7 @@ def test_pack_run_unpack_round_trip_on_the_cpu(tmp_path):
     assert "bench_checkpoints.py --model" in result.stdout
     pipe = load_pipeline(str(model))
     default = load_pipeline("default")
+    assert pipe.config.scene_scale == default.config.scene_scale == "metric"   # the LaLRM kept its frame
     trained = dict(pipe.transformer.base.named_parameters())
     assert any(not torch.equal(p, trained[n]) for n, p in default.transformer.base.named_parameters())
     assert [c.name for c in list_checkpoints(run)] == ["step_00000001", "step_00000002"]

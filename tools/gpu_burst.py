@@ -120,6 +120,7 @@ def stage_commands(args, work: Path) -> dict[str, list[str]]:
     py = [sys.executable, "-m", "backend"]
     video_steps, lrm_steps = (2, 2) if dry else (args.video_steps, args.lrm_steps)
     common = ["--log-every", "1" if dry else "25", "--validate-every", "0", "--num-workers", "0" if dry else "4"]
+    scale = scene_scale(work)   # the packed model's LaLRM keeps its frame (a metric default stays metric)
     return {
         "video": py + ["train-video", "--latent-cache", str(work / "latents"), "--model-config",
                        str(work / "video_config.json"), "--train-base", "--init", str(work / "model"),
@@ -141,7 +142,14 @@ def stage_commands(args, work: Path) -> dict[str, list[str]]:
                      "--warmup-steps", str(lrm_steps // 20), "--steps", str(lrm_steps),
                      "--checkpoint-every", str(max(1, lrm_steps // MAX_CHECKPOINTS)),
                      "--keep-checkpoints", str(MAX_CHECKPOINTS), "--seed", str(args.seed),
-                     "--out", str(work / "runs" / "lrm"), "--export", str(work / "model"), *common]}
+                     "--scene-scale", scale, "--out", str(work / "runs" / "lrm"), "--export", str(work / "model"),
+                     *common]}
+
+
+def scene_scale(work: Path) -> str:
+    """The packed model's scene_scale (wonderland.json; "path" without the key)."""
+    from backend.models.model_dir import read_manifest
+    return read_manifest(work / "model").get("scene_scale", "path")
 
 
 def prepare_work(args, work: Path) -> dict:
@@ -193,7 +201,7 @@ def export_latest_checkpoint(work: Path, part: str) -> str | None:
     else:
         lalrm = LaLRM(LaLRMConfig.from_dict(json.loads((work / "lalrm_config.json").read_text())))
         lalrm.load_state_dict(weights)
-        write_lalrm(work / "model", lalrm)
+        write_lalrm(work / "model", lalrm, scene_scale(work))
     return checkpoint.name
 
 

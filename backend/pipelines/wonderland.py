@@ -275,8 +275,8 @@ def generate(pipe: WonderlandPipeline, image: np.ndarray, cameras: CameraBatch, 
     previews = render_previews(gaussians, cameras, preview_count, preview_size,
                                lambda stage, i, n: progress(stage, i + offset, n + offset), check)
     timings["render"] = time.perf_counter() - t3
-    info.update({"steps": steps, "seed": seed, "normalization_scale": normalization.scale, "scene_scale": cfg.scene_scale,
-                 "count": len(gaussians),
+    info.update({"steps": steps, "seed": seed, "normalization_scale": normalization.scale,
+                 "scene_scale": cfg.scene_scale, "count": len(gaussians),
                  "model_count": model_count, "timings_s": {k: round(v, 3) for k, v in timings.items()}})
     return GenerateResult(gaussians.to("cpu"), previews, video, info)
 
