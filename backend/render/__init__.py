@@ -21,6 +21,13 @@ BACKENDS = ("auto", "gsplat", "compiled", "torch")
 DIFFERENTIABLE_BACKENDS = ("auto", "gsplat", "torch")  # what training may render with
 
 
+def check_training_renderer(name: str) -> None:
+    """Refuse a renderer a trainer cannot use: unknown, or one without gradients (the compiled one)."""
+    if name not in DIFFERENTIABLE_BACKENDS:
+        raise InputError(f"renderer {name!r} is unknown or cannot train (it gives no gradients)",
+                         f"use one of {', '.join(DIFFERENTIABLE_BACKENDS)}")
+
+
 @dataclass
 class RenderOutput:
     rgb: Tensor    # [N, H, W, 3] colour, background composited

@@ -49,7 +49,7 @@ from backend.models.lalrm import LaLRM, LaLRMConfig
 from backend.models.model_dir import load_vae, write_vae_if_missing
 from backend.models.weights import named_or_file_config
 from backend.plucker import plucker_embedding
-from backend.render import DIFFERENTIABLE_BACKENDS, RenderOutput, render
+from backend.render import RenderOutput, check_training_renderer, render
 from backend.training.engine import Trainer, TrainConfig, image_validator
 from backend.training.losses import LossWeights, ReconstructionLoss
 
@@ -73,9 +73,7 @@ class LRMData:
                              f"{self.extra_frames}", "use views >= 1, input stride >= 1, extra frames >= 0")
         if self.scene_scale not in SCENE_SCALES:
             raise InputError(f"scene scale {self.scene_scale!r} is unknown", f"use one of {', '.join(SCENE_SCALES)}")
-        if self.renderer not in DIFFERENTIABLE_BACKENDS:
-            raise InputError(f"renderer {self.renderer!r} is unknown or cannot train (it gives no gradients)",
-                             f"use one of {', '.join(DIFFERENTIABLE_BACKENDS)}")
+        check_training_renderer(self.renderer)
 
     def clip_frames(self, num_frames: int) -> int:
         return (num_frames - 1) * self.input_stride + 1 + self.extra_frames

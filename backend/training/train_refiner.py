@@ -36,7 +36,7 @@ from backend.models.config import ModelConfig
 from backend.models.lalrm import LaLRM
 from backend.models.model_dir import LALRM_FILE, REFINER_FILE, load_vae, read_config, write_refiner
 from backend.models.refiner import Refiner, RefinerConfig
-from backend.render import DIFFERENTIABLE_BACKENDS, render
+from backend.render import check_training_renderer, render
 from backend.training.engine import Trainer, TrainConfig
 from backend.training.losses import LossWeights, ReconstructionLoss
 from backend.training.train_lrm import clip_cameras, depth_term_inputs
@@ -61,9 +61,7 @@ class RefinerRun:
     def __post_init__(self) -> None:
         if self.views < 1:
             raise InputError(f"--views {self.views}: at least the input view is rendered", "use --views 1 or more")
-        if self.renderer not in DIFFERENTIABLE_BACKENDS:
-            raise InputError(f"renderer {self.renderer!r} is unknown or cannot train (it gives no gradients)",
-                             f"use one of {', '.join(DIFFERENTIABLE_BACKENDS)}")
+        check_training_renderer(self.renderer)
         if self.weights.perceptual or self.weights.scale or self.weights.opacity:
             raise InputError("the refiner trains on MSE, SSIM and depth only",
                              "leave the perceptual, scale and opacity weights at 0")
