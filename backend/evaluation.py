@@ -20,7 +20,7 @@ import torch
 from PIL import Image, ImageFilter
 
 from backend.cameras import CameraBatch
-from backend.data.depth import NO_SURFACE_DEPTH
+from backend.data.depth import DEPTH_DIR, NO_SURFACE_DEPTH, depth_file_name
 from backend.data.folder import read_scene
 from backend.data.scenes import DataProblem
 from backend.errors import InputError
@@ -30,7 +30,6 @@ from backend.render import render
 from backend.rotations import rotmat_to_quat
 from backend.training.metrics import image_metrics
 
-DEPTH_DIR = "depth"
 PLANE_OPACITY = 0.995      # gsplat caps a Gaussian's alpha at 0.99: opaque
 PLANE_SCALE = 0.2          # in-plane std-dev, in pixel footprints: sharp input view, few gaps when magnified
 PLANE_THICKNESS = 0.05     # std-dev along the view axis, in pixel footprints
@@ -65,9 +64,9 @@ def load_eval_scene(folder: str | Path) -> EvalScene:
     if isinstance(scene, DataProblem):
         raise InputError(f"{folder} is not a usable scene: {scene}",
                          "render held-out scenes with tools/synthetic_scenes.py --split test")
-    depth_file = folder / DEPTH_DIR / "0000.npy"
+    depth_file = folder / DEPTH_DIR / depth_file_name(0)
     if not depth_file.is_file():
-        raise InputError(f"{folder} has no {DEPTH_DIR}/0000.npy (frame 0's depth, for the plane baseline)",
+        raise InputError(f"{folder} has no {DEPTH_DIR}/{depth_file_name(0)} (frame 0's depth, for the plane baseline)",
                          "render the scene again with tools/synthetic_scenes.py (it writes depth/ by default)")
     depth0 = np.load(depth_file).astype(np.float32)
     size = (scene.cameras.height, scene.cameras.width)
