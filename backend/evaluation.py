@@ -20,7 +20,7 @@ import torch
 from PIL import Image, ImageFilter
 
 from backend.cameras import CameraBatch
-from backend.data.depth import DEPTH_DIR, NO_SURFACE_DEPTH, depth_file_name
+from backend.data.depth import DEPTH_DIR, depth_file_name, surface_mask
 from backend.data.folder import read_scene
 from backend.data.scenes import DataProblem
 from backend.errors import InputError
@@ -50,7 +50,7 @@ class EvalScene:
     def median_depth(self) -> float:
         """Median camera z of frame 0's pixels that show a surface (0 < z < NO_SURFACE_DEPTH: not Cycles'
         1e10 sky): where the plane baseline puts the image."""
-        depth = self.depth0[np.isfinite(self.depth0) & (self.depth0 > 0) & (self.depth0 < NO_SURFACE_DEPTH)]
+        depth = self.depth0[surface_mask(self.depth0)]
         return float(np.median(depth)) if depth.size else 1.0
 
 

@@ -36,9 +36,14 @@ def depth_file_name(index: int) -> str:
     return f"{index:04d}.npy"
 
 
+def surface_mask(depth: np.ndarray) -> np.ndarray:
+    """bool: True where a depth map shows a surface (finite, > 0, short of NO_SURFACE_DEPTH's sky)."""
+    return np.isfinite(depth) & (depth > 0) & (depth < NO_SURFACE_DEPTH)
+
+
 def silhouette_mask(depth: np.ndarray) -> np.ndarray:
     """bool [H, W]: True where the depth is usable (a surface, not on a silhouette; module docstring)."""
-    good = np.isfinite(depth) & (depth > 0) & (depth < NO_SURFACE_DEPTH)
+    good = surface_mask(depth)
     log = np.log(np.where(good, depth, 1.0))
     padded = np.pad(log, 1, mode="edge")
     good_padded = np.pad(good, 1, mode="edge")
