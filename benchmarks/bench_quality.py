@@ -53,6 +53,7 @@ from backend.models.model_dir import read_refiner  # noqa: E402
 from backend.models.refiner import Refiner  # noqa: E402
 from backend.render import render  # noqa: E402
 from backend.pipelines.wonderland import WonderlandPipeline, generate, load_pipeline, model_inputs  # noqa: E402
+from backend.training.losses import DEPTH_MIN_ALPHA  # noqa: E402
 from backend.training.metrics import image_metrics  # noqa: E402
 from machine import device_name  # noqa: E402
 
@@ -147,7 +148,8 @@ def depth_scores(gaussians: Gaussians, scene: EvalScene, device: torch.device) -
         out = render(gaussians.to(device), scene.cameras[0].to(device))
     z, alpha = out.depth[0, ..., 0].cpu(), out.alpha[0, ..., 0].cpu()
     truth = torch.from_numpy(scene.depth0)
-    valid = (alpha > 0.5) & (truth > 0) & (truth < NO_SURFACE_DEPTH) & (z > 0)   # not the sky of open rooms
+    # not the sky of open rooms, and only where the render shows something (the depth term's threshold)
+    valid = (alpha > DEPTH_MIN_ALPHA) & (truth > 0) & (truth < NO_SURFACE_DEPTH) & (z > 0)
     if not valid.any():
         return {"absrel": math.nan, "delta": math.nan}
     z, truth = z[valid], truth[valid]

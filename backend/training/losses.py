@@ -54,7 +54,7 @@ VGG19_LAYOUT = (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 5
 PERCEPTUAL_LAYERS = {3: 1 / 2.6, 8: 1 / 4.8, 13: 1 / 3.7, 22: 1 / 5.6, 31: 10 / 1.5}  # ReLU index: weight
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-DEPTH_MIN_ALPHA = 0.5   # the same threshold bench_quality's depth scores use
+DEPTH_MIN_ALPHA = 0.5   # bench_quality's depth scores use it too
 NO_VGG_HINT = ("pass --vgg19 FILE.safetensors (torchvision's vgg19 weights converted to safetensors, see "
                "backend/training/losses.py), or turn the term off with --perceptual-weight 0 "
                "(e.g. use --ssim-weight instead)")
