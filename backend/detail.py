@@ -16,6 +16,10 @@ identity there), so it maps to the world exactly like the model's Gaussians. Its
   itself the rasterizer's eps2d (0.3 px^2) adds to it;
 - occluders: the model's Gaussians that would render in front of the detail surface anywhere in their
   footprint (radius where their alpha reaches 1/255, not only their centre) are culled;
+- colours: a splat of SPLAT_SIGMA (plus eps2d) blurs the photo by about 0.8 px at camera 0, and the kept
+  model Gaussians tint it. Rendering is linear in the splats' colours, so one Richardson step (each splat's
+  colour plus the photo's residual at its pixel, clamped to 0..1) fits them to the photo: at camera 0 it
+  gives back the photo's edges instead of a blur of them;
 - a learned refiner (backend/models/refiner.py), when the model folder has one, corrects each pixel's
   depth, opacity and splat size from the photo and the model's view at camera 0 before the lift.
 """
@@ -190,6 +194,19 @@ def occluders(gaussians: Gaussians, depth: Tensor, K: Tensor) -> Tensor:
     return inside & (z * (1 + CULL_TOLERANCE) < far)
 
 
+def fit_colours(detail: Gaussians, kept: Gaussians, photo: Tensor, camera0: CameraBatch) -> Gaussians:
+    """The detail Gaussians (one per pixel of photo [h, w, 3], row-major) with colours moved by the photo's
+    residual where camera 0 renders them over the `kept` model Gaussians at the photo's size: one Richardson
+    step of the (linear) colour fit. More steps sharpen the input view further but ring in the views
+    beside it (benchmarks/RESULTS.md). No gradients: the fit is a constant offset to whatever trains."""
+    h, w = photo.shape[:2]
+    with torch.no_grad():
+        view = render(Gaussians.cat([kept.detach(), detail.detach()]), camera0, width=w, height=h).rgb[0]
+        rgb = (detail.rgb + (photo - view).reshape(-1, 3)).clamp(0, 1)
+    return Gaussians(means=detail.means, log_scales=detail.log_scales, quats=detail.quats,
+                     opacity_logits=detail.opacity_logits, sh0=(rgb - 0.5) / SH_C0, sh_rest=detail.sh_rest)
+
+
 def refiner_features(photo: Tensor, view: RenderOutput, depth: Tensor) -> Tensor:
     """The refiner's input [1, 8, h, w] (backend/models/refiner.py): photo [h, w, 3], the model's view at
     camera 0 (colour, alpha) upsampled to the photo's size, and log depth [h, w] minus its median."""
@@ -227,6 +244,7 @@ def detail_layer(local: Gaussians, photo: Tensor, camera0: CameraBatch, refiner:
         depth = depth * torch.exp(log_depth)
     detail = lift(photo, depth, K, local.sh_rest.shape[1], opacity_offset, log_scale_offset)
     keep = ~occluders(local32, depth.detach(), K)
+    detail = fit_colours(detail, local32[keep], photo, cam)
     info = {"size": [w, h], "count": len(detail), "culled": int((~keep).sum()), "refiner": refiner is not None,
             "depth_range": [round(float(depth.detach().min()), 4), round(float(depth.detach().max()), 4)]}
     return detail, keep, info
