@@ -26,6 +26,11 @@ CONFIG_VERSION = 1
 SCENE_SCALES = ("path", "metric")
 
 
+def normalizes_by_path(scene_scale: str) -> bool:
+    """normalize(..., by_path=) for the cameras of a LaLRM in this scene_scale (inference and training)."""
+    return scene_scale == "path"
+
+
 @dataclass
 class ModelConfig:
     name: str
@@ -39,7 +44,7 @@ class ModelConfig:
     @property
     def lalrm_by_path(self) -> bool:
         """normalize(..., by_path=) for the LaLRM's cameras: False for a metric-scale model."""
-        return self.scene_scale == "path"
+        return normalizes_by_path(self.scene_scale)
 
     def __post_init__(self) -> None:
         v, r = self.video, self.lalrm

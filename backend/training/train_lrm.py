@@ -44,7 +44,7 @@ from backend.cameras import CameraBatch, Normalization, normalize
 from backend.data.depth import resize_depth
 from backend.data.scenes import DataOptions
 from backend.errors import InputError
-from backend.models.config import SCENE_SCALES
+from backend.models.config import SCENE_SCALES, normalizes_by_path
 from backend.models.lalrm import LaLRM, LaLRMConfig
 from backend.models.model_dir import load_vae, write_vae_if_missing
 from backend.models.weights import named_or_file_config
@@ -156,7 +156,7 @@ class LaLRMObjective:
                              "build the latent cache at the model's frame count and pixel size")
         height, width = batch["frames"].shape[-2:]
         cams = [clip_cameras(batch["K"][b], batch["c2w"][b], int(width), int(height), index,
-                             self.data.scene_scale == "path")
+                             normalizes_by_path(self.data.scene_scale))
                 for b in range(latents.shape[0])]
         return config, latents, cams
 
