@@ -43,7 +43,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from backend.cameras import CameraBatch, normalize  # noqa: E402
-from backend.data.depth import NO_SURFACE_DEPTH  # noqa: E402
+from backend.data.depth import surface_mask  # noqa: E402
 from backend.data.latent_cache import encode_video  # noqa: E402
 from backend.errors import InputError  # noqa: E402
 from backend.evaluation import (EvalScene, SceneScores, blurred_baseline, evaluate_scene,  # noqa: E402
@@ -149,7 +149,7 @@ def depth_scores(gaussians: Gaussians, scene: EvalScene, device: torch.device) -
     z, alpha = out.depth[0, ..., 0].cpu(), out.alpha[0, ..., 0].cpu()
     truth = torch.from_numpy(scene.depth0)
     # not the sky of open rooms, and only where the render shows something (the depth term's threshold)
-    valid = (alpha > DEPTH_MIN_ALPHA) & (truth > 0) & (truth < NO_SURFACE_DEPTH) & (z > 0)
+    valid = (alpha > DEPTH_MIN_ALPHA) & torch.from_numpy(surface_mask(scene.depth0)) & (z > 0)
     if not valid.any():
         return {"absrel": math.nan, "delta": math.nan}
     z, truth = z[valid], truth[valid]
