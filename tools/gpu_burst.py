@@ -147,9 +147,9 @@ def stage_commands(args, work: Path) -> dict[str, list[str]]:
 
 
 def scene_scale(work: Path) -> str:
-    """The packed model's scene_scale (wonderland.json; "path" without the key)."""
-    from backend.models.model_dir import read_manifest
-    return read_manifest(work / "model").get("scene_scale", "path")
+    """The packed model's scene_scale (its config's rule: "path" without the key)."""
+    from backend.models.model_dir import read_config
+    return read_config(work / "model").scene_scale
 
 
 def prepare_work(args, work: Path) -> dict:
