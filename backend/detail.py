@@ -201,7 +201,7 @@ def fit_colours(detail: Gaussians, kept: Gaussians, photo: Tensor, camera0: Came
     beside it (benchmarks/RESULTS.md). No gradients: the fit is a constant offset to whatever trains."""
     h, w = photo.shape[:2]
     with torch.no_grad():
-        view = render(Gaussians.cat([kept.detach(), detail.detach()]), camera0, width=w, height=h).rgb[0]
+        view = render(Gaussians.cat([kept, detail]), camera0, width=w, height=h).rgb[0]
         rgb = (detail.rgb + (photo - view).reshape(-1, 3)).clamp(0, 1)
     return Gaussians(means=detail.means, log_scales=detail.log_scales, quats=detail.quats,
                      opacity_logits=detail.opacity_logits, sh0=(rgb - 0.5) / SH_C0, sh_rest=detail.sh_rest)
