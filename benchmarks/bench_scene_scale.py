@@ -8,9 +8,11 @@ folder with depth/0000.npy this prints the spread over scenes of frame 0's media
 normalized units (standard deviation of its log, and the mean AbsRel of the geometric-mean constant, the
 geometric mean over scenes: what a model that knew nothing but the unit would score on the median). Scenes
 whose cameras do not move (a pan: normalize then keeps scale 1.0, which is no move length) are skipped. With
---model it adds the model's own median scale error in each unit: its rendered depth at camera 0 (detail
-layer off) against the truth, median to median, in normalized units as predicted and after the world
-mapping (the same number: the pipeline maps its normalized depth to metres with the move's s).
+--model it adds the model's own median scale error: its rendered depth at camera 0 (detail layer off) against
+the truth, median to median, from the video model's latents (the full pipeline) and from the real frames'
+latents (the LaLRM alone), and where its scale comes from: the exponent b of median depth ∝ k^b when every
+camera's offset from camera 0 is scaled by k (½ and 2, real frames' latents). b = 1 reads the move's length
+(a path-scale model, by construction; or a metric one that reads parallax), b = 0 guesses from appearance.
 """
 from __future__ import annotations
 
@@ -26,9 +28,13 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from backend.cameras import MIN_TRANSLATION, normalize  # noqa: E402
+from backend.cameras import MIN_TRANSLATION, CameraBatch, normalize  # noqa: E402
 from backend.data.depth import silhouette_mask  # noqa: E402
-from backend.evaluation import load_eval_scene  # noqa: E402
+from backend.evaluation import EvalScene, load_eval_scene  # noqa: E402
+from backend.gaussians import Gaussians  # noqa: E402
+from backend.pipelines.wonderland import load_pipeline  # noqa: E402
+from backend.render import render  # noqa: E402
+from bench_quality import clip_length, gt_latents_method, pipeline_method  # noqa: E402
 from machine import cpu_description  # noqa: E402
 
 
@@ -45,22 +51,37 @@ def moved(cameras) -> bool:
     return float((centres - centres[0]).norm(dim=-1).max()) >= MIN_TRANSLATION
 
 
-def model_medians(model: str, scenes: list) -> np.ndarray:
-    """log(median rendered depth / median true depth) per scene, the model's detail layer off."""
-    from backend.pipelines.wonderland import generate, load_pipeline
-    from backend.render import render
+def moved_by(cameras: CameraBatch, k: float) -> CameraBatch:
+    """The same cameras with every centre's offset from camera 0 scaled by k (a k-times longer move)."""
+    c2w = cameras.c2w.clone()
+    c2w[:, :3, 3] = c2w[0, :3, 3] + k * (c2w[:, :3, 3] - c2w[0, :3, 3])
+    return CameraBatch(cameras.K, c2w, cameras.width, cameras.height, list(cameras.frames))
+
+
+def log_median_depth(gaussians: Gaussians, scene: EvalScene) -> float:
+    """log(median rendered depth / median true depth) at camera 0, where both show a surface."""
+    with torch.no_grad():
+        out = render(gaussians, scene.cameras[0])
+    z, alpha = out.depth[0, ..., 0].numpy(), out.alpha[0, ..., 0].numpy()
+    valid = (alpha > 0.5) & silhouette_mask(scene.depth0)
+    return math.log(np.median(z[valid]) / np.median(scene.depth0[valid]))
+
+
+def model_medians(model: str, scenes: list[EvalScene]) -> dict[str, np.ndarray]:
+    """Per scene: the log median ratios of the full pipeline ("generated") and of the LaLRM on the real frames'
+    latents ("true"), and the exponent b of the true-latent median's response to the move's length ("b")."""
     pipe = load_pipeline(model)
-    errors = []
+    device = torch.device("cpu")
+    full, real = pipeline_method(pipe, None, 0, device, detail_size=0), gt_latents_method(pipe, 0, device)
+    found = {"generated": [], "true": [], "b": []}
     for scene in scenes:
-        step = max(1, (len(scene.frames) - 1) // (pipe.config.frames - 1))
-        clip = scene.cameras[0:1 + step * (pipe.config.frames - 1)]
-        result = generate(pipe, scene.image(0), clip, preview_count=0, detail_size=0)
-        with torch.no_grad():
-            out = render(result.gaussians, scene.cameras[0])
-        z, alpha = out.depth[0, ..., 0].numpy(), out.alpha[0, ..., 0].numpy()
-        valid = (alpha > 0.5) & silhouette_mask(scene.depth0)
-        errors.append(math.log(np.median(z[valid]) / np.median(scene.depth0[valid])))
-    return np.array(errors)
+        clip = scene.cameras[0:clip_length(len(scene.frames), pipe.config.frames)]
+        image = scene.image(0)
+        found["generated"].append(log_median_depth(full(image, clip, scene), scene))
+        found["true"].append(log_median_depth(real(image, clip, scene), scene))
+        half, double = (log_median_depth(real(image, moved_by(clip, k), scene), scene) for k in (0.5, 2.0))
+        found["b"].append((double - half) / math.log(4.0))
+    return {key: np.array(values) for key, values in found.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -96,12 +117,19 @@ def main(argv: list[str] | None = None) -> int:
         std, absrel = spread(values)
         print(f"| {name} | {math.exp(values.mean()):.3g} | {std:.3f} | {absrel:.3f} |")
     if args.model:
-        errors = model_medians(args.model, scenes)
-        print(f"\n{args.model}, detail layer off: median rendered depth at camera 0 / median true depth: geometric "
-              f"mean {math.exp(errors.mean()):.3f}, mean |log ratio| {np.abs(errors).mean():.3f} "
-              f"(a ratio off by ×{math.exp(np.abs(errors).mean()):.2f} on average), std of log ratio "
-              f"{errors.std():.3f}; correlation of its log median with the truth's (normalized units) "
-              f"{np.corrcoef(np.array(normalized) + errors, normalized)[0, 1]:.2f}")
+        found = model_medians(args.model, scenes)
+        print(f"\n{args.model}, detail layer off: median rendered depth at camera 0 / median true depth\n")
+        print("| latents the LaLRM reads | ratio, geometric mean | mean \\|log ratio\\| | off by, on average |")
+        print("|---|---:|---:|---:|")
+        for name, key in (("the video model's (full pipeline)", "generated"), ("the real frames'", "true")):
+            errors = found[key]
+            print(f"| {name} | {math.exp(errors.mean()):.3f} | {np.abs(errors).mean():.3f} | "
+                  f"×{math.exp(np.abs(errors).mean()):.2f} |")
+        b = found["b"]
+        print(f"\ncorrelation of the two log ratios over scenes: "
+              f"{np.corrcoef(found['generated'], found['true'])[0, 1]:.2f}" if len(scenes) > 1 else "")
+        print(f"response to the move's length (median ∝ k^b, k = ½ and 2, real frames' latents): b = {b.mean():.3f} "
+              f"(range {b.min():.3f} to {b.max():.3f}; 1: reads the move, 0: guesses from appearance)")
     return 0
 
 

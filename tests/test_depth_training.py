@@ -15,6 +15,7 @@ from backend.render import render
 from backend.training.engine import TrainConfig, Trainer
 from backend.training.losses import LossWeights, ReconstructionLoss, depth_loss
 from backend.training.train_lrm import LaLRMObjective, LRMData, clip_cameras, predict_clip_gaussians
+from tests.test_evaluation import make_plane_scene
 from tests.test_train_lrm import train_lrm_cli, write_scene
 
 # 5 frames (2 latent frames) of 32×32 px: the cameras move, so the normalization scale is not 1.
@@ -270,3 +271,16 @@ def test_bench_scene_scale_reports_the_spread_in_metres_and_in_units_of_the_move
     assert float(rows["metres"][0]) == pytest.approx(np.sqrt(8), rel=2e-3)            # geometric mean of 2 and 4
     assert float(rows["normalized by the move"][0]) == pytest.approx(np.sqrt(8) / 0.8, rel=2e-3)
     assert float(rows["metres"][1]) == pytest.approx(np.log(2) / 2, abs=1e-3)          # std of log 2, log 4
+
+
+def test_bench_scene_scale_measures_where_a_path_scale_model_gets_its_scale(tmp_path, capsys, bench_scene_scale):
+    """A path-scale model's depth follows the move by construction: b must come out 1; the true-latent and
+    full-pipeline rows are both there, with finite ratios."""
+    make_plane_scene(tmp_path / "scene_0000001", frames=9)
+    assert bench_scene_scale.main(["--data", str(tmp_path), "--model", "tiny"]) == 0
+    out = capsys.readouterr().out
+    rows = {line.split("|")[1].strip(): line.split("|")[2:5] for line in out.splitlines() if line.startswith("| ")}
+    for name in ("the video model's (full pipeline)", "the real frames'"):
+        assert np.isfinite(float(rows[name][0])) and float(rows[name][1]) >= 0
+    b = float(out.split("b = ")[1].split()[0])
+    assert b == pytest.approx(1.0, abs=2e-3)
