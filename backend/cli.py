@@ -23,6 +23,7 @@ COMMANDS = {
     "train-video": ("backend.commands.train_video", "train the camera-controlled video model"),
     "train-lrm": ("backend.commands.train_lrm", "train the LaLRM (latents -> Gaussians)"),
     "train-refiner": ("backend.commands.train_refiner", "train the detail layer's refiner (LaLRM frozen)"),
+    "train-depth-prior": ("backend.commands.train_depth_prior", "train the depth prior (photo -> metric depth)"),
     "generate-latents": ("backend.commands.generate_latents",
                          "the video model's latents for a latent cache's clips (to fine-tune the LaLRM on)"),
 }

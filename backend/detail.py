@@ -122,12 +122,15 @@ def snap_silhouettes(inv_depth: Tensor, radius: int) -> Tensor:
     return torch.where(edge, snapped, inv_depth)
 
 
-def detail_depth(local: Gaussians, camera0: CameraBatch, photo: Tensor, view: RenderOutput | None = None
-                 ) -> Tensor:
+def detail_depth(local: Gaussians, camera0: CameraBatch, photo: Tensor, view: RenderOutput | None = None,
+                 prior: Tensor | None = None, prior_weight: float = 0.0) -> Tensor:
     """Camera z [h, w] of the detail grid (photo [h, w, 3] in 0..1) from the model's Gaussians (their
-    model_view when already rendered)."""
+    model_view when already rendered); with a depth prior's camera z `prior` at the model's size, the
+    weighted mean of the two in log depth (prior_weight: the prior's share)."""
     h, w = photo.shape[:2]
     inv = model_inverse_depth(model_view(local, camera0) if view is None else view)
+    if prior is not None and prior_weight > 0:
+        inv = torch.exp(torch.lerp(inv.log(), -prior.to(inv).log()[None, None], prior_weight))
     factor = max(w / camera0.width, h / camera0.height)
     inv = F.interpolate(inv, size=(h, w), mode="bilinear", align_corners=False)
     grey = (photo.to(inv) @ torch.tensor([0.299, 0.587, 0.114]).to(inv))[None, None]
@@ -220,21 +223,21 @@ def refiner_features(photo: Tensor, view: RenderOutput, depth: Tensor) -> Tensor
                       (log_depth - log_depth.median())[None, None]], dim=1)
 
 
-def detail_layer(local: Gaussians, photo: Tensor, camera0: CameraBatch, refiner: Refiner | None = None
-                 ) -> tuple[Gaussians, Tensor, dict]:
+def detail_layer(local: Gaussians, photo: Tensor, camera0: CameraBatch, refiner: Refiner | None = None,
+                 prior: Tensor | None = None, prior_weight: float = 0.0) -> tuple[Gaussians, Tensor, dict]:
     """The detail Gaussians for photo [h, w, 3] (cropped like the model input) and the mask of the model's
     Gaussians `local` to keep, both in camera 0's normalized frame (camera0: its model-size camera there,
     c2w the identity); and what to report (size, counts, whether a refiner ran). With a `refiner`, its
     corrections apply (differentiably: train-refiner trains it through this function). The detail Gaussians
     and the mask are on the CPU whatever the devices of `local`, `photo` and the refiner (train-refiner
-    passes CUDA frames); the refiner runs on its own device."""
+    passes CUDA frames); the refiner runs on its own device. `prior` and `prior_weight`: detail_depth's."""
     h, w = photo.shape[:2]
     dtype = torch.float32
     local32 = local.to("cpu", dtype)
     cam = camera0.to("cpu", dtype)
     photo = photo.to("cpu", dtype)   # all of the layer is built on the CPU, whatever device the photo came on
     view = model_view(local32, cam)
-    depth = detail_depth(local32, cam, photo, view)
+    depth = detail_depth(local32, cam, photo, view, prior, prior_weight)
     K = cam.K[0] * torch.tensor([[w / cam.width], [h / cam.height], [1.0]], dtype=dtype)
     opacity_offset = log_scale_offset = None
     if refiner is not None:

@@ -49,7 +49,7 @@ from backend.errors import InputError  # noqa: E402
 from backend.evaluation import (EvalScene, SceneScores, blurred_baseline, evaluate_scene,  # noqa: E402
                                 load_eval_scene, mean_scores, plane_method, render_views, unchanged_baseline)
 from backend.gaussians import Gaussians  # noqa: E402
-from backend.models.model_dir import read_refiner  # noqa: E402
+from backend.models.model_dir import read_part  # noqa: E402
 from backend.models.refiner import Refiner  # noqa: E402
 from backend.render import render  # noqa: E402
 from backend.pipelines.wonderland import WonderlandPipeline, generate, load_pipeline, model_inputs  # noqa: E402
@@ -86,7 +86,7 @@ def pipeline_method(pipe: WonderlandPipeline, steps: int | None, seed: int, devi
 def refiner_of(path: Path) -> Refiner:
     """--refiner: a refiner file, or the one of a model folder."""
     if path.is_dir():
-        found = read_refiner(path)
+        found = read_part(path, "refiner")
         if found is None:
             raise InputError(f"--refiner {path}: the model folder has no refiner", "give a refiner .safetensors")
         return found

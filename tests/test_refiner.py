@@ -11,7 +11,7 @@ from backend.cameras import CameraBatch
 from backend.detail import SPLAT_OPACITY, detail_layer, lift
 from backend.errors import InputError
 from backend.gaussians import Gaussians
-from backend.models.model_dir import CONFIG_FILE, REFINER_FILE, read_refiner
+from backend.models.model_dir import CONFIG_FILE, REFINER_FILE, read_part
 from backend.models.refiner import INPUT_CHANNELS, Refiner, RefinerConfig
 from backend.pipelines.wonderland import DEFAULT_MODEL, SHIPPED_DIR, WonderlandPipeline, generate, load_pipeline
 
@@ -90,7 +90,7 @@ def test_the_shipped_model_folder_works_without_a_refiner():
     folder = SHIPPED_DIR / DEFAULT_MODEL
     if "refiner" in json.loads((folder / CONFIG_FILE).read_text()):
         pytest.skip("this checkout ships a refiner")
-    assert read_refiner(folder) is None
+    assert read_part(folder, "refiner") is None
 
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
@@ -135,7 +135,7 @@ def test_a_folder_without_refiner_loads_and_a_missing_file_is_named(tiny_with_re
     assert "refiner" not in json.loads((old / CONFIG_FILE).read_text())
     assert WonderlandPipeline.from_pretrained(old).refiner is None
     (old / REFINER_FILE).write_bytes((folder / REFINER_FILE).read_bytes())   # a stray file is not used unasked
-    assert read_refiner(old) is None
+    assert read_part(old, "refiner") is None
     manifest = json.loads((folder / CONFIG_FILE).read_text())
     (old / CONFIG_FILE).write_text(json.dumps(manifest))
     (old / REFINER_FILE).unlink()
@@ -151,7 +151,7 @@ def test_saving_a_model_without_refiner_into_a_folder_with_one_removes_it(tiny_w
     assert "refiner" in json.loads((target / CONFIG_FILE).read_text()) and (target / REFINER_FILE).is_file()
     load_pipeline("tiny").save_pretrained(target)      # write_model(..., refiner=None)
     assert "refiner" not in json.loads((target / CONFIG_FILE).read_text())
-    assert not (target / REFINER_FILE).exists() and read_refiner(target) is None
+    assert not (target / REFINER_FILE).exists() and read_part(target, "refiner") is None
     assert WonderlandPipeline.from_pretrained(target).refiner is None
 
 

@@ -8,7 +8,7 @@ import torch
 
 from backend.cli import main
 from backend.errors import InputError
-from backend.models.model_dir import CONFIG_FILE, read_refiner
+from backend.models.model_dir import CONFIG_FILE, read_part
 from backend.models.weights import load_state_dict
 from backend.pipelines.wonderland import load_pipeline
 from backend.training.engine import list_checkpoints
@@ -76,7 +76,7 @@ def test_init_gives_the_config_when_model_config_is_left_out(fixture_cache, tmp_
             "--steps", "1", "--checkpoint-every", "0"]
     assert train_refiner_cli(*base, "--out", tmp_path / "a", "--model-config", small, "--export", tmp_path / "m") == 0
     assert train_refiner_cli(*base, "--out", tmp_path / "b", "--init", tmp_path / "m", "--export", tmp_path / "n") == 0
-    assert read_refiner(tmp_path / "n").config == read_refiner(tmp_path / "m").config
+    assert read_part(tmp_path / "n", "refiner").config == read_part(tmp_path / "m", "refiner").config
     with pytest.raises(InputError, match="not the one asked for") as error:
         train_refiner_cli(*base, "--out", tmp_path / "c", "--init", tmp_path / "m", "--model-config", "default")
     assert "leave out --model-config" in error.value.hint
@@ -96,7 +96,7 @@ def test_a_few_steps_lower_the_loss_and_export_a_refiner_generate_uses(fixture_c
                              "--checkpoint-every", "4", "--export", model) == 0
     logged = losses(tmp_path / "run")
     assert len(logged) == 8 and logged[-1] < 0.9 * logged[0]
-    refiner = read_refiner(model)
+    refiner = read_part(model, "refiner")
     trained = load_state_dict(list_checkpoints(tmp_path / "run")[-1] / "model.safetensors")
     assert torch.equal(refiner.state_dict()["head.weight"], trained["head.weight"])
     assert trained["head.weight"].abs().sum() > 0                    # it left its zero start

@@ -65,6 +65,7 @@ from synthetic.depth import add_depth_output, exr_file, read_depth  # noqa: E402
 from synthetic.furnished import build_furnished_room, choose_look  # noqa: E402
 from synthetic.pictures import MATE_NATURE  # noqa: E402
 from synthetic.rooms import build_room  # noqa: E402
+from backend.commands.training_options import parse_size  # noqa: E402
 from wonderland_blender.trajectory import camera_trajectory, write_cameras_json  # noqa: E402
 
 TEST_SEED_START = 1_000_000
@@ -302,16 +303,6 @@ def render_scene(out: Path, seed: int, split: str, *, width: int = DEFAULT_SIZE[
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return True
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    try:
-        w, h = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"size must be WIDTHxHEIGHT in pixels, like 96x64, got {text!r}") from None
-    if w < 1 or h < 1:
-        raise argparse.ArgumentTypeError(f"size must be positive, got {text!r}")
-    return w, h
 
 
 def positive(text: str) -> int:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from backend.commands.training_options import add_training_arguments, run_training, train_config
+from backend.commands.training_options import add_training_arguments, part_config, run_training, train_config
 from backend.errors import InputError
 from backend.render import DIFFERENTIABLE_BACKENDS
 
@@ -46,18 +46,6 @@ def model_folder(name: str) -> Path:
                      "give a model folder with a trained LaLRM, e.g. backend/weights/default")
 
 
-def refiner_config(name: str | None, init: str | None):
-    """--model-config's RefinerConfig; left out, the --init refiner's (so a run continues it), else `default`."""
-    from backend.models.refiner import Refiner, RefinerConfig
-    from backend.models.weights import named_or_file_config
-    if name is None:
-        if init is None:
-            return RefinerConfig()
-        from backend.training.train_refiner import init_file
-        return Refiner.from_pretrained(init_file(init)).config
-    return named_or_file_config(name, {"default": RefinerConfig}, RefinerConfig)
-
-
 def run(args: argparse.Namespace) -> int:
     from backend.training.losses import LossWeights
     from backend.training.train_refiner import RefinerRun, train_refiner
@@ -75,5 +63,5 @@ def run(args: argparse.Namespace) -> int:
     weights = LossWeights(perceptual=0, ssim=args.ssim_weight, scale=0, opacity=0, depth=args.depth_weight)
     return run_training(train_refiner, RefinerRun(
         train=train_config(args), model=str(model_folder(args.model)), latent_cache=args.latent_cache,
-        refiner=refiner_config(args.model_config, args.init), weights=weights, views=args.views, renderer=args.renderer,
+        refiner=part_config("refiner", args.model_config, args.init), weights=weights, views=args.views, renderer=args.renderer,
         init=args.init, resume=args.resume, export=args.export))

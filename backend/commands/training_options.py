@@ -1,11 +1,22 @@
-"""The options train-lrm, train-video and train-vae share, and what they become: the engine's TrainConfig
-and the trainers' DataOptions. Each command adds its own options after these."""
+"""The options the train-* commands share, and what they become: the engine's TrainConfig, the trainers'
+DataOptions, an optional model part's config. Each command adds its own options after these."""
 from __future__ import annotations
 
 import argparse
 import json
 import logging
 from typing import Any, Callable
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """argparse type of a WIDTHxHEIGHT size in pixels, e.g. 96x64."""
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size must be WIDTHxHEIGHT in pixels, like 96x64, got {text!r}") from None
+    if w < 1 or h < 1:
+        raise argparse.ArgumentTypeError(f"size must be positive, got {text!r}")
+    return w, h
 
 
 def add_training_arguments(p: argparse.ArgumentParser, *, model_configs: str, lr: float, lr_min: float,
@@ -51,6 +62,19 @@ def train_config(args: argparse.Namespace, stages: list[dict] | None = None):
         checkpoint_every=args.checkpoint_every, validate_every=args.validate_every, ema_decay=args.ema_decay,
         gradient_checkpointing=args.gradient_checkpointing, keep_checkpoints=args.keep_checkpoints,
         stages=stages or [])
+
+
+def part_config(key: str, name: str | None, init: str | None):
+    """--model-config of an optional model part (backend.models.model_dir.OPTIONAL_PARTS' `key`): `default`
+    or a JSON file of its config's fields; left out, the --init part's config (so a run continues it), else
+    `default`."""
+    from backend.models.model_dir import OPTIONAL_PARTS, part_file
+    from backend.models.weights import named_or_file_config
+    cls = OPTIONAL_PARTS[key][1]
+    config_cls = cls.config_class
+    if name is None:
+        return config_cls() if init is None else cls.from_pretrained(part_file(init, key)).config
+    return named_or_file_config(name, {"default": config_cls}, config_cls)
 
 
 def data_options(args: argparse.Namespace):

@@ -234,11 +234,12 @@ class DataOptions:
             return [], []
         return training_scenes(self.roots, self.val_fraction, seed, self.min_scenes, what)
 
-    def training_clips(self, scenes: list[Scene], num_frames: int, height: int, width: int, seed: int):
-        """Random clips: a stride in the range, a random crop."""
+    def training_clips(self, scenes: list[Scene], num_frames: int, height: int, width: int, seed: int,
+                       clips_per_scene: int = 1):
+        """Random clips: a stride in the range, a random crop; `clips_per_scene` of them per scene and epoch."""
         from backend.data.clips import ClipDataset  # clips imports this module
         return ClipDataset(scenes, num_frames, height, width, stride=self.stride, crop_scale=self.crop_scale,
-                           seed=seed)
+                           seed=seed, clips_per_scene=clips_per_scene)
 
     def cache_clips(self, scenes: list[Scene], num_frames: int, height: int, width: int, seed: int):
         """Fixed clips for the latent cache."""

@@ -2,16 +2,19 @@
 
     wonderland.json              {"format", "version", "name", "video": {...}, "lalrm": {...},
                                   "base_model": optional path to a CogVideoX-5B-I2V folder in diffusers' layout,
-                                  "refiner": optional, the detail layer's refiner config}
+                                  "refiner": optional, the detail layer's refiner config,
+                                  "depth_prior": optional, the depth prior's config (metric models only)}
     vae/ transformer/ scheduler/ the base video model in diffusers' layout (absent when base_model is set)
     camera_branches.safetensors  our ControlNet + LoRA camera branches
     lalrm.safetensors            the LaLRM (its config also sits in the file's header)
     refiner.safetensors          the detail layer's learned refiner, when "refiner" is in wonderland.json
                                  (backend/models/refiner.py; folders without one use the plain detail layer)
+    depth_prior.safetensors      the photo's metric depth net, when "depth_prior" is in wonderland.json
+                                 (backend/models/depth_prior.py; folders without one use the model's depth)
 
-`train-vae`, `train-video`, `train-lrm` and `train-refiner` each export their part into the same folder
-(`write_vae`, `write_video`, `write_lalrm`); wonderland.json collects the parts' configs, and loading
-says which part is missing and which command makes it. Loading is local only and never unpickles:
+`train-vae`, `train-video`, `train-lrm`, `train-refiner` and `train-depth-prior` each export their part into
+the same folder (`write_vae`, `write_video`, `write_lalrm`, `write_part`); wonderland.json collects the parts'
+configs, and loading says which part is missing and which command makes it. Loading is local only and never unpickles:
 diffusers is asked for safetensors files only.
 """
 from __future__ import annotations
@@ -25,6 +28,7 @@ from diffusers import AutoencoderKLCogVideoX, CogVideoXDPMScheduler, CogVideoXTr
 from backend.atomic import atomic_write_text
 from backend.errors import InputError
 from backend.models.config import CONFIG_FORMAT, CONFIG_VERSION, ModelConfig
+from backend.models.depth_prior import DepthPrior
 from backend.models.lalrm import LaLRM
 from backend.models.refiner import Refiner
 from backend.models.video import CameraControlledTransformer
@@ -34,8 +38,12 @@ CONFIG_FILE = "wonderland.json"
 CAMERA_FILE = "camera_branches.safetensors"
 LALRM_FILE = "lalrm.safetensors"
 REFINER_FILE = "refiner.safetensors"
+DEPTH_PRIOR_FILE = "depth_prior.safetensors"
 MAKERS = {"vae": "train-vae", "video": "train-video", "lalrm": "train-lrm"}
-NOT_CONFIG = ("base_model", "refiner")    # manifest keys that are not ModelConfig fields
+# the parts a folder may lack: manifest key -> (file, module class, the command that exports it)
+OPTIONAL_PARTS = {"refiner": (REFINER_FILE, Refiner, "train-refiner"),
+                  "depth_prior": (DEPTH_PRIOR_FILE, DepthPrior, "train-depth-prior")}
+NOT_CONFIG = ("base_model", *OPTIONAL_PARTS)    # manifest keys that are not ModelConfig fields
 
 
 def read_manifest(directory: Path) -> dict:
@@ -123,38 +131,62 @@ def write_lalrm(directory: str | Path, lalrm: LaLRM, scene_scale: str = "path") 
     _write_manifest(directory, lalrm=lalrm.config.to_dict(), scene_scale=scene_scale)
 
 
-def write_refiner(directory: str | Path, refiner: Refiner) -> None:
+def write_part(directory: str | Path, key: str, module: Refiner | DepthPrior) -> None:
+    """An optional part (OPTIONAL_PARTS' `key`): its file, then its config under `key` in wonderland.json."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    refiner.save_pretrained(directory / REFINER_FILE)
-    _write_manifest(directory, refiner=refiner.config.to_dict())
+    module.save_pretrained(directory / OPTIONAL_PARTS[key][0])
+    _write_manifest(directory, **{key: module.config.to_dict()})
 
 
-def read_refiner(directory: str | Path) -> Refiner | None:
-    """The model folder's refiner (eval mode, CPU), or None when its wonderland.json names none."""
+def read_part(directory: str | Path, key: str):
+    """The model folder's optional part `key` (eval mode, CPU), or None when its wonderland.json names none."""
     directory = Path(directory)
-    if "refiner" not in read_manifest(directory):
+    file, cls, maker = OPTIONAL_PARTS[key]
+    if key not in read_manifest(directory):
         return None
-    if not (directory / REFINER_FILE).is_file():
-        raise InputError(f"{directory / CONFIG_FILE} names a refiner but {REFINER_FILE} is missing",
-                         f"restore the file, export one (`python -m backend train-refiner … --export {directory}`), "
-                         "or remove the \"refiner\" key to use the plain detail layer")
-    return Refiner.from_pretrained(directory / REFINER_FILE)
+    if not (directory / file).is_file():
+        raise InputError(f"{directory / CONFIG_FILE} names a {key.replace('_', ' ')} but {file} is missing",
+                         f"restore the file, export one (`python -m backend {maker} … --export {directory}`), "
+                         f"or remove the \"{key}\" key to go without it")
+    return cls.from_pretrained(directory / file)
+
+
+def part_file(path: str | Path, key: str) -> Path:
+    """An optional part given as its own file or as a model folder that holds it (the trainers' --init)."""
+    path = Path(path)
+    return path / OPTIONAL_PARTS[key][0] if path.is_dir() else path
+
+
+def initial_part(key: str, config, init: str | None):
+    """A fresh optional part of `config`, or the one in `init` (its file or a model folder), in train mode."""
+    cls = OPTIONAL_PARTS[key][1]
+    if init is None:
+        return cls(config)
+    path = part_file(init, key)
+    part = cls.from_pretrained(path)
+    if part.config != config:
+        raise InputError(f"--init {path} holds a {key.replace('_', ' ')} of config {part.config.to_dict()}, not the "
+                         "one asked for", "leave out --model-config to continue with the file's config")
+    return part.train()
 
 
 def write_model(directory: str | Path, config: ModelConfig, vae, transformer, scheduler, lalrm,
-                refiner: Refiner | None = None) -> None:
-    """The whole model folder; without a refiner, one that the folder held is removed (the manifest's key first,
-    in the same atomic write as the config, then refiner.safetensors), so the folder is the model given."""
+                refiner: Refiner | None = None, depth_prior: DepthPrior | None = None) -> None:
+    """The whole model folder; an optional part not given that the folder held is removed (the manifest's key
+    first, in the same atomic write as the config, then its file), so the folder is the model given."""
     write_vae(directory, vae)
     write_video(directory, transformer, scheduler)
     write_lalrm(directory, lalrm, config.scene_scale)
-    if refiner is not None:
-        write_refiner(directory, refiner)
-    _write_manifest(Path(directory), remove=() if refiner is not None else ("refiner",),
+    parts = {"refiner": refiner, "depth_prior": depth_prior}
+    for key, module in parts.items():
+        if module is not None:
+            write_part(directory, key, module)
+    absent = tuple(key for key, module in parts.items() if module is None)
+    _write_manifest(Path(directory), remove=absent,
                     **{k: v for k, v in config.to_dict().items() if k not in ("video", "lalrm")})
-    if refiner is None:
-        (Path(directory) / REFINER_FILE).unlink(missing_ok=True)
+    for key in absent:
+        (Path(directory) / OPTIONAL_PARTS[key][0]).unlink(missing_ok=True)
 
 
 def read_config(directory: Path, manifest: dict | None = None) -> ModelConfig:

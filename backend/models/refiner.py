@@ -66,6 +66,7 @@ class RefinerConfig:
 class Refiner(nn.Module):
     """features [N, INPUT_CHANNELS, H, W] -> (log-depth residual, opacity logit offset, log-scale offset),
     each [N, H, W], bounded as the module docstring says."""
+    config_class = RefinerConfig
 
     def __init__(self, config: RefinerConfig):
         super().__init__()

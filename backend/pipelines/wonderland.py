@@ -16,19 +16,21 @@ import torch
 from diffusers import AutoencoderKLCogVideoX, CogVideoXDPMScheduler
 
 from backend.cameras import CameraBatch, center_crop_box, fit_cameras, normalize, resample
-from backend.detail import detail_layer
+from backend.detail import detail_layer, model_view
 from backend.detail_size import DEFAULT_DETAIL_SIZE, check_detail_size, detail_grid
 from backend.errors import Cancelled, InputError
 from backend.gaussians import Gaussians
 from backend.images import crop_resize
 from backend.models.config import NAMED_CONFIGS, ModelConfig
+from backend.models.depth_prior import DepthPrior
 from backend.models.lalrm import LaLRM
 from backend.models.video import CameraControlledTransformer, build_scheduler, build_vae
-from backend.models.model_dir import CONFIG_FILE, read_model, read_refiner, write_model
+from backend.models.model_dir import CONFIG_FILE, read_model, read_part, write_model
 from backend.models.refiner import Refiner
 from backend.pipelines.camera_i2v import (check_tiling, compile_blocks, decode_latents, encode_image,
                                           sample_video_latents)
 from backend.plucker import plucker_embedding
+from backend.prior_scale import photo_depth, prior_ratio, scaled
 from backend.render import render
 
 SHIPPED_DIR = Path(__file__).resolve().parents[1] / "weights"  # models the project ships, by name
@@ -48,6 +50,13 @@ class WonderlandPipeline:
     source: str                      # the directory it came from, or how its random weights were made
     random_weights: bool = False
     refiner: Refiner | None = None   # the detail layer's learned refiner, when the model folder has one
+    depth_prior: DepthPrior | None = None   # the photo's metric depth net, when the (metric) folder has one
+
+    def __post_init__(self) -> None:
+        if self.depth_prior is not None and self.config.scene_scale != "metric":
+            raise InputError(f"model {self.source}: a depth prior gives metres, but the LaLRM's scene scale is "
+                             f"{self.config.scene_scale!r}", "use a depth prior with a metric-scale model only "
+                             "(remove the \"depth_prior\" key from wonderland.json)")
 
     # --- construction ------------------------------------------------------------------------------
     @classmethod
@@ -65,15 +74,18 @@ class WonderlandPipeline:
     @classmethod
     def from_pretrained(cls, directory: str | Path, dtype: torch.dtype = torch.float32) -> "WonderlandPipeline":
         config, vae, transformer, scheduler, lalrm = read_model(directory, dtype)
-        return cls(config, vae, transformer, scheduler, lalrm, source=str(directory), refiner=read_refiner(directory))
+        return cls(config, vae, transformer, scheduler, lalrm, source=str(directory),
+                   refiner=read_part(directory, "refiner"), depth_prior=read_part(directory, "depth_prior"))
 
     def save_pretrained(self, directory: str | Path) -> None:
-        write_model(directory, self.config, self.vae, self.transformer, self.scheduler, self.lalrm, self.refiner)
+        write_model(directory, self.config, self.vae, self.transformer, self.scheduler, self.lalrm, self.refiner,
+                    self.depth_prior)
 
     def to(self, device: torch.device, dtype: torch.dtype | None = None) -> "WonderlandPipeline":
-        """Moves the models; the refiner stays float32 (it works on the detail layer's float32 grid)."""
-        if self.refiner is not None:
-            self.refiner.to(device=device)
+        """Moves the models; the refiner and the depth prior stay float32 (they work on float32 photos)."""
+        for module in (self.refiner, self.depth_prior):
+            if module is not None:
+                module.to(device=device)
         for module in (self.vae, self.transformer, self.lalrm):
             module.to(device=device)
             if dtype is not None and next(module.parameters()).dtype != dtype:
@@ -177,7 +189,8 @@ def generate(pipe: WonderlandPipeline, image: np.ndarray, cameras: CameraBatch, 
     never needs it, so it counts as one more step of the render stage. `detail_size` (long side in
     pixels, 0 = off, the paper's behaviour) adds the photo itself as pixel-aligned Gaussians
     (backend/detail.py), corrected by the model's refiner when it has one (info["detail"]["refiner"]),
-    and culls the model's Gaussians in front of it.
+    and culls the model's Gaussians in front of it. A model with a depth prior scales its Gaussians to the
+    photo's metric depth and blends that depth into the layer's (backend/prior_scale.py; info["depth_prior"]).
     """
 
     def progress(stage: str, step: int, total: int) -> None:
@@ -251,12 +264,18 @@ def generate(pipe: WonderlandPipeline, image: np.ndarray, cameras: CameraBatch, 
             max_count=cfg.max_gaussians if max_gaussians is None else max_gaussians)
     model_count = len(local)
     info["detail"] = {"size": None, "count": 0, "culled": 0, "refiner": False}
+    prior, prior_weight = None, 0.0
+    if pipe.depth_prior is not None and model_count:   # metres from the photo (backend/prior_scale.py)
+        prior = photo_depth(pipe.depth_prior, torch.from_numpy(pixels), cams_lrm[0])
+        factor = prior_ratio(model_view(local.to("cpu", torch.float32), cams_lrm[0].to("cpu", torch.float32)), prior)
+        local, prior_weight = scaled(local, factor), pipe.depth_prior.config.detail_weight
+        info["depth_prior"] = {"scale": round(factor, 4), "detail_weight": prior_weight}
     if detail_size and model_count:   # no model Gaussians, no depth: the result stays empty, and says so
         box = input_crop(cfg.size, image.shape[1::-1], cameras)[0]
         width, height = detail_grid(box, cfg.size, detail_size)
         photo = torch.from_numpy(crop_resize(image, box, width, height))
         with torch.no_grad():
-            detail, keep, info["detail"] = detail_layer(local, photo, cams_lrm[0], pipe.refiner)
+            detail, keep, info["detail"] = detail_layer(local, photo, cams_lrm[0], pipe.refiner, prior, prior_weight)
         local = Gaussians.cat([local.to(torch.float32)[keep.to(local.device)], detail.to(local.device)])
     with torch.no_grad():
         gaussians = normalization.gaussians_to_world(local).detach().to(dtype=torch.float32)

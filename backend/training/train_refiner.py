@@ -34,7 +34,7 @@ from backend.errors import InputError
 from backend.gaussians import Gaussians
 from backend.models.config import ModelConfig
 from backend.models.lalrm import LaLRM
-from backend.models.model_dir import LALRM_FILE, REFINER_FILE, load_vae, read_config, write_refiner
+from backend.models.model_dir import LALRM_FILE, initial_part, load_vae, read_config, write_part
 from backend.models.refiner import Refiner, RefinerConfig
 from backend.render import check_training_renderer, render
 from backend.training.engine import Trainer, TrainConfig
@@ -113,24 +113,6 @@ def frozen_lalrm(model_dir: Path) -> tuple[LaLRM, ModelConfig]:
     return lalrm, read_config(model_dir)
 
 
-def init_file(init: str) -> Path:
-    """--init as a refiner file: the path itself, or a model folder's refiner.safetensors."""
-    path = Path(init)
-    return path / REFINER_FILE if path.is_dir() else path
-
-
-def initial_refiner(config: RefinerConfig, init: str | None) -> Refiner:
-    """A fresh (zero-output) refiner, or the one in `init` (a refiner .safetensors or a model folder)."""
-    if init is None:
-        return Refiner(config)
-    path = init_file(init)
-    refiner = Refiner.from_pretrained(path)
-    if refiner.config != config:
-        raise InputError(f"--init {path} holds a refiner of config {refiner.config.to_dict()}, not the one asked for",
-                         "leave out --model-config to continue with the file's config")
-    return refiner.train()
-
-
 def cache_datasets(paths: list[str], vae, num_frames: int):
     """The latent caches, each checked to store frames (the detail layer's photo and the targets)."""
     from backend.data.latent_cache import latent_caches
@@ -151,7 +133,7 @@ def train_refiner(run: RefinerRun) -> dict:
     if run.weights.depth > 0 and not any(d.signature.get("depth_stored") for d in data.datasets):
         log.warning("--depth-weight %g, but no latent cache stores depth maps: the depth term adds nothing",
                     run.weights.depth)
-    trainer = Trainer(run.train, lambda: initial_refiner(run.refiner, run.init),
+    trainer = Trainer(run.train, lambda: initial_part("refiner", run.refiner, run.init),
                       run_info={"command": "train-refiner", "model": str(model_dir), "refiner": run.refiner.to_dict(),
                                 "latent_cache": run.latent_cache, "init": run.init,
                                 "loss": dataclasses.asdict(run.weights), "views": run.views})
@@ -164,7 +146,7 @@ def train_refiner(run: RefinerRun) -> dict:
         refiner = Refiner(run.refiner)
         refiner.load_state_dict(trainer.full_state_dict(ema=True))
         if trainer.is_main:
-            write_refiner(run.export, refiner)
+            write_part(run.export, "refiner", refiner)
         trainer.accelerator.wait_for_everyone()
     trainer.end()
     return trainer.summary()

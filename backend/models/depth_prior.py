@@ -1,0 +1,106 @@
+"""The depth prior: a small U-Net that reads metric depth off the photo, for a metric-scale model.
+
+Why a second depth at all: the LaLRM sees the photo as 6×4 tokens a latent frame, and its scale is a guess
+from appearance (it does not read the move's length: `benchmarks/bench_scene_scale.py --model` measures
+b ≈ 0), so thin things take their background's depth and whole rooms are put too near or too far. This
+net sees every pixel of the model-size photo (96×64 for `small`) with a path down to 6×4 and a global
+feature, so it can judge a chair's size and a wall's slant. `generate` uses it twice (backend/detail.py,
+`prior_scale` and `detail_depth`): the model's Gaussians are scaled about camera 0 so their median depth
+there is the prior's, and the detail layer's depth is a blend of the two in log depth
+(`DepthPriorConfig.detail_weight`, chosen on validation scenes).
+
+Input, 5 channels at the photo's size: RGB in 0..1 and each pixel's ray direction (x/z, y/z from the
+fitted intrinsics: the field of view, which a metric depth needs). Output: log camera z in the world's
+unit. Weights and config live in one safetensors file (the config in its header), like the LaLRM.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from backend.errors import InputError
+from backend.models.weights import config_from_dict, header_config, load_into, load_state_dict, save_with_config
+
+INPUT_CHANNELS = 5              # RGB + ray direction x/z, y/z
+INITIAL_LOG_DEPTH = 1.0         # the head's starting output, e^1 = 2.7: a room's median depth in metres
+CONFIG_METADATA_KEY = "depth_prior_config"
+
+
+@dataclass
+class DepthPriorConfig:
+    widths: tuple[int, ...] = (32, 64, 128, 128, 256)   # channels per level; each level after the first halves
+    detail_weight: float = 0.25     # the prior's share of the detail layer's log depth (chosen on validation)
+
+    def __post_init__(self) -> None:
+        self.widths = tuple(self.widths)
+        if len(self.widths) < 2 or any(not isinstance(w, int) or w < 8 or w % 8 for w in self.widths):
+            raise InputError(f"depth prior config: widths {list(self.widths)}",
+                             "use two or more levels of whole widths that are multiples of 8 (GroupNorm's groups)")
+        if not 0.0 <= self.detail_weight <= 1.0:
+            raise InputError(f"depth prior config: detail_weight {self.detail_weight}",
+                             "use 0 (scale only) .. 1 (the prior's depth alone)")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "widths": list(self.widths)}
+
+    @classmethod
+    def from_dict(cls, data: Any) -> "DepthPriorConfig":
+        return config_from_dict(cls, data, source="depth prior config")
+
+
+def ray_channels(K: Tensor, height: int, width: int) -> Tensor:
+    """[2, height, width]: x/z and y/z of each pixel centre's ray for intrinsics K [3, 3] at that size."""
+    v, u = torch.meshgrid(torch.arange(height, dtype=K.dtype) + 0.5, torch.arange(width, dtype=K.dtype) + 0.5,
+                          indexing="ij")
+    return torch.stack([(u - K[0, 2]) / K[0, 0], (v - K[1, 2]) / K[1, 1]])
+
+
+def _block(channels_in: int, channels_out: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(channels_in, channels_out, 3, padding=1), nn.GroupNorm(8, channels_out), nn.SiLU(),
+                         nn.Conv2d(channels_out, channels_out, 3, padding=1), nn.GroupNorm(8, channels_out), nn.SiLU())
+
+
+class DepthPrior(nn.Module):
+    """(photo [N, 3, H, W] in 0..1, rays [N, 2, H, W]) -> log camera z [N, H, W] in the world's unit."""
+    config_class = DepthPriorConfig
+
+    def __init__(self, config: DepthPriorConfig):
+        super().__init__()
+        self.config = config
+        w = config.widths
+        self.down = nn.ModuleList([_block(INPUT_CHANNELS, w[0])] + [_block(a, b) for a, b in zip(w, w[1:])])
+        self.context = nn.Linear(w[-1], w[-1])          # the whole picture's feature, added at the bottom
+        self.up = nn.ModuleList([_block(w[i + 1] + w[i], w[i]) for i in reversed(range(len(w) - 1))])
+        self.head = nn.Conv2d(w[0], 1, 1)
+        nn.init.zeros_(self.head.weight)
+        nn.init.constant_(self.head.bias, INITIAL_LOG_DEPTH)
+
+    def forward(self, photo: Tensor, rays: Tensor) -> Tensor:
+        x, skips = torch.cat([photo, rays], dim=1), []
+        for i, block in enumerate(self.down):
+            x = block(x if i == 0 else F.avg_pool2d(x, 2))
+            skips.append(x)
+        x = x + self.context(x.mean(dim=(2, 3)))[..., None, None]
+        for block, skip in zip(self.up, reversed(skips[:-1])):
+            up = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+            x = block(torch.cat([up, skip], dim=1))
+        return self.head(x)[:, 0]
+
+    def save_pretrained(self, path: str | os.PathLike) -> None:
+        """One .safetensors file holding the weights and, in its header, the config."""
+        save_with_config(self, self.config.to_dict(), CONFIG_METADATA_KEY, path)
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike) -> "DepthPrior":
+        """The depth prior of a save_pretrained file, in eval mode, on the CPU."""
+        model = cls(DepthPriorConfig.from_dict(header_config(
+            path, CONFIG_METADATA_KEY, "depth prior",
+            "export depth priors with `python -m backend train-depth-prior … --export DIR`")))
+        load_into(model, load_state_dict(path), strict=True)
+        return model.eval()

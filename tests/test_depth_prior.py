@@ -1,0 +1,149 @@
+"""The depth prior (backend/models/depth_prior.py, backend/prior_scale.py, train-depth-prior): generate scales
+the model to the prior's metres and blends the prior into the detail layer, model folders carry it, it is
+refused where its metres cannot fit, and its trainer learns depth from scene folders."""
+import dataclasses
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from backend.cameras import CameraBatch
+from backend.errors import InputError
+from backend.evaluation import load_eval_scene
+from backend.models.depth_prior import DepthPrior, DepthPriorConfig, ray_channels
+from backend.models.model_dir import CONFIG_FILE, DEPTH_PRIOR_FILE, read_part
+from backend.pipelines.wonderland import WonderlandPipeline, generate, load_pipeline
+from backend.prior_scale import photo_depth
+from backend.render import render
+from backend.training.train_depth_prior import DepthPriorObjective, batch_inputs
+from tests.test_evaluation import make_plane_scene
+
+SMALL = DepthPriorConfig(widths=(8, 16, 16))
+
+
+def constant_prior(depth: float, detail_weight: float) -> DepthPrior:
+    """A prior that says `depth` everywhere (its head's weights zero, its bias log depth)."""
+    prior = DepthPrior(dataclasses.replace(SMALL, detail_weight=detail_weight))
+    with torch.no_grad():
+        prior.head.bias.fill_(math.log(depth))
+    return prior.eval()
+
+
+def tiny_metric(prior: DepthPrior | None = None) -> WonderlandPipeline:
+    pipe = load_pipeline("tiny")
+    pipe.config = dataclasses.replace(pipe.config, scene_scale="metric")
+    pipe.depth_prior = prior
+    return pipe
+
+
+def dolly_and_image():
+    c2w = torch.eye(4).repeat(3, 1, 1)
+    c2w[:, 2, 3] = torch.tensor([0.0, 0.1, 0.2])
+    cameras = CameraBatch(torch.tensor([[80.0, 0, 48], [0, 80, 32], [0, 0, 1]]).repeat(3, 1, 1), c2w, 96, 64)
+    return np.random.RandomState(0).rand(64, 96, 3).astype(np.float32), cameras
+
+
+def median_depth(gaussians, cameras: CameraBatch) -> float:
+    with torch.no_grad():
+        out = render(gaussians, cameras[0])
+    z, alpha = out.depth[0, ..., 0], out.alpha[0, ..., 0]
+    return float(z[(alpha > 0.5) & (z > 0)].median())
+
+
+def test_generate_scales_the_model_to_the_prior_and_blends_it_into_the_detail_layer():
+    image, cameras = dolly_and_image()
+    plain = generate(tiny_metric(), image, cameras, steps=2, preview_count=0, detail_size=0)
+    scaled = generate(tiny_metric(constant_prior(3.0, 0.0)), image, cameras, steps=2, preview_count=0, detail_size=0)
+    factor = scaled.info["depth_prior"]["scale"]
+    assert "depth_prior" not in plain.info and factor > 0
+    # one factor about camera 0: every Gaussian slides along its ray, sizes grow with it, nothing else moves
+    assert torch.allclose(scaled.gaussians.means, plain.gaussians.means * factor, rtol=1e-3, atol=1e-4)
+    assert torch.allclose(scaled.gaussians.log_scales, plain.gaussians.log_scales + math.log(factor), atol=1e-3)
+    assert torch.equal(scaled.gaussians.sh0, plain.gaussians.sh0)
+    assert median_depth(scaled.gaussians, cameras) == pytest.approx(3.0, rel=0.05)
+    # the detail layer: the model's depth at weight 0, the prior's own at weight 1
+    layers = {w: generate(tiny_metric(constant_prior(3.0, w)), image, cameras, steps=2, preview_count=0,
+                          detail_size=96) for w in (0.0, 1.0)}
+    n = layers[1.0].info["detail"]["count"]
+    z_prior = layers[1.0].gaussians.means[-n:, 2]
+    assert torch.allclose(z_prior, torch.full_like(z_prior, 3.0), rtol=0.02)
+    assert float(layers[0.0].gaussians.means[-n:, 2].std()) > 10 * float(z_prior.std())
+
+
+def test_a_metric_model_folder_round_trips_its_prior_and_a_missing_file_is_named(tmp_path):
+    pipe = tiny_metric(constant_prior(2.5, 0.5))
+    pipe.save_pretrained(tmp_path / "m")
+    manifest = json.loads((tmp_path / "m" / CONFIG_FILE).read_text())
+    assert manifest["depth_prior"] == {"widths": [8, 16, 16], "detail_weight": 0.5}
+    loaded = WonderlandPipeline.from_pretrained(tmp_path / "m")
+    assert loaded.depth_prior.config == pipe.depth_prior.config and not loaded.depth_prior.training
+    for name, tensor in pipe.depth_prior.state_dict().items():
+        assert torch.equal(loaded.depth_prior.state_dict()[name], tensor), name
+    tiny_metric().save_pretrained(tmp_path / "m")         # saved without one: the key and the file go
+    assert "depth_prior" not in json.loads((tmp_path / "m" / CONFIG_FILE).read_text())
+    assert not (tmp_path / "m" / DEPTH_PRIOR_FILE).exists() and read_part(tmp_path / "m", "depth_prior") is None
+    (tmp_path / "m" / CONFIG_FILE).write_text(json.dumps(manifest))
+    with pytest.raises(InputError, match="names a depth prior but depth_prior.safetensors is missing") as error:
+        WonderlandPipeline.from_pretrained(tmp_path / "m")
+    assert "train-depth-prior" in error.value.hint
+
+
+def test_a_path_scale_model_refuses_a_prior():
+    pipe = load_pipeline("tiny")
+    assert pipe.config.scene_scale == "path"
+    with pytest.raises(InputError, match="a depth prior gives metres") as error:
+        WonderlandPipeline(pipe.config, pipe.vae, pipe.transformer, pipe.scheduler, pipe.lalrm, "test",
+                           depth_prior=constant_prior(2.0, 0.5))
+    assert "metric-scale model" in error.value.hint
+
+
+def test_the_flip_augmentation_is_the_mirrored_camera():
+    """Flipping the ray channels left-right and negating x gives the rays of the camera whose principal point is
+    mirrored: the same photo seen in a mirror, so depth stays the truth."""
+    K = torch.tensor([[70.0, 0, 40.0], [0, 70.0, 30.0], [0, 0, 1]])
+    mirrored = K.clone()
+    mirrored[0, 2] = 96 - K[0, 2]
+    rays = ray_channels(K, 64, 96)
+    flipped = rays.flip(-1) * torch.tensor([-1.0, 1.0])[:, None, None]
+    assert torch.allclose(flipped, ray_channels(mirrored, 64, 96), atol=1e-6)
+
+
+def test_the_objective_reads_only_valid_depth():
+    batch = {"frames": torch.rand(2, 1, 3, 16, 24), "K": torch.tensor([[20.0, 0, 12], [0, 20, 8], [0, 0, 1]])
+             .expand(2, 1, 3, 3), "depth": torch.full((2, 1, 16, 24), 2.0)}
+    batch["depth"][:, :, :8] = 0.0                                     # no depth: the top half does not count
+    prior = constant_prior(2.0, 0.5)
+    assert float(DepthPriorObjective()(prior, batch, {})["loss"].detach()) == pytest.approx(0.0, abs=1e-5)
+    photo, rays, depth = batch_inputs(batch)
+    assert photo.shape == (2, 3, 16, 24) and rays.shape == (2, 2, 16, 24) and depth.shape == (2, 16, 24)
+    batch["depth"][:, :, 8:] = 2.0 * math.e
+    assert float(DepthPriorObjective()(prior, batch, {})["loss"].detach()) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_train_depth_prior_learns_a_wall_and_exports_into_a_metric_folder_only(tmp_path, run_backend):
+    for i in range(3):
+        scene = tmp_path / "data" / f"scene_{i:07d}"
+        make_plane_scene(scene, frames=3)
+        for f in range(1, 3):
+            (scene / "depth" / f"{f:04d}.npy").write_bytes((scene / "depth" / "0000.npy").read_bytes())
+    config = tmp_path / "prior.json"
+    config.write_text(json.dumps({"widths": [8, 16], "detail_weight": 0.5}))
+    path_folder = tmp_path / "path-model"
+    load_pipeline("tiny").save_pretrained(path_folder)
+    args = ["train-depth-prior", "--data", str(tmp_path / "data"), "--model-config", str(config), "--size", "48x32",
+            "--batch-size", "4", "--steps", "60", "--lr", "3e-2", "--val-fraction", "0", "--log-every", "20"]
+    refused = run_backend(*args, "--out", str(tmp_path / "refused"), "--export", str(path_folder))
+    assert refused.returncode == 2 and "scene_scale 'path'" in refused.stderr
+    metric_folder = tmp_path / "metric-model"
+    tiny_metric().save_pretrained(metric_folder)
+    done = run_backend(*args, "--out", str(tmp_path / "run"), "--export", str(metric_folder))
+    assert done.returncode == 0, done.stderr
+    losses = [json.loads(line)["loss"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert losses[-1] < 0.5 * losses[0]
+    prior = WonderlandPipeline.from_pretrained(metric_folder).depth_prior
+    truth = np.load(tmp_path / "data" / "scene_0000000" / "depth" / "0000.npy")
+    scene = load_eval_scene(tmp_path / "data" / "scene_0000000")
+    got = photo_depth(prior, torch.from_numpy(scene.image(0)), scene.cameras[0])
+    assert float(np.median(got.numpy())) == pytest.approx(float(np.median(truth)), rel=0.15)
