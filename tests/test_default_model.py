@@ -47,6 +47,8 @@ def test_default_loads_the_trained_small_model():
     zero_init = [k for k, v in fresh.items() if not v.any()]
     trained = pipe.transformer.camera_state_dict()
     assert len(zero_init) >= 4 and all(trained[k].any() for k in zero_init)
+    # its depth prior is trained too: the head starts at zero weights (models/depth_prior.py)
+    assert pipe.config.scene_scale == "metric" and pipe.depth_prior is not None and pipe.depth_prior.head.weight.any()
 
 
 def test_generate_without_model_uses_the_default(tmp_path, run_backend):
@@ -57,6 +59,7 @@ def test_generate_without_model_uses_the_default(tmp_path, run_backend):
     meta = json.loads((out / "meta.json").read_text())
     assert (meta["model"], meta["model_source"], meta["random_weights"]) == (DEFAULT_MODEL, str(DEFAULT_DIR), False)
     assert "random weights" not in result.stderr
+    assert meta["depth_prior"]["detail_weight"] == 0.25 and 0.1 < meta["depth_prior"]["scale"] < 10
 
 
 @pytest.fixture(scope="module")
