@@ -63,5 +63,5 @@ def run(args: argparse.Namespace) -> int:
     weights = LossWeights(perceptual=0, ssim=args.ssim_weight, scale=0, opacity=0, depth=args.depth_weight)
     return run_training(train_refiner, RefinerRun(
         train=train_config(args), model=str(model_folder(args.model)), latent_cache=args.latent_cache,
-        refiner=part_config("refiner", args.model_config, args.init), weights=weights, views=args.views, renderer=args.renderer,
-        init=args.init, resume=args.resume, export=args.export))
+        refiner=part_config("refiner", args.model_config, args.init), weights=weights, views=args.views,
+        renderer=args.renderer, init=args.init, resume=args.resume, export=args.export))

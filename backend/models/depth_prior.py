@@ -4,10 +4,10 @@ Why a second depth at all: the LaLRM sees the photo as 6×4 tokens a latent fram
 from appearance (it does not read the move's length: `benchmarks/bench_scene_scale.py --model` measures
 b ≈ 0), so thin things take their background's depth and whole rooms are put too near or too far. This
 net sees every pixel of the model-size photo (96×64 for `small`) with a path down to 6×4 and a global
-feature, so it can judge a chair's size and a wall's slant. `generate` uses it twice (backend/detail.py,
-`prior_scale` and `detail_depth`): the model's Gaussians are scaled about camera 0 so their median depth
-there is the prior's, and the detail layer's depth is a blend of the two in log depth
-(`DepthPriorConfig.detail_weight`, chosen on validation scenes).
+feature, so it can judge a chair's size and a wall's slant. `generate` uses it twice: the model's Gaussians
+are scaled about camera 0 so their median depth there is the prior's (backend/prior_scale.py), and the
+detail layer's depth is a blend of the two in log depth (backend/detail.py: detail_depth; the blend's
+weight, `DepthPriorConfig.detail_weight`, was chosen on validation scenes).
 
 Input, 5 channels at the photo's size: RGB in 0..1 and each pixel's ray direction (x/z, y/z from the
 fitted intrinsics: the field of view, which a metric depth needs). Output: log camera z in the world's
