@@ -175,16 +175,17 @@ def test_train_lrm_with_depth_weight_stores_depth_in_the_latent_cache_and_logs_t
 
 
 def test_a_model_folder_states_its_scene_scale_and_older_folders_read_as_path():
-    from backend.models.config import SCENE_SCALES, ModelConfig
-    from backend.models.model_dir import read_manifest
+    from backend.models.config import SCENE_SCALES
+    from backend.models.model_dir import read_config, read_manifest
     from backend.pipelines.wonderland import DEFAULT_MODEL, SHIPPED_DIR
-    manifest = read_manifest(SHIPPED_DIR / DEFAULT_MODEL)
+    folder = SHIPPED_DIR / DEFAULT_MODEL
+    manifest = read_manifest(folder)            # read_config leaves out the optional parts' keys (depth_prior)
     assert manifest["scene_scale"] in SCENE_SCALES
-    assert ModelConfig.from_dict(manifest).scene_scale == manifest["scene_scale"]
+    assert read_config(folder, manifest).scene_scale == manifest["scene_scale"]
     older = {k: v for k, v in manifest.items() if k != "scene_scale"}
-    assert ModelConfig.from_dict(older).scene_scale == "path"
+    assert read_config(folder, older).scene_scale == "path"
     with pytest.raises(InputError, match="'scene_scale' is \"feet\", this backend knows path, metric") as error:
-        ModelConfig.from_dict({**manifest, "scene_scale": "feet"})
+        read_config(folder, {**manifest, "scene_scale": "feet"})
     assert "train-lrm --scene-scale" in error.value.hint
 
 
