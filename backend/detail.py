@@ -34,6 +34,7 @@ from torch import Tensor
 from backend.cameras import CameraBatch
 from backend.gaussians import SH_C0, Gaussians
 from backend.models.refiner import Refiner
+from backend.plucker import camera_directions
 from backend.render import RenderOutput, render
 from backend.render.reference import ALPHA_MIN
 
@@ -147,11 +148,9 @@ def lift(photo: Tensor, depth: Tensor, K: Tensor, sh_rest_count: int = 0,
     per-pixel opacity logit and log-scale offsets [h, w] change its opacity and splat size."""
     h, w = depth.shape
     dtype = depth.dtype
-    v, u = torch.meshgrid(torch.arange(h, dtype=dtype) + 0.5, torch.arange(w, dtype=dtype) + 0.5, indexing="ij")
-    fx, fy, cx, cy = K[0, 0], K[1, 1], K[0, 2], K[1, 2]
+    means = (camera_directions(K.to(dtype), h, w) * depth[..., None]).reshape(-1, 3)
     z = depth.reshape(-1)
-    means = torch.stack([(u.reshape(-1) - cx) / fx * z, (v.reshape(-1) - cy) / fy * z, z], dim=-1)
-    log_sigma = torch.log(SPLAT_SIGMA * z / torch.sqrt(fx * fy))
+    log_sigma = torch.log(SPLAT_SIGMA * z / torch.sqrt(K[0, 0] * K[1, 1]))
     n = h * w
     logits = torch.full((n,), math.log(SPLAT_OPACITY / (1 - SPLAT_OPACITY)), dtype=dtype)
     if opacity_offset is not None:

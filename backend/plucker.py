@@ -13,6 +13,15 @@ def scale_intrinsics(K: Tensor, src_w: int, src_h: int, dst_w: int, dst_h: int) 
     return crop_resize_intrinsics(K, (0.0, 0.0, float(src_w), float(src_h)), dst_w, dst_h)
 
 
+def camera_directions(K: Tensor, height: int, width: int) -> Tensor:
+    """K⁻¹ [u + 0.5, v + 0.5, 1] at the pixel centres of a height x width grid (K [..., 3, 3] at that size):
+    [..., H, W, 3] directions in the camera frame with z = 1, in K's dtype and device."""
+    v, u = torch.meshgrid(torch.arange(height, dtype=K.dtype, device=K.device) + 0.5,
+                          torch.arange(width, dtype=K.dtype, device=K.device) + 0.5, indexing="ij")
+    pix = torch.stack([u, v, torch.ones_like(u)], dim=-1)                           # [H, W, 3]
+    return torch.einsum("...ij,hwj->...hwi", torch.linalg.inv(K), pix)
+
+
 def pixel_rays(cameras: CameraBatch, height: int, width: int) -> tuple[Tensor, Tensor]:
     """World rays through the pixel centres (u + 0.5, v + 0.5) of a height x width grid over each image.
 
@@ -20,11 +29,7 @@ def pixel_rays(cameras: CameraBatch, height: int, width: int) -> tuple[Tensor, T
     cameras' dtype and device.
     """
     K = scale_intrinsics(cameras.K, cameras.width, cameras.height, width, height)
-    dtype, device = cameras.c2w.dtype, cameras.c2w.device
-    v, u = torch.meshgrid(torch.arange(height, dtype=dtype, device=device) + 0.5,
-                          torch.arange(width, dtype=dtype, device=device) + 0.5, indexing="ij")
-    pix = torch.stack([u, v, torch.ones_like(u)], dim=-1)                           # [H, W, 3]
-    d_cam = torch.einsum("nij,hwj->nhwi", torch.linalg.inv(K.to(dtype)), pix)      # K⁻¹ [u, v, 1]
+    d_cam = camera_directions(K.to(dtype=cameras.c2w.dtype, device=cameras.c2w.device), height, width)
     d = torch.einsum("nij,nhwj->nhwi", cameras.c2w[:, :3, :3], d_cam)
     d = d / torch.linalg.norm(d, dim=-1, keepdim=True)
     o = cameras.c2w[:, None, None, :3, 3].expand_as(d)

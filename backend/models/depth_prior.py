@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from backend.errors import InputError
 from backend.models.weights import config_from_dict, header_config, load_into, load_state_dict, save_with_config
+from backend.plucker import camera_directions
 
 INPUT_CHANNELS = 5              # RGB + ray direction x/z, y/z
 INITIAL_LOG_DEPTH = 1.0         # the head's starting output, e^1 = 2.7: a room's median depth in metres
@@ -56,9 +57,7 @@ class DepthPriorConfig:
 
 def ray_channels(K: Tensor, height: int, width: int) -> Tensor:
     """[2, height, width]: x/z and y/z of each pixel centre's ray for intrinsics K [3, 3] at that size."""
-    v, u = torch.meshgrid(torch.arange(height, dtype=K.dtype) + 0.5, torch.arange(width, dtype=K.dtype) + 0.5,
-                          indexing="ij")
-    return torch.stack([(u - K[0, 2]) / K[0, 0], (v - K[1, 2]) / K[1, 1]])
+    return camera_directions(K, height, width)[..., :2].permute(2, 0, 1)
 
 
 def _block(channels_in: int, channels_out: int) -> nn.Sequential:
