@@ -54,9 +54,12 @@ class DepthPriorRun:
 
 def check_export(folder: Path) -> None:
     """A depth prior gives metres: refuse, before training, to export it into a path-scale model folder."""
-    if (folder / CONFIG_FILE).is_file() and read_config(folder).scene_scale != "metric":
+    if not (folder / CONFIG_FILE).is_file():
+        return
+    scene_scale = read_config(folder).scene_scale
+    if scene_scale != "metric":
         raise InputError(f"--export {folder}: its LaLRM reads cameras normalized by the move (scene_scale "
-                         f"{read_config(folder).scene_scale!r}), and a depth prior's metres would not fit it",
+                         f"{scene_scale!r}), and a depth prior's metres would not fit it",
                          "export into a metric-scale model folder (train-lrm --scene-scale metric)")
 
 
