@@ -408,6 +408,18 @@ class Trainer:
             model_state = {**model_state, **{k: v.detach().cpu() for k, v in self.ema.state_dict().items()}}
         return model_state
 
+    def export(self, model: nn.Module, write: Callable[[nn.Module], None], prefix: str = "") -> nn.Module:
+        """`model` (on any device, the meta device included) given the trained weights, EMA when on, as float32
+        (the keys of the trained module that start with `prefix`, less it), then `write(model)` on the main
+        process. Every process calls it; it returns when the write is done."""
+        state = {k[len(prefix):]: v.float() if v.is_floating_point() else v
+                 for k, v in self.full_state_dict(ema=True).items() if k.startswith(prefix)}
+        model.load_state_dict(state, strict=True, assign=True)
+        if self.is_main:
+            write(model)
+        self.accelerator.wait_for_everyone()
+        return model
+
     def _gather_states(self, optimizer: bool = True) -> tuple[dict, dict]:
         options = StateDictOptions(full_state_dict=True, cpu_offload=True)
         model_state, optim_state = get_state_dict(self.model, [self.optimizer.optimizer] if optimizer else [],

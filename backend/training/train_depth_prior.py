@@ -139,10 +139,6 @@ def train_depth_prior(run: DepthPriorRun) -> dict:
         validate = depth_validator(trainer.unwrapped_model, val_set, run.scenes.val_clips)
     trainer.fit(data, DepthPriorObjective(), collate_fn=collate, validate_fn=validate)
     if run.export:
-        prior = DepthPrior(run.prior)
-        prior.load_state_dict(trainer.full_state_dict(ema=True))
-        if trainer.is_main:
-            write_part(run.export, "depth_prior", prior)
-        trainer.accelerator.wait_for_everyone()
+        trainer.export(DepthPrior(run.prior), lambda prior: write_part(run.export, "depth_prior", prior))
     trainer.end()
     return trainer.summary()

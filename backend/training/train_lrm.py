@@ -214,14 +214,11 @@ def export_lalrm(trainer: Trainer, base: LaLRMConfig, directory: str | Path, vae
     write_vae when the folder has no VAE yet, so `generate --model directory` finds everything once the video
     part is there. All ranks call it."""
     from backend.models.model_dir import write_lalrm
-    state = trainer.full_state_dict(ema=True)
-    lalrm = LaLRM(final_config(base, trainer.config))
-    lalrm.load_state_dict(state)
-    if trainer.is_main:
+
+    def write(lalrm: LaLRM) -> None:
         write_lalrm(directory, lalrm, scene_scale)
         write_vae_if_missing(directory, vae)
-    trainer.accelerator.wait_for_everyone()
-    return lalrm
+    return trainer.export(LaLRM(final_config(base, trainer.config)), write)
 
 
 # The command's pieces ------------------------------------------------------------------------------------

@@ -143,10 +143,6 @@ def train_refiner(run: RefinerRun) -> dict:
     objective = RefinerObjective(lalrm, config, ReconstructionLoss(run.weights), run.views, run.renderer)
     trainer.fit(data, objective, collate_fn=collate)
     if run.export:
-        refiner = Refiner(run.refiner)
-        refiner.load_state_dict(trainer.full_state_dict(ema=True))
-        if trainer.is_main:
-            write_part(run.export, "refiner", refiner)
-        trainer.accelerator.wait_for_everyone()
+        trainer.export(Refiner(run.refiner), lambda refiner: write_part(run.export, "refiner", refiner))
     trainer.end()
     return trainer.summary()

@@ -102,13 +102,7 @@ def make_validator(module: ReconstructingVAE, dataset, max_clips: int, collate_f
 def export_vae(trainer: Trainer, config: VideoModelConfig, directory: str | Path) -> AutoencoderKLCogVideoX:
     """write_vae(directory) with the trained (EMA when on) weights; all processes call it."""
     from backend.models.model_dir import write_vae
-    state = trainer.full_state_dict(ema=True)
-    vae = AutoencoderKLCogVideoX(**config.vae)
-    vae.load_state_dict({k[len("vae."):]: v for k, v in state.items()})
-    if trainer.is_main:
-        write_vae(directory, vae)
-    trainer.accelerator.wait_for_everyone()
-    return vae
+    return trainer.export(AutoencoderKLCogVideoX(**config.vae), lambda vae: write_vae(directory, vae), prefix="vae.")
 
 
 @dataclass

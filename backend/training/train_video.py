@@ -180,16 +180,14 @@ def export_video(trainer: Trainer, config: VideoModelConfig, scheduler: CogVideo
     """write_video(directory) with the trained (EMA when on) weights, and write_vae when the folder has no
     VAE yet. The weights go into a model built on the meta device (no second random copy is made).
     All processes call it."""
-    from backend.models.model_dir import write_video
-    from backend.models.model_dir import write_vae_if_missing
-    state = trainer.full_state_dict(ema=True)
-    if trainer.is_main:
-        with torch.device("meta"):
-            model = CameraControlledTransformer(config)
-        model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True, assign=True)
+    from backend.models.model_dir import write_vae_if_missing, write_video
+
+    def write(model: CameraControlledTransformer) -> None:
         write_video(Path(directory), model, scheduler)
         write_vae_if_missing(directory, vae)
-    trainer.accelerator.wait_for_everyone()
+    with torch.device("meta"):
+        model = CameraControlledTransformer(config)
+    trainer.export(model, write)
 
 
 @dataclass
