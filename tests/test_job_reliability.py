@@ -28,6 +28,7 @@ from backend.job import CancelWatch, job_folder, lock_folder
 from backend.models.config import ModelConfig
 from backend.models.model_dir import read_model
 from backend.ply import read_ply
+from processes import pid_alive
 from test_backend_generate import MODEL, events_of, write_job
 
 GENERATE = [sys.executable, "-m", "backend", "generate"]
@@ -37,14 +38,6 @@ def generate_args(tmp_path, out=None, *extra):
     image, cams = write_job(tmp_path)
     return ["--image", str(image), "--cameras", str(cams), "--out", str(out or tmp_path / "out"),
             "--model", MODEL, "--previews", "1", "--preview-size", "32", *map(str, extra)]
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 # --- 1. values that overflow float32 ----------------------------------------------------------------------

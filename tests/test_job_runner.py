@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+from processes import pid_alive
 from wonderland_blender import job as jobmod
 from wonderland_blender.job import EventTail, Job, build_command, shutdown_all, stage_progress
 
@@ -26,19 +27,6 @@ def child(tmp_path, body: str) -> list[str]:
                 fh.write(json.dumps({"event": event, **fields}) + "\\n")
     """) + textwrap.dedent(body))
     return [sys.executable, str(script), str(tmp_path / "job")]
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # a zombie (exited, not yet reaped by its parent) counts as gone
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return True
 
 
 def run_to_end(job: Job, timeout: float = 30.0, on_poll=None):

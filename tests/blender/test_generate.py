@@ -3,7 +3,6 @@ backend child (`--model tiny`) or small stand-in children for the failure paths.
 from __future__ import annotations
 
 import json
-import os
 import stat
 import sys
 import time
@@ -14,6 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from processes import pid_alive
 from wonderland_blender import display, ops_generate, previews
 from wonderland_blender.plyio import read_ply
 from wonderland_blender.preferences import ENV_BACKEND_PYTHON, get_preferences
@@ -25,18 +25,6 @@ DATA_KINDS = ("objects", "collections", "meshes", "pointclouds", "images", "mate
 def snapshot() -> dict:
     """What the .blend holds, by kind: names of every datablock."""
     return {kind: sorted(d.name for d in getattr(bpy.data, kind)) for kind in DATA_KINDS}
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return True
 
 
 @pytest.fixture
