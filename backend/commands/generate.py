@@ -58,6 +58,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"long side of the detail layer, the photo lifted into Gaussians at its own resolution "
                         f"(default {DEFAULT_DETAIL_SIZE}, at most {MAX_DETAIL_SIZE} and the photo's size; 0: off, "
                         "the paper's behaviour)")
+    p.add_argument("--subject-distance", type=float, metavar="D",
+                   help="how far the picture's subject is from its camera, in the cameras' units (metres for "
+                        "a Blender scene in metres): the result is scaled about the first camera so that the "
+                        "median depth of its view is D. Default: the model's own guess")
 
 
 def _prompt_embeds(args, video_config):
@@ -134,7 +138,8 @@ def _generate(args, out: Path, events: EventLog, watch: CancelWatch) -> dict:
                           preview_count=args.previews, preview_size=args.preview_size,
                           video_preview=args.video_preview, vae_tiling=args.vae_tiling,
                           prune_opacity=args.prune_opacity, max_gaussians=args.max_gaussians,
-                          detail_size=args.detail_size, prompt_embeds=prompt_embeds, device=device,
+                          detail_size=args.detail_size, subject_distance=args.subject_distance,
+                          prompt_embeds=prompt_embeds, device=device,
                           offload=args.offload, on_progress=on_progress, should_cancel=watch.requested)
     finally:
         for bar in bars.values():

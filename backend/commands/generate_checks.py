@@ -7,6 +7,7 @@ import math
 import torch
 
 from backend.errors import InputError
+from backend.prior_scale import check_subject_distance
 
 MAX_STEPS = 1000          # the CogVideoX schedulers' training timesteps: more inference steps do not exist
 MAX_PREVIEWS = 1000
@@ -33,6 +34,7 @@ def check_args(args) -> None:
         value = getattr(args, name)
         if value is not None and not math.isfinite(value):
             raise InputError(f"--{name.replace('_', '-')} {value} is not a finite number", "give a number")
+    check_subject_distance(getattr(args, "subject_distance", None))
     if args.prune_opacity is not None and not 0.0 <= args.prune_opacity <= 1.0:
         raise InputError(f"--prune-opacity {args.prune_opacity} is out of range",
                          "opacities lie in 0..1: use e.g. 0.005")

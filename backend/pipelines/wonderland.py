@@ -30,7 +30,7 @@ from backend.models.refiner import Refiner
 from backend.pipelines.camera_i2v import (check_tiling, compile_blocks, decode_latents, encode_image,
                                           sample_video_latents)
 from backend.plucker import plucker_embedding
-from backend.prior_scale import photo_depth, prior_ratio, scaled
+from backend.prior_scale import check_subject_distance, distance_ratio, photo_depth, prior_ratio, scaled
 from backend.render import render
 
 SHIPPED_DIR = Path(__file__).resolve().parents[1] / "weights"  # models the project ships, by name
@@ -175,8 +175,8 @@ def generate(pipe: WonderlandPipeline, image: np.ndarray, cameras: CameraBatch, 
              cache: str | None = None, compile: bool = False, preview_count: int = 8, preview_size: int = 256,
              video_preview: bool = False, vae_tiling: bool = False,
              prune_opacity: float | None = None, max_gaussians: int | None = None,
-             detail_size: int = DEFAULT_DETAIL_SIZE, device: torch.device | None = None, offload: bool = False,
-             on_progress: ProgressFn | None = None, should_cancel: Callable[[], bool] | None = None
+             detail_size: int = DEFAULT_DETAIL_SIZE, subject_distance: float | None = None,
+             device: torch.device | None = None, offload: bool = False, on_progress: ProgressFn | None = None, should_cancel: Callable[[], bool] | None = None
              ) -> GenerateResult:
     """Image [H, W, 3] floats in 0..1 and the caller's trajectory -> Gaussians in the caller's world.
 
@@ -191,6 +191,8 @@ def generate(pipe: WonderlandPipeline, image: np.ndarray, cameras: CameraBatch, 
     (backend/detail.py), corrected by the model's refiner when it has one (info["detail"]["refiner"]),
     and culls the model's Gaussians in front of it. A model with a depth prior scales its Gaussians to the
     photo's metric depth and blends that depth into the layer's (backend/prior_scale.py; info["depth_prior"]).
+    `subject_distance` (the caller's world units) overrides the model's size: everything is scaled about camera
+    0 so that the median depth of its view is that distance (info["subject_distance"]).
     """
 
     def progress(stage: str, step: int, total: int) -> None:
@@ -212,6 +214,7 @@ def generate(pipe: WonderlandPipeline, image: np.ndarray, cameras: CameraBatch, 
                              "--vae-tiling")
         check_tiling(pipe.vae)  # before the minutes of sampling, not after
     check_detail_size(detail_size)
+    check_subject_distance(subject_distance)
     steps = steps or video_cfg.num_inference_steps
     device, dtype = device or pipe.device, pipe.lalrm.dtype
 
@@ -270,6 +273,11 @@ def generate(pipe: WonderlandPipeline, image: np.ndarray, cameras: CameraBatch, 
         factor = prior_ratio(model_view(local.to("cpu", torch.float32), cams_lrm[0].to("cpu", torch.float32)), prior)
         local, prior_weight = scaled(local, factor), pipe.depth_prior.config.detail_weight
         info["depth_prior"] = {"scale": round(factor, 4), "detail_weight": prior_weight}
+    if subject_distance is not None and model_count:   # the artist's size wins over the model's guess
+        view = model_view(local.to("cpu", torch.float32), cams_lrm[0].to("cpu", torch.float32))
+        factor = distance_ratio(view, subject_distance / normalization.scale)
+        local, prior = scaled(local, factor), None if prior is None else prior * factor
+        info["subject_distance"] = {"distance": subject_distance, "scale": round(factor, 4)}
     if detail_size and model_count:   # no model Gaussians, no depth: the result stays empty, and says so
         box = input_crop(cfg.size, image.shape[1::-1], cameras)[0]
         width, height = detail_grid(box, cfg.size, detail_size)
