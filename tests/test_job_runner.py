@@ -47,6 +47,8 @@ def test_build_command_has_the_contract_flags_and_skips_unset_ones():
                         device="cpu", dtype=None)
     assert cmd == ["/py", "-m", "backend", "generate", "--image", "/j/image.png", "--cameras", "/j/cameras.json",
                    "--out", "/j", "--model", "tiny", "--steps", "4", "--seed", "0", "--device", "cpu"]
+    sized = build_command("/py", "/j/image.png", "/j/cameras.json", "/j", subject_distance=12.5)
+    assert sized[-2:] == ["--subject-distance", "12.5"]
 
 
 def test_stage_progress_runs_through_the_stages_in_order():

@@ -14,8 +14,8 @@ import torch
 from backend.cameras import CameraBatch
 from backend.pipelines.wonderland import model_inputs
 from wonderland_blender.intrinsics import model_crop
-from wonderland_blender.model_info import (ModelSpec, find_model_config, job_scene_scale, job_warnings, move_length,
-                                           read_model_spec, scale_text, weights_dirs)
+from wonderland_blender.model_info import (ModelSpec, find_model_config, job_scene_scale, job_subject_distance,
+                                           job_warnings, move_length, read_model_spec, scale_text, weights_dirs)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -94,3 +94,15 @@ def test_the_scale_line_says_when_the_model_sizes_the_scene_in_metres(tmp_path):
     assert scale_text(0.25, "metric").startswith("Scale: metres") and "0.25 units" in scale_text(0.25, "metric")
     meta.write_text(json.dumps({"model": "old"}))                 # older backends write no key
     assert job_scene_scale(meta) == "path" and scale_text(0.5, "path").startswith("Scale follows the camera move")
+
+
+def test_the_scale_line_says_when_the_artists_subject_distance_sized_the_scene(tmp_path):
+    meta = tmp_path / "meta.json"
+    assert job_subject_distance(meta) == 0.0                      # no meta.json: the model's own size
+    meta.write_text(json.dumps({"scene_scale": "metric", "subject_distance": {"distance": 40.0, "scale": 9.8}}))
+    assert job_subject_distance(meta) == 40.0
+    assert scale_text(0.5, "metric", 40.0) == ("Scale: set by Subject Distance, the picture's median depth 40 units "
+                                               "(the camera moved 0.5)")
+    for broken in ({"subject_distance": "far"}, {"subject_distance": {"distance": "x"}}, ["not", "a", "dict"]):
+        meta.write_text(json.dumps(broken))
+        assert job_subject_distance(meta) == 0.0

@@ -82,18 +82,37 @@ def move_length(cameras_json: str | os.PathLike) -> float:
     return relative_motion([frame["c2w"] for frame in frames])[0]
 
 
+def _read_meta(meta: str | os.PathLike) -> dict:
+    """A job's meta.json as a dict; {} when it is missing or unreadable (an older or failed backend)."""
+    try:
+        data = json.loads(Path(meta).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 def job_scene_scale(meta: str | os.PathLike) -> str:
     """How the job's model sized the scene (meta.json's "scene_scale"): "metric" (the model's own metres) or
     "path" (the paper's rule, and what a meta.json without the key, or none, means)."""
-    try:
-        value = json.loads(Path(meta).read_text(encoding="utf-8")).get("scene_scale", "path")
-    except (OSError, ValueError, AttributeError):
-        return "path"
+    value = _read_meta(meta).get("scene_scale", "path")
     return value if value in ("path", "metric") else "path"
 
 
-def scale_text(length: float, scene_scale: str = "path") -> str:
+def job_subject_distance(meta: str | os.PathLike) -> float:
+    """The subject distance the job's result was sized to (meta.json's "subject_distance"), 0.0 when the model's
+    own size stands."""
+    value = _read_meta(meta).get("subject_distance")
+    try:
+        return float(value["distance"]) if isinstance(value, dict) else 0.0
+    except (KeyError, TypeError, ValueError):
+        return 0.0
+
+
+def scale_text(length: float, scene_scale: str = "path", subject_distance: float = 0.0) -> str:
     """The panel's line on where the result's scale comes from."""
+    if subject_distance > 0:
+        return (f"Scale: set by Subject Distance, the picture's median depth {subject_distance:.3g} units (the camera "
+                f"moved {length:.3g})")
     if scene_scale == "metric":
         return (f"Scale: metres, as the model learned rooms (the camera moved {length:.3g} units: a short move "
                 "stays short)")

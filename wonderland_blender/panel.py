@@ -184,6 +184,7 @@ class WONDERLAND_PT_main(bpy.types.Panel):
         row = col.row(align=True)
         row.prop(s, "steps")
         row.prop(s, "seed")
+        col.prop(s, "subject_distance")
         col.prop(s, "video_preview")
 
         if s.is_running:
@@ -203,7 +204,8 @@ class WONDERLAND_PT_main(bpy.types.Panel):
             box.label(text=s.last_result_path)
             for warning in filter(None, s.last_warnings.split("\n")):
                 box.label(text=f"Backend: {warning}", icon='ERROR')
-            box.label(text=scale_text(s.last_move_length, s.last_scene_scale), icon='INFO')
+            box.label(text=scale_text(s.last_move_length, s.last_scene_scale, s.last_subject_distance),
+                      icon='INFO')
             if operator_available("WONDERLAND_OT_open_preview"):
                 box.operator("wonderland.open_preview", icon='IMAGE_DATA')
             if operator_available("WONDERLAND_OT_input_view_mesh"):

@@ -25,6 +25,11 @@ class WonderlandSceneSettings(bpy.types.PropertyGroup):
     steps: IntProperty(name="Steps", min=0, soft_max=100, default=0,
                        description="Denoising steps (0: the preferences' default)")
     seed: IntProperty(name="Seed", min=0, default=0, description="Random seed (0: the preferences' default)")
+    subject_distance: FloatProperty(name="Subject Distance", min=0.0, soft_max=1000.0, default=0.0,
+                                    subtype='DISTANCE',
+                                    description="How far the picture's subject is from the camera: the result is "
+                                                "scaled about the camera so that the picture's median depth is "
+                                                "this (0: the model's own guess, a room's 2-9 m)")
     video_preview: BoolProperty(name="Video Preview", default=False,
                                 description="Also decode the generated video into an image sequence: a look at "
                                             "what the video model made (the 3D scene does not need it)")
@@ -57,6 +62,8 @@ class WonderlandSceneSettings(bpy.types.PropertyGroup):
     last_scene_scale: StringProperty(name="Scene Scale", default="path",
                                      description="How the last result's model sized the scene: path (by the camera "
                                                  "move) or metric (metres it learned)")
+    last_subject_distance: FloatProperty(name="Subject Distance Used", min=0.0, default=0.0, subtype='DISTANCE',
+                                         description="The Subject Distance the last result was sized to (0: none)")
     last_warnings: StringProperty(name="Backend Warnings", description="The last job's warnings, one a line")
 
 

@@ -138,3 +138,21 @@ def test_a_metric_models_result_says_its_scale_is_metres(job_scene, tmp_path):
     settings = job_scene.wonderland
     assert settings.last_scene_scale == "metric"
     assert scale_text(settings.last_move_length, settings.last_scene_scale).startswith("Scale: metres")
+
+
+def test_subject_distance_reaches_the_backend_and_the_scale_line(job_scene):
+    """The panel's Subject Distance goes to the job as --subject-distance; the result's meta.json and the scale
+    line say the scene was sized to it (the geometry itself: tests/test_subject_distance.py)."""
+    from wonderland_blender.model_info import scale_text
+
+    settings = job_scene.wonderland
+    settings.subject_distance = 4.5
+    assert bpy.ops.wonderland.generate(extra_args=FAST_PREVIEWS) == {'FINISHED'}
+    folder = Path(next(o for o in job_scene.objects if RESULT_KEY in o)[RESULT_KEY])
+    assert json.loads((folder / "meta.json").read_text())["subject_distance"]["distance"] == 4.5
+    assert settings.last_subject_distance == pytest.approx(4.5)
+    assert "Subject Distance" in scale_text(settings.last_move_length, settings.last_scene_scale,
+                                            settings.last_subject_distance)
+    settings.subject_distance = 0.0                     # back to the model's own size
+    assert bpy.ops.wonderland.generate(extra_args=FAST_PREVIEWS) == {'FINISHED'}
+    assert settings.last_subject_distance == 0.0
