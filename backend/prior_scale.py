@@ -6,7 +6,7 @@ Why scale rather than move each Gaussian: the LaLRM's frames agree with one anot
 factor about camera 0 keeps that agreement (and camera 0's view: every Gaussian slides along its own ray) while
 the size of the whole follows the prior, which reads it from every pixel of the photo, or the artist, who knows
 it: the model's guess is one near the average room (benchmarks/RESULTS.md, *What did not move the depth*), and
-a subject photographed from far away comes out metres away and swings across an orbit around it.
+a subject photographed from far away comes out a few metres away and swings across an orbit around it.
 """
 from __future__ import annotations
 

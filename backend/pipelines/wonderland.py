@@ -176,8 +176,8 @@ def generate(pipe: WonderlandPipeline, image: np.ndarray, cameras: CameraBatch, 
              video_preview: bool = False, vae_tiling: bool = False,
              prune_opacity: float | None = None, max_gaussians: int | None = None,
              detail_size: int = DEFAULT_DETAIL_SIZE, subject_distance: float | None = None,
-             device: torch.device | None = None, offload: bool = False, on_progress: ProgressFn | None = None, should_cancel: Callable[[], bool] | None = None
-             ) -> GenerateResult:
+             device: torch.device | None = None, offload: bool = False, on_progress: ProgressFn | None = None,
+             should_cancel: Callable[[], bool] | None = None) -> GenerateResult:
     """Image [H, W, 3] floats in 0..1 and the caller's trajectory -> Gaussians in the caller's world.
 
     `prompt_embeds` [L, D] (e.g. T5 of a prompt, precomputed) turn on classifier-free guidance against
