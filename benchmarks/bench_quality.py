@@ -2,6 +2,7 @@
 Gaussians against the ground-truth renders.
 
     .venv/bin/python benchmarks/bench_quality.py --data DIR --model NAME|DIR [--scenes N] [--steps S] [--levers]
+                                                 [--known-distance]
                                                  [--data-4x DIR4] [--refiner FILE|MODEL_DIR]
 
 DIR holds held-out scenes (tools/synthetic_scenes.py --split test; each with depth/0000.npy). Rows:
@@ -14,6 +15,8 @@ DIR holds held-out scenes (tools/synthetic_scenes.py --split test; each with dep
   unchanged as the prediction for every view;
 - a yardstick: frame 0 blurred as every view (PSNR rewards blur; a model that only blurs scores this);
 - with --levers, the full pipeline again with each speed lever (what they cost in quality);
+- with --known-distance, the full pipeline again told frame 0's true median depth as its Subject Distance
+  (generate's subject_distance: what an artist who knows how far the subject is gets);
 - with --refiner, the full pipeline again with that detail-layer refiner (backend/models/refiner.py) beside
   the model's own detail layer, side by side on the same latents (same seed).
 The clip is the first 1 + (F - 1)k frames of a scene (F = the model's frame count, k as large as fits),
@@ -60,6 +63,7 @@ from machine import device_name  # noqa: E402
 PLANE, UNCHANGED = "plane baseline", "unchanged baseline"
 FULL, DETAIL_OFF = "full pipeline (image → latents → Gaussians)", "full pipeline, detail layer off (the paper's)"
 REFINED = "full pipeline, detail layer + the --refiner"
+KNOWN = "full pipeline, Subject Distance = the truth's median depth"
 NEAR_VIEWS = 2      # frames 1..2: the "near views" column
 # generate's speed levers that act on an unguided model (guidance_fraction needs prompt embeddings)
 SPEED_LEVERS = {"ControlNet first 40%": dict(controlnet_fraction=0.4),
@@ -80,6 +84,14 @@ def pipeline_method(pipe: WonderlandPipeline, steps: int | None, seed: int, devi
     def run(image: np.ndarray, cameras: CameraBatch, scene: EvalScene) -> Gaussians:
         return generate(pipe, image, cameras, steps=steps, seed=seed, preview_count=0, device=device,
                         **levers).gaussians
+    return run
+
+
+def known_distance_method(pipe: WonderlandPipeline, steps: int | None, seed: int, device: torch.device):
+    """generate() told frame 0's true median depth as its Subject Distance: what an artist who knows it gets."""
+    def run(image: np.ndarray, cameras: CameraBatch, scene: EvalScene) -> Gaussians:
+        return generate(pipe, image, cameras, steps=steps, seed=seed, preview_count=0, device=device,
+                        subject_distance=scene.median_depth).gaussians
     return run
 
 
@@ -184,6 +196,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="add full-pipeline rows with the speed levers that apply without guidance")
     parser.add_argument("--data-4x", type=Path, default=None,
                         help="the same test scenes rendered at 4x the model's size: input-view scores there")
+    parser.add_argument("--known-distance", action="store_true",
+                        help="also the full pipeline given frame 0's true median depth as --subject-distance")
     parser.add_argument("--refiner", type=Path, default=None,
                         help="a refiner .safetensors (or a model folder with one): a full-pipeline row with it")
     args = parser.parse_args(argv)
@@ -201,6 +215,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.refiner is not None:
         refined = dataclasses.replace(pipe, refiner=refiner_of(args.refiner).to(device))
         methods[REFINED] = pipeline_method(refined, args.steps, args.seed, device)
+    if args.known_distance:
+        methods[KNOWN] = known_distance_method(pipe, args.steps, args.seed, device)
     if args.levers:
         for name, levers in SPEED_LEVERS.items():
             methods[f"full pipeline, {name}"] = pipeline_method(pipe, args.steps, args.seed, device, **levers)

@@ -145,7 +145,8 @@ def horizontal_detail(image: np.ndarray) -> float:
 def test_bench_quality_end_to_end_with_random_tiny_model(tmp_path, capsys, bench_quality):
     make_plane_scene(tmp_path / "data" / "scene_0000001", frames=9)
     data = str(tmp_path / "data")
-    assert bench_quality.main(["--data", data, "--model", "tiny", "--steps", "2", "--levers", "--data-4x", data]) == 0
+    assert bench_quality.main(["--data", data, "--model", "tiny", "--steps", "2", "--levers", "--known-distance",
+                               "--data-4x", data]) == 0
     out = capsys.readouterr().out
     assert "RANDOM WEIGHTS" in out and "Device:" in out
     main_table, rest = out.split("Frame-0 depth rendered")
@@ -153,11 +154,14 @@ def test_bench_quality_end_to_end_with_random_tiny_model(tmp_path, capsys, bench
     depth = {line.split("|")[1].strip(): [float(c) for c in line.split("|")[2:4]] for line in depth_table.splitlines()
              if line.startswith("| ") and not line.startswith("| method")}
     assert set(depth) == {bench_quality.FULL, bench_quality.DETAIL_OFF, "LaLRM on ground-truth latents (upper bound)",
-                          "plane baseline", *(f"full pipeline, {lever}" for lever in bench_quality.SPEED_LEVERS)}
+                          "plane baseline", bench_quality.KNOWN,
+                          *(f"full pipeline, {lever}" for lever in bench_quality.SPEED_LEVERS)}
     assert depth["plane baseline"][0] < 0.01 and depth["plane baseline"][1] > 0.99   # the plane sits at the truth
+    # told the plane's true distance, even the random model's depth lands on it (its own is off by 2x)
+    assert depth[bench_quality.KNOWN][0] < 0.15 < depth[bench_quality.FULL][0]
     rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
             for line in main_table.splitlines() if line.startswith("| ") and not line.startswith("| method")}
-    assert len(rows) == 6 + len(bench_quality.SPEED_LEVERS)
+    assert len(rows) == 7 + len(bench_quality.SPEED_LEVERS)
     for lever in bench_quality.SPEED_LEVERS:
         assert float(rows[f"full pipeline, {lever}"][0]) > 0
     plane, unchanged = rows["plane baseline"], rows["unchanged baseline"]
