@@ -268,16 +268,19 @@ def generate(pipe: WonderlandPipeline, image: np.ndarray, cameras: CameraBatch, 
     model_count = len(local)
     info["detail"] = {"size": None, "count": 0, "culled": 0, "refiner": False}
     prior, prior_weight = None, 0.0
-    if pipe.depth_prior is not None and model_count:   # metres from the photo (backend/prior_scale.py)
-        prior = photo_depth(pipe.depth_prior, torch.from_numpy(pixels), cams_lrm[0])
-        factor = prior_ratio(model_view(local.to("cpu", torch.float32), cams_lrm[0].to("cpu", torch.float32)), prior)
-        local, prior_weight = scaled(local, factor), pipe.depth_prior.config.detail_weight
-        info["depth_prior"] = {"scale": round(factor, 4), "detail_weight": prior_weight}
-    if subject_distance is not None and model_count:   # the artist's size wins over the model's guess
-        view = model_view(local.to("cpu", torch.float32), cams_lrm[0].to("cpu", torch.float32))
-        factor = distance_ratio(view, subject_distance / normalization.scale)
-        local, prior = scaled(local, factor), None if prior is None else prior * factor
-        info["subject_distance"] = {"distance": subject_distance, "scale": round(factor, 4)}
+    if model_count and (pipe.depth_prior is not None or subject_distance is not None):
+        # the scene's size (backend/prior_scale.py): metres from the photo, then the artist's distance, which wins
+        view, size = model_view(local.to("cpu", torch.float32), cams_lrm[0].to("cpu", torch.float32)), 1.0
+        if pipe.depth_prior is not None:
+            prior = photo_depth(pipe.depth_prior, torch.from_numpy(pixels), cams_lrm[0])
+            size, prior_weight = prior_ratio(view, prior), pipe.depth_prior.config.detail_weight
+            info["depth_prior"] = {"scale": round(size, 4), "detail_weight": prior_weight}
+        if subject_distance is not None:
+            wanted = distance_ratio(view, subject_distance / normalization.scale)
+            prior = None if prior is None else prior * (wanted / size)
+            info["subject_distance"] = {"distance": subject_distance, "scale": round(wanted / size, 4)}
+            size = wanted
+        local = scaled(local, size)
     if detail_size and model_count:   # no model Gaussians, no depth: the result stays empty, and says so
         box = input_crop(cfg.size, image.shape[1::-1], cameras)[0]
         width, height = detail_grid(box, cfg.size, detail_size)
