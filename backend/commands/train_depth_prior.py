@@ -6,23 +6,20 @@ from __future__ import annotations
 
 import argparse
 
-from backend.commands.training_options import (add_training_arguments, data_options, parse_size, part_config,
+from backend.commands.training_options import (add_part_training_arguments, data_options, parse_size, part_config,
                                                run_training, train_config)
 from backend.errors import InputError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     p = parser
-    add_training_arguments(p, model_configs="the prior's config: `default` or a DepthPriorConfig JSON file "
-                           "(backend/models/depth_prior.py); left out: --init's config, else `default`", lr=1e-3,
-                           lr_min=1e-5,
-                           export="write the trained prior into this metric model folder (depth_prior.safetensors "
-                                  "and wonderland.json's \"depth_prior\" entry)")
-    p.set_defaults(model_config=None)
+    add_part_training_arguments(p, part="depth prior",
+                                config_file="a DepthPriorConfig JSON file (backend/models/depth_prior.py)",
+                                export="write the trained prior into this metric model folder (depth_prior.safetensors "
+                                       "and wonderland.json's \"depth_prior\" entry)")
     p.add_argument("--size", type=parse_size, default=(96, 64), metavar="WxH",
                    help="frames are cropped and resized to this: the model's size (default 96x64, `small`)")
     p.add_argument("--frames-per-scene", type=int, default=9, help="random frames per scene and epoch (default 9)")
-    p.add_argument("--init", metavar="FILE|MODEL_DIR", help="start from this prior (a --resume checkpoint wins)")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -8,24 +8,21 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from backend.commands.training_options import add_training_arguments, part_config, run_training, train_config
+from backend.commands.training_options import add_part_training_arguments, part_config, run_training, train_config
 from backend.errors import InputError
 from backend.render import DIFFERENTIABLE_BACKENDS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     p = parser
-    add_training_arguments(p, model_configs="the refiner's config: `default` or a RefinerConfig JSON file "
-                           "(backend/models/refiner.py); left out: --init's config, else `default`", lr=1e-3,
-                           lr_min=1e-5,
-                           export="write the trained refiner into this model folder (refiner.safetensors and "
-                                  "wonderland.json's \"refiner\" entry)")
-    p.set_defaults(model_config=None, val_fraction=None, val_clips=None, validate_every=None)   # see run()
+    add_part_training_arguments(p, part="refiner", config_file="a RefinerConfig JSON file (backend/models/refiner.py)",
+                                export="write the trained refiner into this model folder (refiner.safetensors and "
+                                       "wonderland.json's \"refiner\" entry)")
+    p.set_defaults(val_fraction=None, val_clips=None, validate_every=None)   # see run()
     p.add_argument("--model", default="default",
                    help="model folder (or shipped model name) whose LaLRM, frozen, the refiner corrects")
     p.add_argument("--latent-cache", metavar="PATH", nargs="+", required=True,
                    help="latent caches that store frames (and depth: train-lrm --latent-cache builds them)")
-    p.add_argument("--init", metavar="FILE|MODEL_DIR", help="start from this refiner (a --resume checkpoint wins)")
     p.add_argument("--views", type=int, default=4, help="views rendered per clip and step, the input view among them")
     p.add_argument("--renderer", choices=DIFFERENTIABLE_BACKENDS, default="auto",
                    help="auto = gsplat on CUDA, our torch rasterizer elsewhere")

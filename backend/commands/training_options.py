@@ -51,6 +51,15 @@ def add_training_arguments(p: argparse.ArgumentParser, *, model_configs: str, lr
     p.add_argument("--export", metavar="MODEL_DIR", help=export)
 
 
+def add_part_training_arguments(p: argparse.ArgumentParser, *, part: str, config_file: str, export: str) -> None:
+    """add_training_arguments for the trainer of an optional model part, whose --model-config and --init
+    part_config reads: `part` names it in the help, `config_file` says what its config file is."""
+    add_training_arguments(p, model_configs=f"the {part}'s config: `default` or {config_file}; left out: --init's "
+                           "config, else `default`", lr=1e-3, lr_min=1e-5, export=export)
+    p.set_defaults(model_config=None)
+    p.add_argument("--init", metavar="FILE|MODEL_DIR", help=f"start from this {part} (a --resume checkpoint wins)")
+
+
 def train_config(args: argparse.Namespace, stages: list[dict] | None = None):
     """The engine's TrainConfig of the shared options (lr_min capped at lr, --grad-clip 0 = off)."""
     from backend.training.engine import TrainConfig
