@@ -38,10 +38,12 @@ def check_subject_distance(value: float | None) -> None:
 
 
 def photo_depth(prior: DepthPrior, photo: Tensor, camera0: CameraBatch) -> Tensor:
-    """Camera z [h, w] (the world's unit) of photo [h, w, 3] in 0..1 seen by camera0 (K at the photo's size)."""
+    """Camera z [h, w] (the world's unit) of photo [h, w, 3] in 0..1 seen by camera0, in the caller's world (a
+    gravity prior reads its up), with K at the photo's size."""
     h, w = photo.shape[:2]
     device = next(prior.parameters()).device
-    rays = ray_channels(camera0.K[0].to(torch.float32).cpu(), h, w)
+    pose = camera0.c2w[0].to(torch.float32).cpu() if prior.config.gravity else None
+    rays = ray_channels(camera0.K[0].to(torch.float32).cpu(), h, w, pose)
     with torch.no_grad():
         log_z = prior(photo.permute(2, 0, 1)[None].to(device, torch.float32), rays[None].to(device))
     return log_z[0].exp().cpu()

@@ -76,7 +76,7 @@ def test_a_metric_model_folder_round_trips_its_prior_and_a_missing_file_is_named
     pipe = tiny_metric(constant_prior(2.5, 0.5))
     pipe.save_pretrained(tmp_path / "m")
     manifest = json.loads((tmp_path / "m" / CONFIG_FILE).read_text())
-    assert manifest["depth_prior"] == {"widths": [8, 16, 16], "detail_weight": 0.5}
+    assert manifest["depth_prior"] == {"widths": [8, 16, 16], "detail_weight": 0.5, "gravity": False}
     loaded = WonderlandPipeline.from_pretrained(tmp_path / "m")
     assert loaded.depth_prior.config == pipe.depth_prior.config and not loaded.depth_prior.training
     for name, tensor in pipe.depth_prior.state_dict().items():
@@ -110,16 +110,84 @@ def test_the_flip_augmentation_is_the_mirrored_camera():
     assert torch.allclose(flipped, ray_channels(mirrored, 64, 96), atol=1e-6)
 
 
+def pitched(degrees: float) -> torch.Tensor:
+    """An OpenCV camera-to-world pose at 1.5 m above z = 0, looking along +Y, pitched down by `degrees`, yawed
+    and rolled a little (so every part of the rotation shows)."""
+    def rotation(axis: int, angle: float) -> torch.Tensor:
+        c, s, (i, j) = math.cos(angle), math.sin(angle), [(1, 2), (2, 0), (0, 1)][axis]
+        r = torch.eye(3, dtype=torch.float64)
+        r[i, i], r[i, j], r[j, i], r[j, j] = c, -s, s, c
+        return r
+    level = torch.tensor([[1.0, 0, 0], [0, 0, 1], [0, -1, 0]], dtype=torch.float64)   # x right, y down, z along +Y
+    c2w = torch.eye(4, dtype=torch.float64)
+    c2w[:3, :3] = rotation(2, 0.3) @ level @ rotation(0, -math.radians(degrees)) @ rotation(2, 0.05)
+    c2w[:3, 3] = torch.tensor([0.2, -0.4, 1.5])
+    return c2w
+
+
+def test_the_rise_channel_puts_a_floor_where_it_is():
+    """A gravity prior's third ray channel, the rise along the world's +Z: a floor h below the camera is at
+    camera z = h / -rise, which is what lets the prior read a pitch the picture hardly shows."""
+    K = torch.tensor([[70.0, 0, 48.0], [0, 70.0, 32.0], [0, 0, 1]], dtype=torch.float64)
+    c2w = pitched(20.0)
+    rise = ray_channels(K, 64, 96, c2w)[2]
+    d = torch.einsum("ij,hwj->hwi", c2w[:3, :3], torch.cat([ray_channels(K, 64, 96).permute(1, 2, 0),
+                                                            torch.ones(64, 96, 1, dtype=torch.float64)], dim=-1))
+    floor = rise < 0                                # rays that go down meet the floor at t = 1.5 / -d_z
+    t = 1.5 / -d[..., 2][floor]
+    assert bool(floor.any()) and not bool(floor.all())
+    assert torch.allclose(1.5 / -rise[floor], t, rtol=1e-9)
+    assert torch.equal(ray_channels(K, 64, 96, c2w)[:2], ray_channels(K, 64, 96))
+
+
+def test_the_flip_augmentation_is_the_mirrored_camera_with_gravity_too():
+    """The mirrored camera (principal point mirrored, x axis negated) sees the world's up with its x negated: its
+    rise at a mirrored pixel is the rise there, so the augmentation flips that channel and negates only x/z."""
+    K = torch.tensor([[70.0, 0, 40.0], [0, 70.0, 30.0], [0, 0, 1]], dtype=torch.float64)
+    mirrored_K, mirrored_pose, pose = K.clone(), pitched(25.0), pitched(25.0)
+    mirrored_K[0, 2] = 96 - K[0, 2]
+    mirrored_pose[:3, 0] *= -1
+    rays = ray_channels(K, 64, 96, pose)
+    flipped = rays.flip(-1) * torch.tensor([-1.0, 1.0, 1.0], dtype=torch.float64)[:, None, None]
+    assert torch.allclose(flipped, ray_channels(mirrored_K, 64, 96, mirrored_pose), atol=1e-9)
+
+
+def one_frame_batch(depth: float) -> dict:
+    K = torch.tensor([[20.0, 0, 12], [0, 20, 8], [0, 0, 1]])
+    return {"frames": torch.rand(2, 1, 3, 16, 24), "K": K.expand(2, 1, 3, 3),
+            "c2w": pitched(10.0).float().expand(2, 1, 4, 4), "depth": torch.full((2, 1, 16, 24), depth)}
+
+
 def test_the_objective_reads_only_valid_depth():
-    batch = {"frames": torch.rand(2, 1, 3, 16, 24), "K": torch.tensor([[20.0, 0, 12], [0, 20, 8], [0, 0, 1]])
-             .expand(2, 1, 3, 3), "depth": torch.full((2, 1, 16, 24), 2.0)}
+    batch = one_frame_batch(2.0)
     batch["depth"][:, :, :8] = 0.0                                     # no depth: the top half does not count
     prior = constant_prior(2.0, 0.5)
-    assert float(DepthPriorObjective()(prior, batch, {})["loss"].detach()) == pytest.approx(0.0, abs=1e-5)
-    photo, rays, depth = batch_inputs(batch)
+    assert float(DepthPriorObjective(False)(prior, batch, {})["loss"].detach()) == pytest.approx(0.0, abs=1e-5)
+    photo, rays, depth = batch_inputs(batch, False)
     assert photo.shape == (2, 3, 16, 24) and rays.shape == (2, 2, 16, 24) and depth.shape == (2, 16, 24)
+    assert batch_inputs(batch, True)[1].shape == (2, 3, 16, 24)
     batch["depth"][:, :, 8:] = 2.0 * math.e
-    assert float(DepthPriorObjective()(prior, batch, {})["loss"].detach()) == pytest.approx(1.0, abs=1e-4)
+    assert float(DepthPriorObjective(False)(prior, batch, {})["loss"].detach()) == pytest.approx(1.0, abs=1e-4)
+
+
+class FloorPrior(DepthPrior):
+    """A gravity prior that sees a floor 1.5 below the camera everywhere the rays go down (10 far elsewhere)."""
+
+    def forward(self, photo, rays):
+        return torch.where(rays[:, 2] < -0.05, (1.5 / -rays[:, 2].clamp(max=-0.05)).log(), math.log(10.0))
+
+
+def test_generate_gives_a_gravity_prior_the_world_pose_of_camera_0():
+    """The whole rig pitched in the world: the model's cameras, normalized to camera 0, are the same, so only a
+    prior that reads the world's up can answer differently, and it does (a plain prior answers the same)."""
+    image, cameras = dolly_and_image()
+    rigs = [CameraBatch(cameras.K, pitched(degrees).float() @ cameras.c2w, cameras.width, cameras.height)
+            for degrees in (0.0, 30.0)]
+    plain, floor = constant_prior(3.0, 0.0), FloorPrior(dataclasses.replace(SMALL, gravity=True)).eval()
+    scales = {prior: [generate(tiny_metric(prior), image, rig, steps=2, preview_count=0, detail_size=0)
+                      .info["depth_prior"]["scale"] for rig in rigs] for prior in (plain, floor)}
+    assert scales[plain][0] == pytest.approx(scales[plain][1], rel=1e-4)
+    assert scales[floor][0] > 1.5 * scales[floor][1]      # looking down, the floor is nearer
 
 
 def test_train_depth_prior_learns_a_wall_and_exports_into_a_metric_folder_only(tmp_path, run_backend):

@@ -9,9 +9,12 @@ are scaled about camera 0 so their median depth there is the prior's (backend/pr
 detail layer's depth is a blend of the two in log depth (backend/detail.py: detail_depth; the blend's
 weight, `DepthPriorConfig.detail_weight`, was chosen on validation scenes).
 
-Input, 5 channels at the photo's size: RGB in 0..1 and each pixel's ray direction (x/z, y/z from the
-fitted intrinsics: the field of view, which a metric depth needs). Output: log camera z in the world's
-unit. Weights and config live in one safetensors file (the config in its header), like the LaLRM.
+Input at the photo's size: RGB in 0..1 and each pixel's ray direction (x/z, y/z from the fitted intrinsics:
+the field of view, which a metric depth needs) and, for a prior with `gravity`, the ray's rise: the world's up
+(+Z, cameras.md) in the camera's frame, dotted with (x/z, y/z, 1). A floor h below the camera is seen at
+camera z = h / -rise, so with it the camera's pitch, which a 96×64 picture hardly shows, tells where the floor
+is. Output: log camera z in the world's unit. Weights and config live in one safetensors file (the config in
+its header), like the LaLRM.
 """
 from __future__ import annotations
 
@@ -28,7 +31,7 @@ from backend.errors import InputError
 from backend.models.weights import config_from_dict, header_config, load_into, load_state_dict, save_with_config
 from backend.plucker import camera_directions
 
-INPUT_CHANNELS = 5              # RGB + ray direction x/z, y/z
+PHOTO_CHANNELS = 3
 INITIAL_LOG_DEPTH = 1.0         # the head's starting output, e^1 = 2.7: a room's median depth in metres
 CONFIG_METADATA_KEY = "depth_prior_config"
 
@@ -37,6 +40,11 @@ CONFIG_METADATA_KEY = "depth_prior_config"
 class DepthPriorConfig:
     widths: tuple[int, ...] = (32, 64, 128, 128, 256)   # channels per level; each level after the first halves
     detail_weight: float = 0.25     # the prior's share of the detail layer's log depth (chosen on validation)
+    gravity: bool = False           # reads each ray's rise along the world's up (+Z) too
+
+    @property
+    def ray_channel_count(self) -> int:
+        return 3 if self.gravity else 2
 
     def __post_init__(self) -> None:
         self.widths = tuple(self.widths)
@@ -55,9 +63,14 @@ class DepthPriorConfig:
         return config_from_dict(cls, data, source="depth prior config")
 
 
-def ray_channels(K: Tensor, height: int, width: int) -> Tensor:
-    """[2, height, width]: x/z and y/z of each pixel centre's ray for intrinsics K [3, 3] at that size."""
-    return camera_directions(K, height, width)[..., :2].permute(2, 0, 1)
+def ray_channels(K: Tensor, height: int, width: int, c2w: Tensor | None = None) -> Tensor:
+    """[2, height, width]: x/z and y/z of each pixel centre's ray for intrinsics K [3, 3] at that size; with the
+    camera's world pose c2w [4, 4] (OpenCV), [3, height, width]: its rise along the world's +Z as well."""
+    d = camera_directions(K, height, width)
+    if c2w is None:
+        return d[..., :2].permute(2, 0, 1)
+    rise = d @ c2w[2, :3].to(d.dtype)          # the world's up in the camera's frame is c2w's rotation's last row
+    return torch.cat([d[..., :2], rise[..., None]], dim=-1).permute(2, 0, 1)
 
 
 def _block(channels_in: int, channels_out: int) -> nn.Sequential:
@@ -66,14 +79,16 @@ def _block(channels_in: int, channels_out: int) -> nn.Sequential:
 
 
 class DepthPrior(nn.Module):
-    """(photo [N, 3, H, W] in 0..1, rays [N, 2, H, W]) -> log camera z [N, H, W] in the world's unit."""
+    """(photo [N, 3, H, W] in 0..1, rays [N, 2 or 3, H, W]: ray_channels) -> log camera z [N, H, W] in the
+    world's unit."""
     config_class = DepthPriorConfig
 
     def __init__(self, config: DepthPriorConfig):
         super().__init__()
         self.config = config
         w = config.widths
-        self.down = nn.ModuleList([_block(INPUT_CHANNELS, w[0])] + [_block(a, b) for a, b in zip(w, w[1:])])
+        first = _block(PHOTO_CHANNELS + config.ray_channel_count, w[0])
+        self.down = nn.ModuleList([first] + [_block(a, b) for a, b in zip(w, w[1:])])
         self.context = nn.Linear(w[-1], w[-1])          # the whole picture's feature, added at the bottom
         self.up = nn.ModuleList([_block(w[i + 1] + w[i], w[i]) for i in reversed(range(len(w) - 1))])
         self.head = nn.Conv2d(w[0], 1, 1)

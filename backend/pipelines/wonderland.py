@@ -272,7 +272,7 @@ def generate(pipe: WonderlandPipeline, image: np.ndarray, cameras: CameraBatch, 
         # the scene's size (backend/prior_scale.py): metres from the photo, then the artist's distance, which wins
         view, size = model_view(local.to("cpu", torch.float32), cams_lrm[0].to("cpu", torch.float32)), 1.0
         if pipe.depth_prior is not None:
-            prior = photo_depth(pipe.depth_prior, torch.from_numpy(pixels), cams_lrm[0])
+            prior = photo_depth(pipe.depth_prior, torch.from_numpy(pixels), fitted[0])
             size, prior_weight = prior_ratio(view, prior), pipe.depth_prior.config.detail_weight
             info["depth_prior"] = {"scale": round(size, 4), "detail_weight": prior_weight}
         if subject_distance is not None:

@@ -63,11 +63,13 @@ def check_export(folder: Path) -> None:
                          "export into a metric-scale model folder (train-lrm --scene-scale metric)")
 
 
-def batch_inputs(batch: dict) -> tuple[Tensor, Tensor, Tensor]:
-    """(photo [N, 3, H, W], rays [N, 2, H, W], depth [N, H, W]; 0 = no valid depth) of a batch of 1-frame clips."""
-    photo, depth, K = batch["frames"][:, 0], batch["depth"][:, 0], batch["K"][:, 0]
+def batch_inputs(batch: dict, gravity: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """(photo [N, 3, H, W], rays [N, 2 or 3, H, W], depth [N, H, W]; 0 = no valid depth) of a batch of 1-frame
+    clips; the rays with their rise along the world's up for a prior with `gravity`."""
+    photo, depth, K, c2w = batch["frames"][:, 0], batch["depth"][:, 0], batch["K"][:, 0], batch["c2w"][:, 0]
     height, width = photo.shape[-2:]
-    rays = torch.stack([ray_channels(k.float().cpu(), height, width) for k in K]).to(photo.device)
+    rays = torch.stack([ray_channels(k.float().cpu(), height, width, pose.float().cpu() if gravity else None)
+                        for k, pose in zip(K, c2w)]).to(photo.device)
     return photo, rays, depth
 
 
@@ -77,20 +79,25 @@ def log_depth_l1(log_z: Tensor, depth: Tensor) -> Tensor:
     return ((log_z - depth.clamp_min(1e-6).log()).abs() * valid).sum() / valid.sum().clamp_min(1)
 
 
+@dataclass
 class DepthPriorObjective:
-    """The engine's step function (module docstring)."""
+    """The engine's step function (module docstring). A mirrored camera sees the world's up mirrored too, so
+    the rise channel only flips with the picture."""
+    gravity: bool
 
     def __call__(self, model: nn.Module, batch: dict, stage: dict) -> dict[str, Tensor]:
-        photo, rays, depth = batch_inputs(batch)
+        photo, rays, depth = batch_inputs(batch, self.gravity)
         flip = torch.rand(photo.shape[0]) < 0.5
         if bool(flip.any()):
             photo, rays, depth = photo.clone(), rays.clone(), depth.clone()
             photo[flip], depth[flip] = photo[flip].flip(-1), depth[flip].flip(-1)
-            rays[flip] = rays[flip].flip(-1) * torch.tensor([-1.0, 1.0], device=rays.device)[:, None, None]
+            mirror = torch.ones(rays.shape[1], device=rays.device)
+            mirror[0] = -1.0
+            rays[flip] = rays[flip].flip(-1) * mirror[:, None, None]
         return {"loss": log_depth_l1(model(photo, rays), depth)}
 
 
-def depth_validator(module: nn.Module, dataset, max_items: int):
+def depth_validator(module: DepthPrior, dataset, max_items: int):
     """validate_fn for the engine: mean log-depth L1 and median scale error over up to max_items frames."""
     def validate(trainer: Trainer) -> dict[str, float]:
         was_training = module.training
@@ -98,7 +105,7 @@ def depth_validator(module: nn.Module, dataset, max_items: int):
         l1, scale, count = 0.0, 0.0, 0
         with torch.no_grad():
             for i in range(min(max_items, len(dataset))):
-                photo, rays, depth = batch_inputs(collate([dataset[i]]))
+                photo, rays, depth = batch_inputs(collate([dataset[i]]), module.config.gravity)
                 valid = depth > 0
                 if not bool(valid.any()):
                     continue
@@ -137,7 +144,7 @@ def train_depth_prior(run: DepthPriorRun) -> dict:
     if val_scenes:
         val_set = run.scenes.validation_clips(val_scenes, 1, height, width, run.train.seed)
         validate = depth_validator(trainer.unwrapped_model, val_set, run.scenes.val_clips)
-    trainer.fit(data, DepthPriorObjective(), collate_fn=collate, validate_fn=validate)
+    trainer.fit(data, DepthPriorObjective(run.prior.gravity), collate_fn=collate, validate_fn=validate)
     if run.export:
         trainer.export(DepthPrior(run.prior), lambda prior: write_part(run.export, "depth_prior", prior))
     trainer.end()
