@@ -40,13 +40,18 @@ SEED = 7
 
 @dataclass(frozen=True)
 class DemoInput:
+    """A picture, the camera it was taken with where known (what an artist lines up: the default's depth prior
+    reads the camera's field of view and tilt), and the move."""
     file: str        # in tools/demo_inputs/
     preset: str      # wonderland.add_trajectory's preset
     params: dict     # the preset's parameters
+    lens_mm: float = 50.0      # on Blender's 36 mm sensor
+    pitch_deg: float = 0.0     # below 0: looking down
 
 
 INPUTS = {
-    "room": DemoInput("room.png", "dolly_in", {"amount": 0.8}),
+    # the room is frame 0 of the generator's test seed 1,000,000: its camera (scene.json, cameras.json)
+    "room": DemoInput("room.png", "dolly_in", {"amount": 0.8}, lens_mm=23.14, pitch_deg=-25.4),
     "rocket": DemoInput("rocket.jpg", "orbit", {"distance": 6.0, "angle": math.radians(20.0)}),
 }
 
@@ -91,13 +96,18 @@ def fresh_blender():
 
 
 def set_up_scene(scene, image: Path, spec: DemoInput, model: str, steps: int) -> None:
-    """Render size = the picture's size (so the camera has its aspect), a preset camera move, the job inputs."""
+    """Render size = the picture's size (so the camera has its aspect), the picture's camera, a preset camera
+    move on it, the job inputs."""
     with Image.open(image) as im:
         width, height = im.size
     render = scene.render
     render.resolution_x, render.resolution_y, render.resolution_percentage = width, height, 100
     scene.frame_start, scene.frame_end = FRAMES
     scene.frame_set(FRAMES[0])
+    from wonderland_blender.presets import new_camera  # see point_cloud
+    camera = new_camera(bpy.context)                    # level, the scene's camera: the move is keyed on it
+    camera.data.lens = spec.lens_mm
+    camera.rotation_euler.x += math.radians(spec.pitch_deg)
     try:  # an operator that reports an error raises RuntimeError with the report in it
         bpy.ops.wonderland.add_trajectory(preset=spec.preset, **spec.params)
     except RuntimeError as e:
