@@ -19,6 +19,7 @@ from backend.prior_scale import photo_depth
 from backend.render import render
 from backend.training.train_depth_prior import DepthPriorObjective, batch_inputs
 from tests.test_evaluation import make_plane_scene
+from tests.test_intrinsics import axis_rotation
 
 SMALL = DepthPriorConfig(widths=(8, 16, 16))
 
@@ -113,14 +114,9 @@ def test_the_flip_augmentation_is_the_mirrored_camera():
 def pitched(degrees: float) -> torch.Tensor:
     """An OpenCV camera-to-world pose at 1.5 m above z = 0, looking along +Y, pitched down by `degrees`, yawed
     and rolled a little (so every part of the rotation shows)."""
-    def rotation(axis: int, angle: float) -> torch.Tensor:
-        c, s, (i, j) = math.cos(angle), math.sin(angle), [(1, 2), (2, 0), (0, 1)][axis]
-        r = torch.eye(3, dtype=torch.float64)
-        r[i, i], r[i, j], r[j, i], r[j, j] = c, -s, s, c
-        return r
-    level = torch.tensor([[1.0, 0, 0], [0, 0, 1], [0, -1, 0]], dtype=torch.float64)   # x right, y down, z along +Y
+    level = np.array([[1.0, 0, 0], [0, 0, 1], [0, -1, 0]])   # x right, y down, z along +Y
     c2w = torch.eye(4, dtype=torch.float64)
-    c2w[:3, :3] = rotation(2, 0.3) @ level @ rotation(0, -math.radians(degrees)) @ rotation(2, 0.05)
+    c2w[:3, :3] = torch.from_numpy(axis_rotation(2, 17.0) @ level @ axis_rotation(0, -degrees) @ axis_rotation(2, 3.0))
     c2w[:3, 3] = torch.tensor([0.2, -0.4, 1.5])
     return c2w
 

@@ -101,7 +101,8 @@ def test_bad_camera_values_say_what_is_wrong(bad, match):
         K(**bad)
 
 
-def _rot(axis, deg):
+def axis_rotation(axis: int, deg: float) -> np.ndarray:
+    """The 3×3 rotation by `deg` degrees about axis 0, 1 or 2 (x, y, z)."""
     c, s = math.cos(math.radians(deg)), math.sin(math.radians(deg))
     i, j = [(1, 2), (2, 0), (0, 1)][axis]
     R = np.eye(3)
@@ -111,7 +112,7 @@ def _rot(axis, deg):
 
 def test_opencv_c2w_flips_y_and_z_and_removes_scale():
     M = np.eye(4)
-    R = _rot(0, 90) @ _rot(2, 30)
+    R = axis_rotation(0, 90) @ axis_rotation(2, 30)
     M[:3, :3] = R @ np.diag([2.0, 3.0, 0.5])
     M[:3, 3] = (1, 2, 3)
     c2w = intr.opencv_c2w(M)
@@ -126,7 +127,7 @@ def test_opencv_c2w_refuses_mirrored_sheared_and_flat_cameras():
     with pytest.raises(ValueError, match="mirrored"):
         intr.opencv_c2w(mirrored)
     sheared = np.eye(4)
-    sheared[:3, :3] = np.diag([1.0, 3.0, 1.0]) @ _rot(2, 40)  # non-uniform parent scale after a rotation
+    sheared[:3, :3] = np.diag([1.0, 3.0, 1.0]) @ axis_rotation(2, 40)  # non-uniform parent scale after a rotation
     with pytest.raises(ValueError, match="sheared"):
         intr.opencv_c2w(sheared)
     with pytest.raises(ValueError, match="zero scale"):
@@ -145,7 +146,7 @@ def test_relative_motion():
     poses = np.repeat(np.eye(4)[None], 3, axis=0)
     poses[0, :3, 3] = (1, 1, 1)
     poses[1, :3, 3] = (1, 4, 5)          # 5 away from the first camera
-    poses[2, :3, :3] = _rot(2, 75)       # turned 75° (and 1.73 away)
+    poses[2, :3, :3] = axis_rotation(2, 75)  # turned 75° (and 1.73 away)
     distance, rotation = intr.relative_motion(poses)
     assert distance == pytest.approx(5.0)
     assert rotation == pytest.approx(75.0)
