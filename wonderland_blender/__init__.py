@@ -21,6 +21,7 @@ MODULE_NAMES = (
     "ops_generate",
     "ops_install",
     "ops_depthmesh",
+    "ops_photo_camera",
     "panel",
 )
 

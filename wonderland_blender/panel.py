@@ -151,6 +151,8 @@ class WONDERLAND_PT_main(bpy.types.Panel):
         problem = camera_problem(context)
         if problem:
             layout.label(text=problem, icon='ERROR')
+        elif size is not None and operator_available("WONDERLAND_OT_match_photo_camera"):
+            layout.operator("wonderland.match_photo_camera", icon='CAMERA_DATA')
 
         row = layout.row(align=True)
         row.prop(s, "frame_start")
