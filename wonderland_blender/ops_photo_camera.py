@@ -5,7 +5,7 @@ import bpy
 from bpy_extras import anim_utils
 
 from .panel import input_image_size
-from .photo_lens import blender_lens, focal_length_35mm, photo_resolution, read_head
+from .photo_lens import BLENDER_SENSOR_MM, blender_lens, focal_length_35mm, photo_resolution, read_head
 from .properties import effective_camera
 
 
@@ -73,8 +73,8 @@ class WONDERLAND_OT_match_photo_camera(bpy.types.Operator):
                                      f"(the photo's {focal:.0f} mm in 35 mm terms)")
             return {'FINISHED'}
         cam = cam_obj.data
-        cam.sensor_fit, cam.sensor_width, cam.lens = 'AUTO', 36.0, lens
-        self.report({'INFO'}, f"{said}; lens {lens:.1f} mm on a 36 mm sensor (the photo's {focal:.0f} mm in 35 mm "
+        cam.sensor_fit, cam.sensor_width, cam.lens = 'AUTO', BLENDER_SENSOR_MM, lens
+        self.report({'INFO'}, f"{said}; lens {lens:.1f} mm on a {BLENDER_SENSOR_MM:.0f} mm sensor (the photo's {focal:.0f} mm in 35 mm "
                               f"terms)")
         return {'FINISHED'}
 

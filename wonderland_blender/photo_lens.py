@@ -1,6 +1,6 @@
 """The photo's own lens, read from its EXIF, as a Blender camera's: the default's depth prior reads the scene's
 size partly from the camera's field of view, so a photo shown through a 50 mm camera it was not taken with comes
-out the wrong size (a doubled focal length: ×1.19). Pure Python (no bpy), so it is tested without Blender.
+out the wrong size (a doubled focal length: ×1.16). Pure Python (no bpy), so it is tested without Blender.
 
 Phones and cameras write the focal length as its 35 mm-film equivalent (EXIF FocalLengthIn35mmFilm): the focal
 length that gives the photo's diagonal angle of view on a 36×24 mm frame. That is what is read here, from a
