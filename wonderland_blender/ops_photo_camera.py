@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 import bpy
-from bpy_extras import anim_utils
 
 from .panel import input_image_size
 from .photo_lens import BLENDER_SENSOR_MM, blender_lens, focal_length_35mm, photo_resolution, read_head
+from .presets import channelbag
 from .properties import effective_camera
 
 
@@ -24,9 +24,7 @@ def photo_head(settings) -> bytes:
 
 def lens_is_keyed(camera_data) -> bool:
     """Whether the camera's lens is animated (its keys, not the value set here, decide each frame's lens)."""
-    if camera_data.animation_data is None or camera_data.animation_data.action is None:
-        return False
-    bag = anim_utils.animdata_get_channelbag_for_assigned_slot(camera_data.animation_data)
+    bag = channelbag(camera_data)
     return bag is not None and any(fc.data_path == "lens" for fc in bag.fcurves)
 
 

@@ -28,11 +28,13 @@ def new_camera(context):
     return obj
 
 
-def _transform_fcurves(obj):
-    """The channel bag holding obj's own animation curves, or None when it has none."""
-    if obj.animation_data is None or obj.animation_data.action is None:
+def channelbag(id_data):
+    """The channel bag holding the animation curves of id_data (an object, a camera's data ...), or None when it
+    has none. Through `action_get_channelbag_for_slot`, which Blender 4.5 has (not its 5.0 shorthand)."""
+    anim = id_data.animation_data
+    if anim is None or anim.action is None or anim.action_slot is None:
         return None
-    return anim_utils.animdata_get_channelbag_for_assigned_slot(obj.animation_data)
+    return anim_utils.action_get_channelbag_for_slot(anim.action, anim.action_slot)
 
 
 def apply_preset(scene, obj, preset: str, frame_start: int, frame_end: int, **params) -> None:
@@ -46,7 +48,7 @@ def apply_preset(scene, obj, preset: str, frame_start: int, frame_end: int, **pa
         raise ValueError(f"the frame range {frame_start}–{frame_end} is empty: the end must not be before the start")
     frame_before, subframe_before = scene.frame_current, scene.frame_subframe
     try:
-        bag = _transform_fcurves(obj)
+        bag = channelbag(obj)
         if bag is not None:
             for fc in [fc for fc in bag.fcurves if fc.data_path in TRANSFORM_PATHS]:
                 bag.fcurves.remove(fc)
@@ -71,7 +73,7 @@ def apply_preset(scene, obj, preset: str, frame_start: int, frame_end: int, **pa
             obj.rotation_euler = euler
             obj.keyframe_insert("location", frame=frame)
             obj.keyframe_insert("rotation_euler", frame=frame)
-        bag = _transform_fcurves(obj)
+        bag = channelbag(obj)
         for fc in bag.fcurves:
             if fc.data_path in TRANSFORM_PATHS:
                 for point in fc.keyframe_points:

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import wonderland_blender
-from wonderland_blender import migrate, panel, preferences, previews, properties, render_engine
+from wonderland_blender import migrate, panel, preferences, presets, previews, properties, render_engine
 from wonderland_blender.model_info import ModelSpec
 from wonderland_blender.trajectory import MAX_ROTATION_DEG, camera_trajectory
 
@@ -196,9 +196,7 @@ def poses_over_range(scene, cam_obj):
 
 
 def keyed_frames(cam_obj):
-    from bpy_extras import anim_utils
-    bag = anim_utils.animdata_get_channelbag_for_assigned_slot(cam_obj.animation_data)
-    curve = next(fc for fc in bag.fcurves if fc.data_path == "location")
+    curve = next(fc for fc in presets.channelbag(cam_obj).fcurves if fc.data_path == "location")
     return [int(k.co.x) for k in curve.keyframe_points]
 
 
@@ -266,9 +264,7 @@ def test_preset_replaces_existing_motion_and_keeps_scale(scene, make_camera):
     cam.rotation_mode = 'QUATERNION'
     cam.keyframe_insert("rotation_quaternion", frame=5)
     bpy.ops.wonderland.add_trajectory(preset='crane', amount=1.0)
-    from bpy_extras import anim_utils
-    bag = anim_utils.animdata_get_channelbag_for_assigned_slot(cam.animation_data)
-    assert {fc.data_path for fc in bag.fcurves} == {"location", "rotation_euler"}
+    assert {fc.data_path for fc in presets.channelbag(cam).fcurves} == {"location", "rotation_euler"}
     assert tuple(cam.scale) == pytest.approx((2.0, 2.0, 2.0))
 
 

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import json
 import math
+import struct
 import sys
 import tempfile
 import traceback
+import zlib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -29,7 +31,8 @@ from wonderland_blender.plyio import Splats, read_ply, write_ply  # noqa: E402
 ADDON = "wonderland_blender"
 OUR_CLASSES = (("PropertyGroup", "WonderlandSceneSettings"), ("AddonPreferences", "WonderlandPreferences"),
                ("Operator", "WONDERLAND_OT_export_trajectory"), ("Operator", "WONDERLAND_OT_import_gaussians"),
-               ("Operator", "WONDERLAND_OT_export_gaussians"), ("Panel", "WONDERLAND_PT_main"))
+               ("Operator", "WONDERLAND_OT_export_gaussians"), ("Operator", "WONDERLAND_OT_match_photo_camera"),
+               ("Panel", "WONDERLAND_PT_main"))
 RAW_FIELDS = ("means", "f_dc", "f_rest", "opacity_logits", "log_scales", "quats")
 
 
@@ -146,12 +149,71 @@ def check_ply(folder: Path) -> dict:
     return result
 
 
+def _png_with_exif(path: Path, width: int, height: int, focal_35mm: int) -> None:
+    """A grey RGB PNG whose eXIf chunk says FocalLengthIn35mmFilm (built with the standard library: this venv
+    has no Pillow)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    ifd0 = struct.pack("<HHHII", 1, 0x8769, 4, 1, 8 + 18) + b"\0" * 4          # -> the Exif IFD at offset 26
+    exif_ifd = struct.pack("<HHHIHH", 1, 0xA405, 3, 1, focal_35mm, 0) + b"\0" * 4
+    rows = b"".join(b"\0" + b"\x80" * (3 * width) for _ in range(height))
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+                     + chunk(b"eXIf", b"II" + struct.pack("<HI", 42, 8) + ifd0 + exif_ifd)
+                     + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+
+
+def check_photo_camera(folder: Path) -> dict:
+    """Match Camera to Photo with a 4:3 photo taken at 26 mm (35 mm terms): a 16:9, 50 mm camera, then the
+    same with its lens keyed (read through 4.5's layered-action API)."""
+    bpy.ops.wm.read_factory_settings(use_empty=True)
+    addon_utils.enable(ADDON, default_set=True, handle_error=None)
+    scene = bpy.context.scene
+    cam_obj = bpy.data.objects.new("Cam", bpy.data.cameras.new("Cam"))
+    scene.collection.objects.link(cam_obj)
+    scene.camera = cam_obj
+    scene.render.resolution_x, scene.render.resolution_y = 1920, 1080
+    _png_with_exif(folder / "photo.png", 400, 300, 26)
+    scene.wonderland.image_path = str(folder / "photo.png")
+    status = bpy.ops.wonderland.match_photo_camera()
+    plain = {"status": sorted(status), "resolution": [scene.render.resolution_x, scene.render.resolution_y],
+             "lens": cam_obj.data.lens, "sensor_fit": cam_obj.data.sensor_fit}
+    cam_obj.data.lens = 50.0
+    cam_obj.data.keyframe_insert("lens", frame=1)
+    keyed = {"status": sorted(bpy.ops.wonderland.match_photo_camera()), "lens": cam_obj.data.lens}
+    addon_utils.disable(ADDON, default_set=True)
+    return {"plain": plain, "keyed": keyed}
+
+
+def check_preset_move() -> dict:
+    """The dolly-in preset keyed on a level camera (its curves reached through 4.5's layered-action API)."""
+    bpy.ops.wm.read_factory_settings(use_empty=True)
+    addon_utils.enable(ADDON, default_set=True, handle_error=None)
+    scene = bpy.context.scene
+    scene.frame_start, scene.frame_end = 1, 9
+    cam_obj = bpy.data.objects.new("Cam", bpy.data.cameras.new("Cam"))
+    scene.collection.objects.link(cam_obj)
+    scene.camera = cam_obj
+    cam_obj.location, cam_obj.rotation_euler = (0.0, -6.0, 1.5), (math.radians(90), 0.0, 0.0)   # looks along +Y
+    status = bpy.ops.wonderland.add_trajectory(preset='dolly_in', amount=2.0)
+    ys = []
+    for frame in (1, 5, 9):
+        scene.frame_set(frame)
+        ys.append(cam_obj.matrix_world.translation.y)
+    curves = [fc for fc in cam_obj.animation_data.action.layers[0].strips[0].channelbags[0].fcurves
+              if fc.data_path == "location"]
+    keys = [(int(k.co.x), k.interpolation) for fc in curves for k in fc.keyframe_points]
+    addon_utils.disable(ADDON, default_set=True)
+    return {"status": sorted(status), "y": ys, "keys": sorted(set(keys))}
+
+
 def main(report_path: str) -> int:
     report = {"blender_version": list(bpy.app.version), "errors": {}}
     bpy.ops.wm.read_factory_settings(use_empty=True)
     with tempfile.TemporaryDirectory() as tmp:
         for name, check in (("register", check_register), ("trajectory", lambda: check_trajectory(Path(tmp))),
-                            ("ply", lambda: check_ply(Path(tmp)))):
+                            ("ply", lambda: check_ply(Path(tmp))),
+                            ("photo_camera", lambda: check_photo_camera(Path(tmp))),
+                            ("preset_move", check_preset_move)):
             try:
                 report[name] = check()
             except Exception:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -119,3 +120,19 @@ def test_ply_import_makes_a_point_cloud_and_exports_within_float_tolerance(repor
     assert result["display_quads"] == [result["expected_quads"]] and result["expected_quads"] > 50
     assert result["max_difference"] == pytest.approx({"means": 0, "f_dc": 0, "f_rest": 0, "opacity_logits": 0,
                                                       "log_scales": 0, "quats": 0}, abs=1e-6)
+
+
+def test_match_camera_to_photo_reads_the_exif_and_leaves_a_keyed_lens(report):
+    result = report["photo_camera"]
+    assert result["plain"]["status"] == ["FINISHED"] and result["plain"]["resolution"] == [1920, 1440]
+    assert result["plain"]["sensor_fit"] == "AUTO"
+    # the lens on a 36 mm long side that sees a 26 mm (35 mm terms) photo's diagonal: 26 * 36 * 5/4 / 43.27
+    assert result["plain"]["lens"] == pytest.approx(26 * 36 * 5 / (4 * math.hypot(36, 24)), rel=1e-6)
+    assert result["keyed"] == {"status": ["FINISHED"], "lens": 50.0}
+
+
+def test_a_preset_move_is_keyed_linear(report):
+    result = report["preset_move"]
+    assert result["status"] == ["FINISHED"]
+    assert result["y"] == pytest.approx([-6.0, -5.0, -4.0], abs=1e-5)   # 2 m along the view over frames 1-9
+    assert result["keys"] == [[1, "LINEAR"], [9, "LINEAR"]]
