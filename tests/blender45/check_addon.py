@@ -60,6 +60,17 @@ def check_register() -> dict:
     return {"expected_classes": [name for _, name in OUR_CLASSES], "cycles": cycles}
 
 
+def _scene_with_camera():
+    """A factory-settings scene with the add-on enabled and a new camera as its camera: (scene, camera object)."""
+    bpy.ops.wm.read_factory_settings(use_empty=True)
+    addon_utils.enable(ADDON, default_set=True, handle_error=None)
+    scene = bpy.context.scene
+    cam_obj = bpy.data.objects.new("Cam", bpy.data.cameras.new("Cam"))
+    scene.collection.objects.link(cam_obj)
+    scene.camera = cam_obj
+    return scene, cam_obj
+
+
 def _worst_pixel_error(scene, cam_obj, frame: dict, width: int, height: int) -> float:
     """Largest |cameras.json projection − Blender's world_to_camera_view| over a few points in view."""
     worst = 0.0
@@ -78,12 +89,7 @@ def check_trajectory(folder: Path) -> dict:
     so AUTO, HORIZONTAL and VERTICAL all differ)."""
     results = {}
     for fit in ("AUTO", "HORIZONTAL", "VERTICAL"):
-        bpy.ops.wm.read_factory_settings(use_empty=True)
-        addon_utils.enable(ADDON, default_set=True, handle_error=None)
-        scene = bpy.context.scene
-        cam_obj = bpy.data.objects.new("Cam", bpy.data.cameras.new("Cam"))
-        scene.collection.objects.link(cam_obj)
-        scene.camera = cam_obj
+        scene, cam_obj = _scene_with_camera()
         cam = cam_obj.data
         cam.lens, cam.sensor_width, cam.sensor_height, cam.sensor_fit = 35.0, 36.0, 20.0, fit
         cam.shift_x, cam.shift_y = 0.13, -0.07
@@ -165,12 +171,7 @@ def _png_with_exif(path: Path, width: int, height: int, focal_35mm: int) -> None
 def check_photo_camera(folder: Path) -> dict:
     """Match Camera to Photo with a 4:3 photo taken at 26 mm (35 mm terms): a 16:9, 50 mm camera, then the
     same with its lens keyed (read through 4.5's layered-action API)."""
-    bpy.ops.wm.read_factory_settings(use_empty=True)
-    addon_utils.enable(ADDON, default_set=True, handle_error=None)
-    scene = bpy.context.scene
-    cam_obj = bpy.data.objects.new("Cam", bpy.data.cameras.new("Cam"))
-    scene.collection.objects.link(cam_obj)
-    scene.camera = cam_obj
+    scene, cam_obj = _scene_with_camera()
     scene.render.resolution_x, scene.render.resolution_y = 1920, 1080
     _png_with_exif(folder / "photo.png", 400, 300, 26)
     scene.wonderland.image_path = str(folder / "photo.png")
@@ -186,13 +187,8 @@ def check_photo_camera(folder: Path) -> dict:
 
 def check_preset_move() -> dict:
     """The dolly-in preset keyed on a level camera (its curves reached through 4.5's layered-action API)."""
-    bpy.ops.wm.read_factory_settings(use_empty=True)
-    addon_utils.enable(ADDON, default_set=True, handle_error=None)
-    scene = bpy.context.scene
+    scene, cam_obj = _scene_with_camera()
     scene.frame_start, scene.frame_end = 1, 9
-    cam_obj = bpy.data.objects.new("Cam", bpy.data.cameras.new("Cam"))
-    scene.collection.objects.link(cam_obj)
-    scene.camera = cam_obj
     cam_obj.location, cam_obj.rotation_euler = (0.0, -6.0, 1.5), (math.radians(90), 0.0, 0.0)   # looks along +Y
     status = bpy.ops.wonderland.add_trajectory(preset='dolly_in', amount=2.0)
     ys = []
