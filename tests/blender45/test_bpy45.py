@@ -1,5 +1,5 @@
-"""The add-on on Blender 4.5 (blender_version_min): register, trajectory export and PLY import/export in
-the real bpy 4.5 wheel.
+"""The add-on on Blender 4.5 (blender_version_min): register, trajectory export, PLY import/export, a preset
+move and Match Camera to Photo in the real bpy 4.5 wheel.
 
 The test venv holds bpy 5.0, and one Python process holds one bpy, so the 4.5 wheel lives in its own venv,
 .venv/bpy45 (inside the git-ignored .venv), made once with the same Python and reused; check_addon.py runs
