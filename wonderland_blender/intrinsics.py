@@ -108,6 +108,12 @@ def opencv_c2w(matrix_world) -> np.ndarray:
     return rigid @ BLENDER_TO_OPENCV
 
 
+def pitch_deg(c2w: np.ndarray) -> float:
+    """How far an OpenCV camera-to-world pose looks up (+) or down (−) from level, in degrees (world Z up)."""
+    forward = np.asarray(c2w, np.float64)[:3, 2]
+    return float(np.degrees(np.arcsin(np.clip(forward[2] / np.linalg.norm(forward), -1.0, 1.0))))
+
+
 def center_crop_size(src_w: int, src_h: int, dst_w: int, dst_h: int) -> tuple[float, float]:
     """(w, h) of the largest centred box of aspect dst_w/dst_h inside src_w × src_h (the backend's crop)."""
     if min(src_w, src_h, dst_w, dst_h) <= 0:

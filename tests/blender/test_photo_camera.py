@@ -31,7 +31,7 @@ def diagonal_view_deg(width, height, K):
 def camera_50mm(scene, make_camera):
     scene.render.resolution_x, scene.render.resolution_y = 1920, 1080
     scene.render.pixel_aspect_x = 2.0
-    cam = make_camera()
+    cam = make_camera(rotation=(math.radians(63.6), 0.0, math.radians(46.7)))   # the startup camera: 26° down
     cam.data.sensor_fit, cam.data.sensor_width = 'VERTICAL', 24.0
     return cam
 
@@ -46,7 +46,9 @@ def test_a_phone_photo_s_exif_sets_the_view_the_backend_gets(scene, camera_50mm,
     assert diagonal_view_deg(width, height, K) == pytest.approx(
         math.degrees(2 * math.atan(FILM_DIAGONAL_MM / (2 * 26))), abs=1e-4)  # Blender keeps the lens in float32
     assert camera_50mm.data.lens == pytest.approx(26 * 36 * 5 / (4 * FILM_DIAGONAL_MM), rel=1e-6)
-    assert "Info: resolution 1920×1440 (the photo's 4032×3024); lens 27.0 mm" in capsys.readouterr().out
+    said = capsys.readouterr().out
+    assert "Info: resolution 1920×1440 (the photo's 4032×3024); lens 27.0 mm" in said
+    assert "the camera looks 26° down here: give it the photo's tilt" in said   # the pitch is the artist's
 
 
 def test_a_packed_portrait_datablock_is_read_too(scene, camera_50mm, tmp_path):
@@ -63,11 +65,15 @@ def test_a_packed_portrait_datablock_is_read_too(scene, camera_50mm, tmp_path):
 
 
 def test_without_exif_only_the_aspect_changes_and_it_says_so(scene, camera_50mm, tmp_path, capsys):
+    camera_50mm.rotation_euler = (math.radians(90.0), 0.0, 0.3)                 # level
     scene.wonderland.image_path = str(write_photo(tmp_path / "scan.png", (1000, 1000)))
     assert bpy.ops.wonderland.match_photo_camera() == {'FINISHED'}
     assert (scene.render.resolution_x, scene.render.resolution_y) == (1920, 1920)
     assert (camera_50mm.data.lens, camera_50mm.data.sensor_fit) == (50.0, 'VERTICAL')
-    assert "gives no 35 mm-equivalent focal length, so the lens stays 50.0 mm" in capsys.readouterr().out
+    assert tuple(camera_50mm.rotation_euler) == pytest.approx((math.radians(90.0), 0.0, 0.3))
+    said = capsys.readouterr().out
+    assert "gives no 35 mm-equivalent focal length, so the lens stays 50.0 mm" in said
+    assert "the camera is level: tilt it as the photo was taken" in said
 
 
 def test_a_keyed_lens_is_left_to_its_keys(scene, camera_50mm, tmp_path, capsys):
