@@ -157,10 +157,7 @@ def test_relative_motion():
                                                  ((90, 15, 0), 0.0)])
 def test_pitch_of_a_blender_camera(euler_deg, expected):
     """Blender's XYZ Euler camera: X = 90° looks level, less looks down; Z turns it, a level roll leaves it."""
-    rx, ry, rz = (math.radians(a) for a in euler_deg)
-    Rx = np.array([[1, 0, 0], [0, math.cos(rx), -math.sin(rx)], [0, math.sin(rx), math.cos(rx)]])
-    Ry = np.array([[math.cos(ry), 0, math.sin(ry)], [0, 1, 0], [-math.sin(ry), 0, math.cos(ry)]])
-    Rz = np.array([[math.cos(rz), -math.sin(rz), 0], [math.sin(rz), math.cos(rz), 0], [0, 0, 1]])
+    rx, ry, rz = euler_deg
     world = np.eye(4)
-    world[:3, :3] = Rz @ Ry @ Rx
+    world[:3, :3] = axis_rotation(2, rz) @ axis_rotation(1, ry) @ axis_rotation(0, rx)
     assert intr.pitch_deg(intr.opencv_c2w(world)) == pytest.approx(expected, abs=1e-9)

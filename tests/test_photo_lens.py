@@ -80,8 +80,13 @@ def test_damaged_exif_is_unknown_not_an_error():
 
 
 def diagonal_view(K, width, height) -> float:
-    """The diagonal angle of view (radians) of a centred pinhole camera K at width × height."""
-    return 2 * math.atan(math.hypot(width / (2 * K[0, 0]), height / (2 * K[1, 1])))
+    """The diagonal angle of view (radians) of a centred pinhole camera K [3][3] at width × height."""
+    return 2 * math.atan(math.hypot(width / (2 * K[0][0]), height / (2 * K[1][1])))
+
+
+def equivalent_view(focal_35mm: float) -> float:
+    """The diagonal angle of view (radians) a 35 mm-equivalent focal length stands for."""
+    return 2 * math.atan(lens.FILM_DIAGONAL_MM / (2 * focal_35mm))
 
 
 @pytest.mark.parametrize("width, height", [(3000, 2000), (4032, 3024), (1920, 1080), (3024, 4032), (1000, 1000)])
@@ -92,8 +97,7 @@ def test_blender_camera_sees_the_photo_s_diagonal_angle(width, height, focal):
     mm = lens.blender_lens(focal, width, height)
     K = intr.intrinsics_matrix(lens=mm, sensor_width=36.0, sensor_height=24.0, sensor_fit="AUTO",
                                width=width, height=height)
-    assert diagonal_view(K, width, height) == pytest.approx(2 * math.atan(lens.FILM_DIAGONAL_MM / (2 * focal)),
-                                                            rel=1e-9)
+    assert diagonal_view(K, width, height) == pytest.approx(equivalent_view(focal), rel=1e-9)
 
 
 def test_a_3_2_photo_s_lens_is_its_equivalent_and_a_4_3_photo_s_is_longer():

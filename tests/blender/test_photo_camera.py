@@ -3,17 +3,14 @@ import math
 
 import bpy
 import pytest
-from PIL import Image
 
-from wonderland_blender.photo_lens import EXIF_IFD_POINTER, FILM_DIAGONAL_MM, FOCAL_LENGTH_35MM
+from tests.test_photo_lens import diagonal_view, equivalent_view, photo_bytes
+from wonderland_blender.photo_lens import FILM_DIAGONAL_MM
 from wonderland_blender.trajectory import camera_trajectory
 
 
 def write_photo(path, size, focal_35mm=None):
-    exif = Image.Exif()
-    if focal_35mm is not None:
-        exif.get_ifd(EXIF_IFD_POINTER)[FOCAL_LENGTH_35MM] = focal_35mm
-    Image.new("RGB", size, (90, 140, 200)).save(path, exif=exif.tobytes())
+    path.write_bytes(photo_bytes("PNG" if path.suffix == ".png" else "JPEG", size, focal_35mm))
     return path
 
 
@@ -21,10 +18,6 @@ def sent_camera(scene, cam_obj):
     """(width, height, K) of the first camera as the add-on exports it for the backend."""
     cameras = camera_trajectory(scene, cam_obj, scene.frame_start, scene.frame_start)
     return cameras["width"], cameras["height"], cameras["frames"][0]["K"]
-
-
-def diagonal_view_deg(width, height, K):
-    return math.degrees(2 * math.atan(math.hypot(width / (2 * K[0][0]), height / (2 * K[1][1]))))
 
 
 @pytest.fixture
@@ -43,8 +36,8 @@ def test_a_phone_photo_s_exif_sets_the_view_the_backend_gets(scene, camera_50mm,
     assert bpy.ops.wonderland.match_photo_camera() == {'FINISHED'}
     width, height, K = sent_camera(scene, camera_50mm)
     assert (width, height) == (1920, 1440)
-    assert diagonal_view_deg(width, height, K) == pytest.approx(
-        math.degrees(2 * math.atan(FILM_DIAGONAL_MM / (2 * 26))), abs=1e-4)  # Blender keeps the lens in float32
+    assert math.degrees(diagonal_view(K, width, height)) == pytest.approx(
+        math.degrees(equivalent_view(26)), abs=1e-4)  # Blender keeps the lens in float32
     assert camera_50mm.data.lens == pytest.approx(26 * 36 * 5 / (4 * FILM_DIAGONAL_MM), rel=1e-6)
     said = capsys.readouterr().out
     assert "Info: resolution 1920×1440 (the photo's 4032×3024); lens 27.0 mm" in said
@@ -60,8 +53,8 @@ def test_a_packed_portrait_datablock_is_read_too(scene, camera_50mm, tmp_path):
     width, height, K = sent_camera(scene, camera_50mm)
     assert (width, height) == (1280, 1920)              # the long side kept, on the photo's axis
     assert camera_50mm.data.lens == pytest.approx(35.0)  # a 2:3 frame is the 35 mm film's own
-    assert diagonal_view_deg(width, height, K) == pytest.approx(
-        math.degrees(2 * math.atan(FILM_DIAGONAL_MM / 70)), abs=1e-4)  # Blender keeps the lens in float32
+    assert math.degrees(diagonal_view(K, width, height)) == pytest.approx(
+        math.degrees(equivalent_view(35)), abs=1e-4)  # Blender keeps the lens in float32
 
 
 def test_without_exif_only_the_aspect_changes_and_it_says_so(scene, camera_50mm, tmp_path, capsys):
