@@ -1,18 +1,21 @@
-"""The scene's size at inference: the model's Gaussians scaled about camera 0 so that their median depth there
-is the depth prior's (backend/models/depth_prior.py: the photo's metric depth at camera 0), or the subject
-distance the artist gives.
+"""The scene's size and broad shape at inference: the model's Gaussians slid along camera 0's rays so that their
+depth there follows the depth prior's (backend/models/depth_prior.py: the photo's metric depth at camera 0), or
+scaled to the subject distance the artist gives.
 
-Why scale rather than move each Gaussian: the LaLRM's frames agree with one another at its own scale; one
-factor about camera 0 keeps that agreement (and camera 0's view: every Gaussian slides along its own ray) while
-the size of the whole follows the prior, which reads it from every pixel of the photo, or the artist, who knows
-it: the model's guess is one near the average room (benchmarks/RESULTS.md, *What did not move the depth*), and
-a subject photographed from far away comes out a few metres away and swings across an orbit around it.
+Why slide along the rays rather than move Gaussians freely: camera 0's view stays the photo (each Gaussian keeps
+the pixel it covers) while the depth follows the prior, which reads it from every pixel of the photo. The model's
+guess of the size is one near the average room (benchmarks/RESULTS.md, *What did not move the depth*), so the
+median ratio of the prior's depth to the model's sets the size; the ratio's residual, blurred (`shape_sigma`),
+bends the model's broad shape towards the prior's, which is closer to the truth (a slanted floor, a far corner),
+while the blur keeps the LaLRM's own relief and the agreement of its frames within a few pixels. A subject
+photographed from far away otherwise comes out a few metres away and swings across an orbit around it.
 """
 from __future__ import annotations
 
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from backend.cameras import CameraBatch
@@ -49,14 +52,46 @@ def photo_depth(prior: DepthPrior, photo: Tensor, camera0: CameraBatch) -> Tenso
     return log_z[0].exp().cpu()
 
 
+def log_ratio(view: RenderOutput, depth: Tensor) -> tuple[Tensor, Tensor]:
+    """log(depth / the model's depth) [h, w] for the model's view at camera 0 (model_view) and a depth [h, w] at
+    its size, and the mask of the pixels where the model shows something (the ratio is 0 elsewhere)."""
+    z, alpha = view.depth[0, ..., 0].cpu(), view.alpha[0, ..., 0].cpu()
+    seen = (alpha > SEEN_ALPHA) & (z > 0)
+    ratio = depth.to(z).clamp_min(1e-6).log() - z.clamp_min(1e-6).log()
+    return torch.where(seen, ratio, torch.zeros_like(ratio)), seen
+
+
 def prior_ratio(view: RenderOutput, depth: Tensor) -> float:
     """The factor that takes the model's view at camera 0 (model_view) to the prior's depth [h, w], median to
     median of their log ratio where the model shows something (1.0 where it shows nothing)."""
-    z, alpha = view.depth[0, ..., 0].cpu(), view.alpha[0, ..., 0].cpu()
-    seen = (alpha > SEEN_ALPHA) & (z > 0)
+    ratio, seen = log_ratio(view, depth)
+    return math.exp(float(ratio[seen].median())) if bool(seen.any()) else 1.0
+
+
+def gaussian_blur(x: Tensor, sigma: float) -> Tensor:
+    """x [h, w] blurred by a Gaussian of std-dev `sigma` pixels (separable, edges replicated)."""
+    radius = max(1, math.ceil(3 * sigma))
+    taps = torch.exp(-0.5 * (torch.arange(-radius, radius + 1, dtype=x.dtype) / sigma) ** 2)
+    taps = taps / taps.sum()
+    x = F.conv2d(F.pad(x[None, None], (radius, radius, 0, 0), mode="replicate"), taps.view(1, 1, 1, -1))
+    return F.conv2d(F.pad(x, (0, 0, radius, radius), mode="replicate"), taps.view(1, 1, -1, 1))[0, 0]
+
+
+def prior_field(view: RenderOutput, depth: Tensor, shape_sigma: float) -> Tensor:
+    """The log factor [h, w] that takes the model's view at camera 0 to the prior's depth [h, w]: the median
+    log ratio (prior_ratio's) plus the ratio's residual blurred by a Gaussian of `shape_sigma` times the long
+    side, normalized by the blurred mask of seen pixels so that unseen ones take their surroundings' value
+    (0: the median alone, one factor). Zero where the model shows nothing at all."""
+    ratio, seen = log_ratio(view, depth)
     if not bool(seen.any()):
-        return 1.0
-    return math.exp(float((depth[seen].log() - z[seen].log()).median()))
+        return torch.zeros_like(ratio)
+    median = ratio[seen].median()
+    if shape_sigma <= 0:
+        return torch.full_like(ratio, float(median))
+    weight = seen.to(ratio.dtype)
+    sigma = shape_sigma * max(ratio.shape)
+    residual, coverage = gaussian_blur((ratio - median) * weight, sigma), gaussian_blur(weight, sigma)
+    return median + torch.where(coverage > 1e-3, residual / coverage.clamp_min(1e-3), torch.zeros_like(residual))
 
 
 def distance_ratio(view: RenderOutput, distance: float) -> float:
@@ -64,7 +99,28 @@ def distance_ratio(view: RenderOutput, distance: float) -> float:
     return prior_ratio(view, torch.full(view.depth.shape[1:3], float(distance)))
 
 
+def slid(g: Gaussians, log_factor: Tensor) -> Gaussians:
+    """Gaussians moved along their rays from the origin (camera 0 in the normalized frame) and grown by
+    exp(log_factor) (one value, or one per Gaussian [N])."""
+    log_factor = log_factor.to(g.means)
+    return Gaussians(means=g.means * log_factor.exp()[..., None], log_scales=g.log_scales + log_factor[..., None],
+                     quats=g.quats, opacity_logits=g.opacity_logits, sh0=g.sh0, sh_rest=g.sh_rest)
+
+
 def scaled(g: Gaussians, factor: float) -> Gaussians:
     """Gaussians scaled by `factor` about the origin (camera 0 in the normalized frame)."""
-    return Gaussians(means=g.means * factor, log_scales=g.log_scales + math.log(factor), quats=g.quats,
-                     opacity_logits=g.opacity_logits, sh0=g.sh0, sh_rest=g.sh_rest)
+    return slid(g, torch.tensor(math.log(factor)))
+
+
+def warped(g: Gaussians, field: Tensor, K: Tensor) -> Gaussians:
+    """Gaussians (camera 0's frame, c2w the identity) each slid by prior_field's `field` [h, w] at the pixel of
+    camera 0 (intrinsics K [3, 3] at the field's size) its centre falls on: beyond the picture, its nearest edge's
+    value; behind the camera, the field's median."""
+    h, w = field.shape
+    means = g.means.detach().to("cpu", torch.float32)
+    z = means[:, 2].clamp_min(1e-6)
+    u, v = K[0, 0] * means[:, 0] / z + K[0, 2], K[1, 1] * means[:, 1] / z + K[1, 2]
+    grid = torch.stack([2 * u / w - 1, 2 * v / h - 1], dim=-1).to(field)   # pixel centres at i + 0.5
+    at = F.grid_sample(field[None, None], grid[None, None], mode="bilinear", padding_mode="border",
+                       align_corners=False)[0, 0, 0]
+    return slid(g, torch.where(means[:, 2] > 1e-6, at, field.median()))

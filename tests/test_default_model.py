@@ -60,6 +60,7 @@ def test_generate_without_model_uses_the_default(tmp_path, run_backend):
     assert (meta["model"], meta["model_source"], meta["random_weights"]) == (DEFAULT_MODEL, str(DEFAULT_DIR), False)
     assert "random weights" not in result.stderr
     assert meta["depth_prior"]["detail_weight"] == 0.25 and 0.1 < meta["depth_prior"]["scale"] < 10
+    assert meta["depth_prior"]["shape_sigma"] == 0.042
 
 
 @pytest.fixture(scope="module")

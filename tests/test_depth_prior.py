@@ -24,9 +24,10 @@ from tests.test_intrinsics import axis_rotation
 SMALL = DepthPriorConfig(widths=(8, 16, 16))
 
 
-def constant_prior(depth: float, detail_weight: float) -> DepthPrior:
-    """A prior that says `depth` everywhere (its head's weights zero, its bias log depth)."""
-    prior = DepthPrior(dataclasses.replace(SMALL, detail_weight=detail_weight))
+def constant_prior(depth: float, detail_weight: float, shape_sigma: float = 0.0) -> DepthPrior:
+    """A prior that says `depth` everywhere (its head's weights zero, its bias log depth); by default it only
+    sizes the model (shape_sigma 0: one factor)."""
+    prior = DepthPrior(dataclasses.replace(SMALL, detail_weight=detail_weight, shape_sigma=shape_sigma))
     with torch.no_grad():
         prior.head.bias.fill_(math.log(depth))
     return prior.eval()
@@ -73,11 +74,27 @@ def test_generate_scales_the_model_to_the_prior_and_blends_it_into_the_detail_la
     assert float(layers[0.0].gaussians.means[-n:, 2].std()) > 10 * float(z_prior.std())
 
 
+def test_generate_bends_the_models_broad_shape_to_the_prior_and_keeps_the_input_view():
+    image, cameras = dolly_and_image()
+    one, shaped = (generate(tiny_metric(constant_prior(3.0, 0.0, sigma)), image, cameras, steps=2, preview_count=0,
+                            detail_size=0) for sigma in (0.0, 0.042))
+    assert shaped.info["depth_prior"]["shape_sigma"] == 0.042 and one.info["depth_prior"]["shape_sigma"] == 0.0
+    with torch.no_grad():
+        views = [render(result.gaussians, cameras[0]) for result in (one, shaped)]
+    seen = [(v.alpha[0, ..., 0] > 0.5) & (v.depth[0, ..., 0] > 0) for v in views]
+    spread = [float(v.depth[0, ..., 0][s].log().std()) for v, s in zip(views, seen)]
+    assert spread[1] < 0.5 * spread[0]      # the random model's lumpy depth flattened towards the flat prior
+    assert median_depth(shaped.gaussians, cameras) == pytest.approx(3.0, rel=0.05)
+    directions = [r.gaussians.means / r.gaussians.means.norm(dim=1, keepdim=True) for r in (one, shaped)]
+    assert torch.allclose(directions[0], directions[1], atol=1e-4)    # each Gaussian stays on its ray
+
+
 def test_a_metric_model_folder_round_trips_its_prior_and_a_missing_file_is_named(tmp_path):
     pipe = tiny_metric(constant_prior(2.5, 0.5))
     pipe.save_pretrained(tmp_path / "m")
     manifest = json.loads((tmp_path / "m" / CONFIG_FILE).read_text())
-    assert manifest["depth_prior"] == {"widths": [8, 16, 16], "detail_weight": 0.5, "gravity": False}
+    assert manifest["depth_prior"] == {"widths": [8, 16, 16], "detail_weight": 0.5, "gravity": False,
+                                     "shape_sigma": 0.0}
     loaded = WonderlandPipeline.from_pretrained(tmp_path / "m")
     assert loaded.depth_prior.config == pipe.depth_prior.config and not loaded.depth_prior.training
     for name, tensor in pipe.depth_prior.state_dict().items():
@@ -98,6 +115,15 @@ def test_a_path_scale_model_refuses_a_prior():
         WonderlandPipeline(pipe.config, pipe.vae, pipe.transformer, pipe.scheduler, pipe.lalrm, "test",
                            depth_prior=constant_prior(2.0, 0.5))
     assert "metric-scale model" in error.value.hint
+
+
+@pytest.mark.parametrize("field, value, hint", [("detail_weight", 1.5, "the prior's depth alone"),
+                                               ("shape_sigma", -0.1, "one factor"),
+                                               ("shape_sigma", 2.0, "as wide as the picture")])
+def test_settings_out_of_range_are_refused_with_a_hint(field, value, hint):
+    with pytest.raises(InputError, match=f"{field} {value}") as error:
+        DepthPriorConfig(**{field: value})
+    assert hint in error.value.hint
 
 
 def test_the_flip_augmentation_is_the_mirrored_camera():

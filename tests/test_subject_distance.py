@@ -53,8 +53,9 @@ def test_the_input_views_median_depth_becomes_the_distance_and_its_picture_stays
 
 def test_the_distance_wins_over_a_depth_prior_and_moves_its_share_of_the_layer():
     image, cameras = dolly_and_image()
-    result = generate(tiny_metric(constant_prior(3.0, 1.0)), image, cameras, steps=2, preview_count=0,
-                      detail_size=96, subject_distance=6.0)
+    prior = constant_prior(3.0, 1.0, shape_sigma=0.042)     # shaped first, then sized: the distance still holds
+    result = generate(tiny_metric(prior), image, cameras, steps=2, preview_count=0, detail_size=96,
+                      subject_distance=6.0)
     assert result.info["depth_prior"]["scale"] > 0 and result.info["subject_distance"]["scale"] == \
         pytest.approx(2.0, rel=0.05)
     n = result.info["detail"]["count"]

@@ -5,7 +5,8 @@ from appearance (it does not read the move's length: `benchmarks/bench_scene_sca
 b ≈ 0), so thin things take their background's depth and whole rooms are put too near or too far. This
 net sees every pixel of the model-size photo (96×64 for `small`) with a path down to 6×4 and a global
 feature, so it can judge a chair's size and a wall's slant. `generate` uses it twice: the model's Gaussians
-are scaled about camera 0 so their median depth there is the prior's (backend/prior_scale.py), and the
+slide along camera 0's rays so their depth there follows a blur of the prior's (backend/prior_scale.py: the
+median sets the size, the blurred rest the broad shape; `DepthPriorConfig.shape_sigma`), and the
 detail layer's depth is a blend of the two in log depth (backend/detail.py: detail_depth; the blend's
 weight, `DepthPriorConfig.detail_weight`, was chosen on validation scenes).
 
@@ -41,6 +42,8 @@ class DepthPriorConfig:
     widths: tuple[int, ...] = (32, 64, 128, 128, 256)   # channels per level; each level after the first halves
     detail_weight: float = 0.25     # the prior's share of the detail layer's log depth (chosen on validation)
     gravity: bool = False           # reads each ray's rise along the world's up (+Z) too
+    shape_sigma: float = 0.042      # the blur on the prior / model depth ratio that reshapes the model, a fraction
+                                    # of the long side (backend/prior_scale.py; chosen on validation); 0: one factor
 
     @property
     def ray_channel_count(self) -> int:
@@ -54,6 +57,9 @@ class DepthPriorConfig:
         if not 0.0 <= self.detail_weight <= 1.0:
             raise InputError(f"depth prior config: detail_weight {self.detail_weight}",
                              "use 0 (scale only) .. 1 (the prior's depth alone)")
+        if not 0.0 <= self.shape_sigma <= 1.0:
+            raise InputError(f"depth prior config: shape_sigma {self.shape_sigma}",
+                             "use 0 (one factor for the whole model) .. 1 (a blur as wide as the picture)")
 
     def to_dict(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self), "widths": list(self.widths)}

@@ -30,7 +30,8 @@ from backend.models.refiner import Refiner
 from backend.pipelines.camera_i2v import (check_tiling, compile_blocks, decode_latents, encode_image,
                                           sample_video_latents)
 from backend.plucker import plucker_embedding
-from backend.prior_scale import check_subject_distance, distance_ratio, photo_depth, prior_ratio, scaled
+from backend.prior_scale import (check_subject_distance, distance_ratio, photo_depth, prior_field, prior_ratio, scaled,
+                                 warped)
 from backend.render import render
 
 SHIPPED_DIR = Path(__file__).resolve().parents[1] / "weights"  # models the project ships, by name
@@ -189,8 +190,9 @@ def generate(pipe: WonderlandPipeline, image: np.ndarray, cameras: CameraBatch, 
     never needs it, so it counts as one more step of the render stage. `detail_size` (long side in
     pixels, 0 = off, the paper's behaviour) adds the photo itself as pixel-aligned Gaussians
     (backend/detail.py), corrected by the model's refiner when it has one (info["detail"]["refiner"]),
-    and culls the model's Gaussians in front of it. A model with a depth prior scales its Gaussians to the
-    photo's metric depth and blends that depth into the layer's (backend/prior_scale.py; info["depth_prior"]).
+    and culls the model's Gaussians in front of it. A model with a depth prior slides its Gaussians along camera
+    0's rays to the photo's metric depth (its median: the size; a blur of the rest: the broad shape) and blends
+    that depth into the layer's (backend/prior_scale.py; info["depth_prior"]).
     `subject_distance` (the caller's world units) overrides the model's size: everything is scaled about camera
     0 so that the median depth of its view is that distance (info["subject_distance"]).
     """
@@ -269,18 +271,23 @@ def generate(pipe: WonderlandPipeline, image: np.ndarray, cameras: CameraBatch, 
     info["detail"] = {"size": None, "count": 0, "culled": 0, "refiner": False}
     prior, prior_weight = None, 0.0
     if model_count and (pipe.depth_prior is not None or subject_distance is not None):
-        # the scene's size (backend/prior_scale.py): metres from the photo, then the artist's distance, which wins
-        view, size = model_view(local.to("cpu", torch.float32), cams_lrm[0].to("cpu", torch.float32)), 1.0
+        # the scene's size and broad shape (backend/prior_scale.py): metres from the photo, then the artist's
+        # distance, which wins over the size
+        camera0 = cams_lrm[0].to("cpu", torch.float32)
+        view = model_view(local.to("cpu", torch.float32), camera0)
         if pipe.depth_prior is not None:
+            settings, prior_weight = pipe.depth_prior.config, pipe.depth_prior.config.detail_weight
             prior = photo_depth(pipe.depth_prior, torch.from_numpy(pixels), fitted[0])
-            size, prior_weight = prior_ratio(view, prior), pipe.depth_prior.config.detail_weight
-            info["depth_prior"] = {"scale": round(size, 4), "detail_weight": prior_weight}
+            local = warped(local, prior_field(view, prior, settings.shape_sigma), camera0.K[0])
+            info["depth_prior"] = {"scale": round(prior_ratio(view, prior), 4), "detail_weight": prior_weight,
+                                   "shape_sigma": settings.shape_sigma}
+            if subject_distance is not None:
+                view = model_view(local.to("cpu", torch.float32), camera0)
         if subject_distance is not None:
-            wanted = distance_ratio(view, subject_distance / normalization.scale)
-            prior = None if prior is None else prior * (wanted / size)
-            info["subject_distance"] = {"distance": subject_distance, "scale": round(wanted / size, 4)}
-            size = wanted
-        local = scaled(local, size)
+            factor = distance_ratio(view, subject_distance / normalization.scale)
+            prior = None if prior is None else prior * factor
+            info["subject_distance"] = {"distance": subject_distance, "scale": round(factor, 4)}
+            local = scaled(local, factor)
     if detail_size and model_count:   # no model Gaussians, no depth: the result stays empty, and says so
         box = input_crop(cfg.size, image.shape[1::-1], cameras)[0]
         width, height = detail_grid(box, cfg.size, detail_size)
