@@ -79,19 +79,13 @@ def clip_length(scene_frames: int, model_frames: int) -> int:
     return 1 + (model_frames - 1) * ((scene_frames - 1) // (model_frames - 1))
 
 
-def pipeline_method(pipe: WonderlandPipeline, steps: int | None, seed: int, device: torch.device, **levers):
-    """generate() on frame 0; `levers` are its speed options (controlnet_fraction, cache, ...)."""
+def pipeline_method(pipe: WonderlandPipeline, steps: int | None, seed: int, device: torch.device,
+                    known_distance: bool = False, **levers):
+    """generate() on frame 0; `levers` are its speed options (controlnet_fraction, cache, ...). With
+    `known_distance`, told frame 0's true median depth as its Subject Distance: what an artist who knows it gets."""
     def run(image: np.ndarray, cameras: CameraBatch, scene: EvalScene) -> Gaussians:
         return generate(pipe, image, cameras, steps=steps, seed=seed, preview_count=0, device=device,
-                        **levers).gaussians
-    return run
-
-
-def known_distance_method(pipe: WonderlandPipeline, steps: int | None, seed: int, device: torch.device):
-    """generate() told frame 0's true median depth as its Subject Distance: what an artist who knows it gets."""
-    def run(image: np.ndarray, cameras: CameraBatch, scene: EvalScene) -> Gaussians:
-        return generate(pipe, image, cameras, steps=steps, seed=seed, preview_count=0, device=device,
-                        subject_distance=scene.median_depth).gaussians
+                        subject_distance=scene.median_depth if known_distance else None, **levers).gaussians
     return run
 
 
@@ -216,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
         refined = dataclasses.replace(pipe, refiner=refiner_of(args.refiner).to(device))
         methods[REFINED] = pipeline_method(refined, args.steps, args.seed, device)
     if args.known_distance:
-        methods[KNOWN] = known_distance_method(pipe, args.steps, args.seed, device)
+        methods[KNOWN] = pipeline_method(pipe, args.steps, args.seed, device, known_distance=True)
     if args.levers:
         for name, levers in SPEED_LEVERS.items():
             methods[f"full pipeline, {name}"] = pipeline_method(pipe, args.steps, args.seed, device, **levers)
