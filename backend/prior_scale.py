@@ -2,13 +2,13 @@
 depth there follows the depth prior's (backend/models/depth_prior.py: the photo's metric depth at camera 0), or
 scaled to the subject distance the artist gives.
 
-Why slide along the rays rather than move Gaussians freely: camera 0's view stays the photo (each Gaussian keeps
-the pixel it covers) while the depth follows the prior, which reads it from every pixel of the photo. The model's
-guess of the size is one near the average room (benchmarks/RESULTS.md, *What did not move the depth*), so the
-median ratio of the prior's depth to the model's sets the size; the ratio's residual, blurred (`shape_sigma`),
-bends the model's broad shape towards the prior's, which is closer to the truth (a slanted floor, a far corner),
-while the blur keeps the LaLRM's own relief and the agreement of its frames within a few pixels. A subject
-photographed from far away otherwise comes out a few metres away and swings across an orbit around it.
+Why: the model's own guess of the size is one near the average room (benchmarks/RESULTS.md, *What did not move
+the depth*), so a subject photographed from far away would come out a few metres away and swing across an orbit
+around it; the prior reads the depth from every pixel of the photo. Its median ratio to the model's depth sets
+the size; the ratio's residual, blurred (`shape_sigma`), bends the model's broad shape towards the prior's, which
+is closer to the truth (a slanted floor, a far corner), while the blur keeps the LaLRM's own relief and the
+agreement of its frames within a few pixels. Sliding along the rays keeps camera 0's view the photo: each
+Gaussian keeps the pixel it covers.
 """
 from __future__ import annotations
 

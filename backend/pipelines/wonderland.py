@@ -276,7 +276,8 @@ def generate(pipe: WonderlandPipeline, image: np.ndarray, cameras: CameraBatch, 
         camera0 = cams_lrm[0].to("cpu", torch.float32)
         view = model_view(local.to("cpu", torch.float32), camera0)
         if pipe.depth_prior is not None:
-            settings, prior_weight = pipe.depth_prior.config, pipe.depth_prior.config.detail_weight
+            settings = pipe.depth_prior.config
+            prior_weight = settings.detail_weight
             prior = photo_depth(pipe.depth_prior, torch.from_numpy(pixels), fitted[0])
             local = warped(local, prior_field(view, prior, settings.shape_sigma), camera0.K[0])
             info["depth_prior"] = {"scale": round(prior_ratio(view, prior), 4), "detail_weight": prior_weight,
