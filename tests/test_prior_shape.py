@@ -72,12 +72,14 @@ def test_warped_keeps_camera_0s_picture_and_takes_the_priors_broad_depth():
                           (moved.means.norm(dim=1) / gaussians.means.norm(dim=1)).log()[:, None], atol=1e-5)
 
 
-def test_gaussians_beside_the_picture_take_its_edge_and_behind_the_camera_its_median():
+def test_gaussians_beside_the_picture_or_behind_the_camera_take_the_median():
     field = torch.full((H, W), math.log(3.0))
-    field[:, :W // 3] = math.log(2.0)                  # the left third twice as far, the rest three times
-    gaussians = wall(torch.full((H, W), 2.0))[torch.tensor([0, 1, 2])]
-    gaussians.means = torch.tensor([[-5.0, 0.0, 1.0],     # far left of the picture: the left edge's value
+    field[:, :W // 3] = math.log(2.0)                  # the left third twice as far, the rest (the median) three times
+    gaussians = wall(torch.full((H, W), 2.0))[torch.tensor([0, 1, 2, 3, 4])]
+    gaussians.means = torch.tensor([[-0.5, 0.0, 1.0],     # inside, on the left: its pixel's
                                     [0.5, 0.1, 1.0],      # inside, on the right: its pixel's
-                                    [0.0, 0.0, -1.0]])    # behind camera 0: the field's median
+                                    [-0.62, 0.0, 1.0],    # left of the picture (u = -0.8): the median
+                                    [-5.0, 0.0, 1.0],     # far left of it: the median
+                                    [0.0, 0.0, -1.0]])    # behind camera 0: the median
     moved = warped(gaussians, field, K)
-    assert torch.allclose(moved.means, gaussians.means * torch.tensor([2.0, 3.0, 3.0])[:, None], rtol=1e-5)
+    assert torch.allclose(moved.means, gaussians.means * torch.tensor([2.0, 3.0, 3.0, 3.0, 3.0])[:, None], rtol=1e-5)
