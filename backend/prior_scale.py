@@ -124,5 +124,5 @@ def warped(g: Gaussians, field: Tensor, K: Tensor) -> Gaussians:
     grid = torch.stack([2 * u / w - 1, 2 * v / h - 1], dim=-1).to(field)   # pixel centres at i + 0.5
     at = F.grid_sample(field[None, None], grid[None, None], mode="bilinear", padding_mode="border",
                        align_corners=False)[0, 0, 0]    # border: the picture's outer half-pixels
-    seen = (means[:, 2] > 1e-6) & (grid.abs() <= 1).all(dim=-1)
-    return slid(g, torch.where(seen, at, field.median()))
+    inside = (means[:, 2] > 1e-6) & (grid.abs() <= 1).all(dim=-1)
+    return slid(g, torch.where(inside, at, field.median()))
