@@ -27,6 +27,7 @@ from mathutils import Vector  # noqa: E402
 import wonderland_blender  # noqa: E402
 from wonderland_blender.display import QUAD_OBJECT  # noqa: E402
 from wonderland_blender.plyio import Splats, read_ply, write_ply  # noqa: E402
+from wonderland_blender.presets import channelbag  # noqa: E402
 
 ADDON = "wonderland_blender"
 OUR_CLASSES = (("PropertyGroup", "WonderlandSceneSettings"), ("AddonPreferences", "WonderlandPreferences"),
@@ -186,7 +187,8 @@ def check_photo_camera(folder: Path) -> dict:
 
 
 def check_preset_move() -> dict:
-    """The dolly-in preset keyed on a level camera (its curves reached through 4.5's layered-action API)."""
+    """The dolly-in preset keyed on a level camera (its curves read through presets.channelbag, as the add-on
+    reads them on 4.5)."""
     scene, cam_obj = _scene_with_camera()
     scene.frame_start, scene.frame_end = 1, 9
     cam_obj.location, cam_obj.rotation_euler = (0.0, -6.0, 1.5), (math.radians(90), 0.0, 0.0)   # looks along +Y
@@ -195,8 +197,7 @@ def check_preset_move() -> dict:
     for frame in (1, 5, 9):
         scene.frame_set(frame)
         ys.append(cam_obj.matrix_world.translation.y)
-    curves = [fc for fc in cam_obj.animation_data.action.layers[0].strips[0].channelbags[0].fcurves
-              if fc.data_path == "location"]
+    curves = [fc for fc in channelbag(cam_obj).fcurves if fc.data_path == "location"]
     keys = [(int(k.co.x), k.interpolation) for fc in curves for k in fc.keyframe_points]
     addon_utils.disable(ADDON, default_set=True)
     return {"status": sorted(status), "y": ys, "keys": sorted(set(keys))}
