@@ -115,8 +115,8 @@ def scaled(g: Gaussians, factor: float) -> Gaussians:
 def warped(g: Gaussians, field: Tensor, K: Tensor) -> Gaussians:
     """Gaussians (camera 0's frame, c2w the identity) each slid by prior_field's `field` [h, w] at the pixel of
     camera 0 (intrinsics K [3, 3] at the field's size) its centre falls on; beyond the picture or behind the
-    camera, where the prior says nothing, by the field's median (the size alone: on validation rooms this beat
-    the nearest edge's value by 0.04–0.14 dB, and a fade from it)."""
+    camera, where the prior says nothing, by the field's median over the picture (close to the median ratio, the
+    size alone: on validation rooms this beat the nearest edge's value by 0.04–0.14 dB, and a fade from it)."""
     h, w = field.shape
     means = g.means.detach().to("cpu", torch.float32)
     z = means[:, 2].clamp_min(1e-6)
