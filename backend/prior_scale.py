@@ -77,21 +77,22 @@ def gaussian_blur(x: Tensor, sigma: float) -> Tensor:
     return F.conv2d(F.pad(x, (0, 0, radius, radius), mode="replicate"), taps.view(1, 1, -1, 1))[0, 0]
 
 
-def prior_field(view: RenderOutput, depth: Tensor, shape_sigma: float) -> Tensor:
-    """The log factor [h, w] that takes the model's view at camera 0 to the prior's depth [h, w]: the median
-    log ratio (prior_ratio's) plus the ratio's residual blurred by a Gaussian of `shape_sigma` times the long
-    side, normalized by the blurred mask of seen pixels so that unseen ones take their surroundings' value
-    (0: the median alone, one factor). Zero where the model shows nothing at all."""
+def prior_field(view: RenderOutput, depth: Tensor, shape_sigma: float) -> tuple[Tensor, float]:
+    """The log factor [h, w] that takes the model's view at camera 0 to the prior's depth [h, w], and the size's
+    factor alone (prior_ratio's). The field is the median log ratio plus the ratio's residual blurred by a
+    Gaussian of `shape_sigma` times the long side, normalized by the blurred mask of seen pixels so that unseen
+    ones take their surroundings' value (0: the median alone, one factor). Zero where the model shows nothing."""
     ratio, seen = log_ratio(view, depth)
     if not bool(seen.any()):
-        return torch.zeros_like(ratio)
+        return torch.zeros_like(ratio), 1.0
     median = ratio[seen].median()
     if shape_sigma <= 0:
-        return torch.full_like(ratio, float(median))
+        return torch.full_like(ratio, float(median)), math.exp(float(median))
     weight = seen.to(ratio.dtype)
     sigma = shape_sigma * max(ratio.shape)
     residual, coverage = gaussian_blur((ratio - median) * weight, sigma), gaussian_blur(weight, sigma)
-    return median + torch.where(coverage > 1e-3, residual / coverage.clamp_min(1e-3), torch.zeros_like(residual))
+    field = median + torch.where(coverage > 1e-3, residual / coverage.clamp_min(1e-3), torch.zeros_like(residual))
+    return field, math.exp(float(median))
 
 
 def distance_ratio(view: RenderOutput, distance: float) -> float:

@@ -30,17 +30,19 @@ def view(gaussians):
 def test_shape_sigma_zero_is_the_one_median_factor():
     model = view(wall(torch.full((H, W), 2.0)))
     prior = 2.0 * torch.exp(COLUMNS)                   # the prior says the wall slants away to the right
-    field = prior_field(model, prior, 0.0)
-    assert torch.allclose(field, torch.full_like(field, math.log(prior_ratio(model, prior))))
+    field, size = prior_field(model, prior, 0.0)
+    assert size == prior_ratio(model, prior)
+    assert torch.allclose(field, torch.full_like(field, math.log(size)))
     assert abs(float(field[0, 0]) - 0.5) < 0.05        # the median of a ramp 0 .. 1
 
 
 def test_the_field_is_the_blurred_log_ratio():
     model = view(wall(torch.full((H, W), 2.0)))
-    field = prior_field(model, 2.0 * torch.exp(COLUMNS), 0.05)   # sigma 2.4 px
+    field, size = prior_field(model, 2.0 * torch.exp(COLUMNS), 0.05)   # sigma 2.4 px
     inner = slice(8, W - 8)                            # a blurred ramp is the ramp, away from the replicated edges
     assert torch.allclose(field[:, inner], COLUMNS[:, inner], atol=0.01)
     assert float(field[:, 0].mean()) > 0.0 and float(field[:, -1].mean()) < 1.0   # the edges blurred inwards
+    assert size == prior_ratio(model, 2.0 * torch.exp(COLUMNS))   # the size stays the median's alone
 
 
 def test_pixels_the_model_does_not_show_take_their_surroundings():
@@ -52,20 +54,20 @@ def test_pixels_the_model_does_not_show_take_their_surroundings():
     prior = torch.full((H, W), 3.0)
     prior[12:18, 22:28] = 300.0                        # what the prior says there does not count (the hole's rim
                                                        # shows the neighbours' splats)
-    field = prior_field(model, prior, 0.05)
+    field, _ = prior_field(model, prior, 0.05)
     assert torch.allclose(field, torch.full_like(field, math.log(1.5)), atol=1e-3)
 
 
 def test_warped_keeps_camera_0s_picture_and_takes_the_priors_broad_depth():
     gaussians = wall(torch.full((H, W), 2.0))
     model, prior = view(gaussians), 1.5 * torch.exp(COLUMNS * math.log(2.0))   # 1.5 m on the left, 3 m on the right
-    results = {s: view(warped(gaussians, prior_field(model, prior, s), K)) for s in (0.0, 0.05)}
+    results = {s: view(warped(gaussians, prior_field(model, prior, s)[0], K)) for s in (0.0, 0.05)}
     inner = (slice(4, H - 4), slice(8, W - 8))
     for out in results.values():   # every Gaussian keeps its pixel: the picture stays (a nearer neighbour's rim
         assert float((out.rgb - model.rgb).abs().max()) < 1.5 / W   # shows a little more: under 1.5 pixel steps
     error = {s: float(((out.depth[0, ..., 0] - prior).abs() / prior)[inner].mean()) for s, out in results.items()}
     assert error[0.05] < 0.02 < 0.1 < error[0.0]       # one factor leaves the slant out; the field puts it in
-    moved = warped(gaussians, prior_field(model, prior, 0.05), K)
+    moved = warped(gaussians, prior_field(model, prior, 0.05)[0], K)
     assert torch.allclose(moved.means / moved.means.norm(dim=1, keepdim=True),
                           gaussians.means / gaussians.means.norm(dim=1, keepdim=True), atol=1e-5)
     assert torch.allclose(moved.log_scales - gaussians.log_scales,

@@ -82,7 +82,7 @@ def part_config(key: str, name: str | None, init: str | None):
     cls = OPTIONAL_PARTS[key][1]
     config_cls = cls.config_class
     if name is None:
-        return config_cls() if init is None else cls.from_pretrained(part_file(init, key)).config
+        return config_cls() if init is None else cls.pretrained_config(part_file(init, key))
     return named_or_file_config(name, {"default": config_cls}, config_cls)
 
 

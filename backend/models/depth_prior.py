@@ -117,10 +117,15 @@ class DepthPrior(nn.Module):
         save_with_config(self, self.config.to_dict(), CONFIG_METADATA_KEY, path)
 
     @classmethod
+    def pretrained_config(cls, path: str | os.PathLike) -> DepthPriorConfig:
+        """The config a save_pretrained file holds, from its header alone (no weights read)."""
+        return DepthPriorConfig.from_dict(header_config(
+            path, CONFIG_METADATA_KEY, "depth prior",
+            "export depth priors with `python -m backend train-depth-prior … --export DIR`"))
+
+    @classmethod
     def from_pretrained(cls, path: str | os.PathLike) -> "DepthPrior":
         """The depth prior of a save_pretrained file, in eval mode, on the CPU."""
-        model = cls(DepthPriorConfig.from_dict(header_config(
-            path, CONFIG_METADATA_KEY, "depth prior",
-            "export depth priors with `python -m backend train-depth-prior … --export DIR`")))
+        model = cls(cls.pretrained_config(path))
         load_into(model, load_state_dict(path), strict=True)
         return model.eval()

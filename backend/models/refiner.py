@@ -93,9 +93,14 @@ class Refiner(nn.Module):
         save_with_config(self, self.config.to_dict(), CONFIG_METADATA_KEY, path)
 
     @classmethod
+    def pretrained_config(cls, path: str | os.PathLike) -> RefinerConfig:
+        """The config a save_pretrained file holds, from its header alone (no weights read)."""
+        return RefinerConfig.from_dict(header_config(
+            path, CONFIG_METADATA_KEY, "refiner", "export refiners with `python -m backend train-refiner … --export DIR`"))
+
+    @classmethod
     def from_pretrained(cls, path: str | os.PathLike) -> "Refiner":
         """The refiner of a save_pretrained file, in eval mode, on the CPU."""
-        model = cls(RefinerConfig.from_dict(header_config(
-            path, CONFIG_METADATA_KEY, "refiner", "export refiners with `python -m backend train-refiner … --export DIR`")))
+        model = cls(cls.pretrained_config(path))
         load_into(model, load_state_dict(path), strict=True)
         return model.eval()

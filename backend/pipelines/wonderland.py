@@ -30,7 +30,7 @@ from backend.models.refiner import Refiner
 from backend.pipelines.camera_i2v import (check_tiling, compile_blocks, decode_latents, encode_image,
                                           sample_video_latents)
 from backend.plucker import plucker_embedding
-from backend.prior_scale import (check_subject_distance, distance_ratio, photo_depth, prior_field, prior_ratio, scaled,
+from backend.prior_scale import (check_subject_distance, distance_ratio, photo_depth, prior_field, scaled,
                                  warped)
 from backend.render import render
 
@@ -279,8 +279,9 @@ def generate(pipe: WonderlandPipeline, image: np.ndarray, cameras: CameraBatch, 
             settings = pipe.depth_prior.config
             prior_weight = settings.detail_weight
             prior = photo_depth(pipe.depth_prior, torch.from_numpy(pixels), fitted[0])
-            local = warped(local, prior_field(view, prior, settings.shape_sigma), camera0.K[0])
-            info["depth_prior"] = {"scale": round(prior_ratio(view, prior), 4), "detail_weight": prior_weight,
+            field, size = prior_field(view, prior, settings.shape_sigma)
+            local = warped(local, field, camera0.K[0])
+            info["depth_prior"] = {"scale": round(size, 4), "detail_weight": prior_weight,
                                    "shape_sigma": settings.shape_sigma}
             if subject_distance is not None:
                 view = model_view(local.to("cpu", torch.float32), camera0)
