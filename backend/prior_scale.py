@@ -86,13 +86,14 @@ def prior_field(view: RenderOutput, depth: Tensor, shape_sigma: float) -> tuple[
     if not bool(seen.any()):
         return torch.zeros_like(ratio), 1.0
     median = ratio[seen].median()
+    size = math.exp(float(median))
     if shape_sigma <= 0:
-        return torch.full_like(ratio, float(median)), math.exp(float(median))
+        return torch.full_like(ratio, float(median)), size
     weight = seen.to(ratio.dtype)
     sigma = shape_sigma * max(ratio.shape)
     residual, coverage = gaussian_blur((ratio - median) * weight, sigma), gaussian_blur(weight, sigma)
     field = median + torch.where(coverage > 1e-3, residual / coverage.clamp_min(1e-3), torch.zeros_like(residual))
-    return field, math.exp(float(median))
+    return field, size
 
 
 def distance_ratio(view: RenderOutput, distance: float) -> float:
