@@ -11,6 +11,7 @@ from backend.detail import FALLBACK_DEPTH, detail_depth, fit_colours, lift, occl
 from backend.detail_size import MAX_DETAIL_SIZE, detail_grid
 from backend.gaussians import Gaussians
 from backend.images import crop_resize, load_rgb, save_png
+from backend.palette import matched
 from backend.pipelines.wonderland import generate, input_crop, load_pipeline
 from backend.render import render
 from backend.training.metrics import image_metrics
@@ -177,20 +178,28 @@ def test_same_world_frame_and_scale_as_the_model_gaussians(tmp_path):
     assert abs(float(ratio.median()) - 1.0) < 0.1, float(ratio.median())
 
 
-def test_detail_off_is_the_model_alone_and_on_only_adds_and_culls(tmp_path):
+def test_detail_off_is_the_model_alone_and_on_adds_culls_recolours_and_fills(tmp_path):
     image, cams = write_job(tmp_path)
     pipe = load_pipeline("tiny")
     rgb, cameras = load_rgb(image), load_cameras(cams)
     off = generate(pipe, rgb, cameras, preview_count=0, detail_size=0)
     on = generate(pipe, rgb, cameras, preview_count=0)
-    assert off.info["detail"]["count"] == 0 and len(off.gaussians) == off.info["model_count"]
+    assert off.info["detail"] == {"size": None, "count": 0, "culled": 0, "refiner": False, "palette": None,
+                                  "opaque": 0}
+    assert len(off.gaussians) == off.info["model_count"]
     d = on.info["detail"]
     assert d["size"] == [180, 120] and d["count"] == 180 * 120          # capped at the picture's size
     assert len(on.gaussians) == on.info["model_count"] - d["culled"] + d["count"]
     kept = on.gaussians[:len(on.gaussians) - d["count"]]
     index = {tuple(m): i for i, m in enumerate(off.gaussians.means.tolist())}
-    rows = [index[tuple(m)] for m in kept.means.tolist()]                 # the survivors, bit for bit
-    assert rows == sorted(rows) and torch.equal(off.gaussians.sh0[rows], kept.sh0)
+    rows = [index[tuple(m)] for m in kept.means.tolist()]                 # the survivors, where they were
+    assert rows == sorted(rows) and torch.equal(off.gaussians.log_scales[rows], kept.log_scales)
+    # their colours in the photo's palette (backend/palette.py), by the map meta.json reports
+    assert torch.allclose(matched(off.gaussians[rows], torch.tensor(d["palette"])).sh0, kept.sh0, atol=1e-3)
+    # and thin cover made opaque (backend/coverage.py): opacities only rise, as many as reported
+    raised = kept.opacity_logits > off.gaussians.opacity_logits[rows]
+    assert torch.equal(kept.opacity_logits[~raised], off.gaussians.opacity_logits[rows][~raised])
+    assert int(raised.sum()) == d["opaque"]
 
 
 def test_cli_reports_detail_in_meta_and_done(tmp_path, run_backend):

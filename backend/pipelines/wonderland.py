@@ -16,6 +16,7 @@ import torch
 from diffusers import AutoencoderKLCogVideoX, CogVideoXDPMScheduler
 
 from backend.cameras import CameraBatch, center_crop_box, fit_cameras, normalize, resample
+from backend.coverage import opaque_along
 from backend.detail import detail_layer, model_view
 from backend.detail_size import DEFAULT_DETAIL_SIZE, check_detail_size, detail_grid
 from backend.errors import Cancelled, InputError
@@ -27,6 +28,7 @@ from backend.models.lalrm import LaLRM
 from backend.models.video import CameraControlledTransformer, build_scheduler, build_vae
 from backend.models.model_dir import CONFIG_FILE, read_model, read_part, write_model
 from backend.models.refiner import Refiner
+from backend.palette import matched_to_photo
 from backend.pipelines.camera_i2v import (check_tiling, compile_blocks, decode_latents, encode_image,
                                           sample_video_latents)
 from backend.plucker import plucker_embedding
@@ -190,7 +192,9 @@ def generate(pipe: WonderlandPipeline, image: np.ndarray, cameras: CameraBatch, 
     never needs it, so it counts as one more step of the render stage. `detail_size` (long side in
     pixels, 0 = off, the paper's behaviour) adds the photo itself as pixel-aligned Gaussians
     (backend/detail.py), corrected by the model's refiner when it has one (info["detail"]["refiner"]),
-    and culls the model's Gaussians in front of it. A model with a depth prior slides its Gaussians along camera
+    culls the model's Gaussians in front of it, gives the rest the photo's palette (backend/palette.py;
+    info["detail"]["palette"]) and makes them opaque where the move's views see them only faintly
+    (backend/coverage.py; info["detail"]["opaque"]). A model with a depth prior slides its Gaussians along camera
     0's rays to the photo's metric depth (its median: the size; a blur of the rest: the broad shape) and blends
     that depth into the layer's (backend/prior_scale.py; info["depth_prior"]).
     `subject_distance` (the caller's world units) overrides the model's size: everything is scaled about camera
@@ -268,7 +272,7 @@ def generate(pipe: WonderlandPipeline, image: np.ndarray, cameras: CameraBatch, 
             latents[0], cams_lrm, prune_opacity=cfg.prune_opacity if prune_opacity is None else prune_opacity,
             max_count=cfg.max_gaussians if max_gaussians is None else max_gaussians)
     model_count = len(local)
-    info["detail"] = {"size": None, "count": 0, "culled": 0, "refiner": False}
+    info["detail"] = {"size": None, "count": 0, "culled": 0, "refiner": False, "palette": None, "opaque": 0}
     prior, prior_weight = None, 0.0
     if model_count and (pipe.depth_prior is not None or subject_distance is not None):
         # the scene's size and broad shape (backend/prior_scale.py): metres from the photo, then the artist's
@@ -291,12 +295,16 @@ def generate(pipe: WonderlandPipeline, image: np.ndarray, cameras: CameraBatch, 
             info["subject_distance"] = {"distance": subject_distance, "scale": round(factor, 4)}
             local = scaled(local, factor)
     if detail_size and model_count:   # no model Gaussians, no depth: the result stays empty, and says so
+        local, palette = matched_to_photo(local, torch.from_numpy(pixels), cams_lrm[0])
         box = input_crop(cfg.size, image.shape[1::-1], cameras)[0]
         width, height = detail_grid(box, cfg.size, detail_size)
         photo = torch.from_numpy(crop_resize(image, box, width, height))
         with torch.no_grad():
             detail, keep, info["detail"] = detail_layer(local, photo, cams_lrm[0], pipe.refiner, prior, prior_weight)
-        local = Gaussians.cat([local.to(torch.float32)[keep.to(local.device)], detail.to(local.device)])
+        info["detail"]["palette"] = None if palette is None else [[round(float(v), 4) for v in row] for row in palette]
+        kept, detail = local.to(torch.float32)[keep.to(local.device)], detail.to(local.device)
+        kept, info["detail"]["opaque"] = opaque_along(kept, detail, cams_lrm.to(kept.means.device, torch.float32))
+        local = Gaussians.cat([kept, detail])
     with torch.no_grad():
         gaussians = normalization.gaussians_to_world(local).detach().to(dtype=torch.float32)
     progress("reconstruct", 1, 1)
