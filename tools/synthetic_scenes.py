@@ -4,6 +4,7 @@ held-out test data for the small default model: no public weights or data are ne
     python tools/synthetic_scenes.py --out DIR --count N [--start-seed S] [--split train|test|heldout]
                                      [--size 96x64] [--frames 49] [--samples 8] [--threads T] [--no-denoise]
                                      [--no-depth] [--generator-version 1|2] [--furniture DIR] [--pictures DIR]
+                                     [--plan-frames N]
 
 Generator versions (scene.json's generator_version; tools/synthetic/DATA.md says how to reproduce each):
     1  (default) primitive furniture with procedural textures, uniform sky, AgX Punchy: the shipped model's
@@ -185,8 +186,10 @@ def setup_render(scene, width: int, height: int, samples: int, seed: int, thread
 
 def build_scene(seed: int, *, width: int, height: int, frames: int, samples: int, threads: int,
                 denoise: bool = True, version: int = GENERATOR_VERSION, pool: AssetPool | None = None,
-                workdir: Path | None = None) -> BuiltScene:
-    """A fresh Blender (factory settings, empty) holding the room, lights and animated camera of `seed`.
+                workdir: Path | None = None, plan_frames: int | None = None) -> BuiltScene:
+    """A fresh Blender (factory settings, empty) holding the room, lights and animated camera of `seed`: the
+    first `frames` poses of a move planned over `plan_frames` (default: `frames`), so that a scene rendered with
+    fewer frames than planned is the planned scene's first frames, camera placement and all.
 
     Version 2 needs the asset `pool` of the scene's split and a `workdir` that holds the furniture's
     extracted models and textures until the render is done."""
@@ -205,8 +208,8 @@ def build_scene(seed: int, *, width: int, height: int, frames: int, samples: int
     scene.collection.objects.link(camera)
     scene.camera = camera
     bpy.context.view_layer.update()
-    poses, move = plan_camera_move(rng, scene, room, frames, MOVE_RANGES[version])
-    key_camera(scene, camera, poses, frame_start=0)
+    poses, move = plan_camera_move(rng, scene, room, plan_frames or frames, MOVE_RANGES[version])
+    key_camera(scene, camera, poses[:frames], frame_start=0)
     scene.frame_start, scene.frame_end = 0, frames - 1
     setup_render(scene, width, height, samples, seed, threads, denoise)
     recipe = {"room": room.recipe, "camera": {**move, "lens_mm": round(cam_data.lens, 4)}}
@@ -273,15 +276,19 @@ def write_scene(built: BuiltScene, folder: Path, extra: dict, depth: bool = True
 def render_scene(out: Path, seed: int, split: str, *, width: int = DEFAULT_SIZE[0], height: int = DEFAULT_SIZE[1],
                  frames: int = DEFAULT_FRAMES, samples: int = DEFAULT_SAMPLES, threads: int = 0,
                  denoise: bool = True, depth: bool = True, version: int = GENERATOR_VERSION,
-                 pool: AssetPool | None = None) -> bool:
+                 pool: AssetPool | None = None, plan_frames: int | None = None) -> bool:
     """Render the scene of `seed` into out/scene_SSSSSSS atomically; False when it was already complete
     (with `depth`, a scene written without depth maps is rendered again). Version 2 needs the asset pool
-    of `split` (synthetic.assets.load_pool)."""
+    of `split` (synthetic.assets.load_pool). `plan_frames` (>= frames): the camera move planned over that many
+    frames, of which the first `frames` are rendered."""
     if version == 1 and (split == "heldout" or pool is not None):
         raise ValueError("the held-out-asset split and asset pools need generator version 2 (version 1 uses no "
                          "assets)")
     if pool is not None and pool.split != ("heldout" if split == "heldout" else "train"):
         raise ValueError(f"a {split} scene cannot use the {pool.split} assets: load the pool for {split!r}")
+    if plan_frames is not None and plan_frames < frames:
+        raise ValueError(f"--plan-frames {plan_frames} is fewer than --frames {frames}: plan the move over at "
+                         "least the frames rendered")
     final = Path(out) / scene_name(seed)
     for stale in Path(out).glob(f".{final.name}.tmp-*"):  # left by an interrupted run
         shutil.rmtree(stale, ignore_errors=True)
@@ -292,10 +299,11 @@ def render_scene(out: Path, seed: int, split: str, *, width: int = DEFAULT_SIZE[
         with quiet_stdout():  # the OBJ importer's timing lines
             built = build_scene(seed, width=width, height=height, frames=frames, samples=samples,
                                 threads=threads or len(os.sched_getaffinity(0)), denoise=denoise, version=version,
-                                pool=pool, workdir=tmp / ".models")
+                                pool=pool, workdir=tmp / ".models", plan_frames=plan_frames)
         write_scene(built, tmp, {"seed": seed, "split": split, "seed_rule": SEED_RULES[version], "width": width,
                                  "height": height, "frames": frames, "samples": samples, "denoise": denoise,
-                                 "depth": depth}, depth=depth)
+                                 "depth": depth, **({} if plan_frames is None else {"plan_frames": plan_frames})},
+                    depth=depth)
         shutil.rmtree(tmp / ".models", ignore_errors=True)
         if final.exists():  # an incomplete scene from elsewhere: replaced whole
             shutil.rmtree(final)
@@ -320,6 +328,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--split", choices=SPLITS, default="train")
     parser.add_argument("--size", type=parse_size, default=DEFAULT_SIZE, help="render size WxH (default 96x64)")
     parser.add_argument("--frames", type=positive, default=DEFAULT_FRAMES)
+    parser.add_argument("--plan-frames", type=positive, default=None,
+                        help="plan each camera move over this many frames and render its first --frames (default: "
+                             "--frames): `--frames 1 --plan-frames 9` renders exactly frame 0 of the 9-frame scenes, "
+                             "whose first camera sits where the whole move fits (nearer the room's middle than a "
+                             "lone camera's)")
     parser.add_argument("--samples", type=positive, default=DEFAULT_SAMPLES, help="Cycles samples per pixel")
     parser.add_argument("--threads", type=int, default=0, help="render threads (default: all usable cores)")
     parser.add_argument("--no-denoise", dest="denoise", action="store_false",
@@ -338,6 +351,9 @@ def main(argv: list[str] | None = None) -> int:
     pool = None
     try:
         seeds = scene_seeds(args.split, args.start_seed, args.count)
+        if args.plan_frames is not None and args.plan_frames < args.frames:
+            raise ValueError(f"--plan-frames {args.plan_frames} is fewer than --frames {args.frames}: plan the "
+                             "move over at least the frames rendered")
         if args.generator_version == 1 and (args.split == "heldout" or args.pictures):
             raise ValueError("--split heldout and --pictures need --generator-version 2 (version 1 uses no assets)")
         if args.generator_version == 2:
@@ -352,7 +368,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             done = render_scene(args.out, seed, args.split, width=width, height=height, frames=args.frames,
                                 samples=args.samples, threads=args.threads, denoise=args.denoise,
-                                depth=args.depth, version=args.generator_version, pool=pool)
+                                depth=args.depth, version=args.generator_version, pool=pool,
+                                plan_frames=args.plan_frames)
         except Exception as e:  # noqa: BLE001  (report which scene failed, then stop)
             print(f"scene {i}/{len(seeds)} seed {seed}: FAILED: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
             write_data_card(args.out, pool.catalogs if pool else [])  # the card covers the scenes that are there

@@ -200,6 +200,27 @@ def test_resume_skips_complete_scenes_and_redoes_broken_ones(rendered, tmp_path)
         gen.render_scene(out, 3, "train", **{**TINY, "width": 64})
 
 
+def test_a_move_planned_longer_than_rendered_keeps_the_planned_scenes_first_frames(rendered, tmp_path):
+    """--frames 2 --plan-frames 5 renders the 5-frame scene's first two frames: its first camera sits where the
+    whole move fits (a lone camera's would not; the depth prior's training frames need the placement the move
+    gives)."""
+    full = rendered[0]
+    assert gen.render_scene(tmp_path, 3, "train", **{**TINY, "frames": 2}, plan_frames=5)
+    short = tmp_path / "scene_0000003"
+    cameras = json.loads((short / "cameras.json").read_text())["frames"]
+    assert cameras == json.loads((full / "cameras.json").read_text())["frames"][:2]
+    for name in ("0000.png", "0001.png"):
+        a = np.asarray(Image.open(short / "frames" / name), dtype=np.int16)
+        b = np.asarray(Image.open(full / "frames" / name), dtype=np.int16)
+        assert np.abs(a - b).max() <= 1, name                      # the denoiser's rare level apart
+    assert np.array_equal(np.load(short / "depth" / "0000.npy"), np.load(full / "depth" / "0000.npy"))
+    info = json.loads((short / "scene.json").read_text())
+    assert (info["frames"], info["plan_frames"]) == (2, 5)
+    assert info["camera"] == json.loads((full / "scene.json").read_text())["camera"]   # the same move's recipe
+    with pytest.raises(ValueError, match="--plan-frames 1 is fewer than --frames 5"):
+        gen.render_scene(tmp_path / "x", 4, "train", **TINY, plan_frames=1)
+
+
 def test_splits_are_disjoint_and_bad_arguments_say_why(capsys):
     train, test = gen.scene_seeds("train", 0, 1000), gen.scene_seeds("test", 0, 1000)
     assert set(train).isdisjoint(test) and min(test) == gen.TEST_SEED_START
