@@ -1,12 +1,15 @@
-"""The model's palette matched to the photo's: one affine colour map for all of the model's Gaussians.
+"""The model's palette matched to the photo's, region by region: affine colour maps for the model's Gaussians.
 
 Why: the small LaLRM reads little colour from the latents (a blue room comes back grey), and where the camera
 moves past the photo, the model's Gaussians are all the artist sees. Rendering is linear in the splats'
-colours (a pixel is sum w_i c_i, its alpha sum w_i), so an affine map c -> A c + b of every colour maps the
-model's view at camera 0 to A view + b alpha. Fitting A and b so that this matches the photo times alpha
-there (both pooled to the model's coarse detail; least squares, so pixels the model covers faintly count
-little; pulled towards the identity so that a one-colour photo cannot make a wild map) carries the photo's
-palette to everything the model shows.
+colours (a pixel is sum w_i c_i, its alpha sum w_i), so an affine map c -> A c + b of the colours maps the
+model's view at camera 0 to A view + b alpha. One map fitted so that this matches the photo times alpha (both
+pooled to the model's coarse detail; least squares, so pixels the model covers faintly count little; pulled
+towards the identity so that a one-colour photo cannot make a wild map) carries the photo's palette to
+everything; maps fitted the same way around each place of the view (samples weighted by a Gaussian of
+SIGMA, pulled towards that one map) carry each region's, so the wall a move uncovers beyond the photo's left
+edge takes the colours of the photo's left edge. Each Gaussian takes the maps' value where its centre falls at
+camera 0 (clamped into the view; one behind the camera, the one map).
 """
 from __future__ import annotations
 
@@ -21,35 +24,76 @@ from backend.render import RenderOutput
 
 POOL = 4                # pixels of the model's view per fitted sample: the LaLRM's detail is about this coarse
 MIN_COVER = 16.0        # fewer samples' worth of the model's alpha than this: nothing to fit
-RIDGE = 1.0             # pull towards the identity map, in units of one fully covered sample
+RIDGE = 1.0             # pull towards the identity map (the regions': the one map), in fully covered samples
+SIGMA = 0.03            # a region's reach, a fraction of the view's long side (chosen on validation rooms)
 
 
-def palette_map(view: RenderOutput, photo: Tensor) -> Tensor | None:
-    """[4, 3] W with the matched colour = [c, 1] @ W, fitted on the model's view at camera 0 against the
-    photo [H, W, 3] at the view's size; None when the model shows too little of the view to fit."""
+def samples(view: RenderOutput, photo: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """The fit's samples: x [n, 4] = (the view's colour, its alpha), the target [n, 3] = photo times alpha,
+    each pooled over POOL × POOL pixels, and their centres [n, 2] (x, y in the view's pixels)."""
     shown = view.rgb[0].permute(2, 0, 1)[None].float()             # [1, 3, h, w]: sum w c, black behind
     alpha = view.alpha[0, ..., 0][None, None].float()
     target = photo.permute(2, 0, 1)[None].float() * alpha          # what it would show in the photo's colours
+    h, w = alpha.shape[-2:]
     shown, alpha, target = (F.avg_pool2d(x, POOL).flatten(2)[0].T for x in (shown, alpha, target))
-    if float(alpha.sum()) < MIN_COVER:
+    rows, cols = torch.meshgrid(torch.arange(h // POOL), torch.arange(w // POOL), indexing="ij")
+    centres = (torch.stack([cols.flatten(), rows.flatten()], dim=1) + 0.5) * POOL
+    return torch.cat([shown, alpha], dim=1), target, centres
+
+
+def fitted(x: Tensor, target: Tensor, weights: Tensor, prior: Tensor) -> Tensor:
+    """[m, 4, 3]: for each row of weights [m, n] over the samples, the least-squares map pulled towards prior."""
+    gram = torch.einsum("mn,na,nb->mab", weights, x, x) + RIDGE * torch.eye(4, dtype=x.dtype)
+    return torch.linalg.solve(gram, torch.einsum("mn,na,nc->mac", weights, x, target) + RIDGE * prior)
+
+
+def palette_maps(view: RenderOutput, photo: Tensor) -> tuple[Tensor, Tensor] | None:
+    """(the one map [4, 3], the regions' maps [h / POOL, w / POOL, 4, 3]) fitted on the model's view at camera 0
+    against the photo [h, w, 3] at the view's size, the matched colour being [c, 1] @ map; None when the model
+    shows too little of the view to fit."""
+    x, target, centres = samples(view, photo)
+    if float(x[:, 3].sum()) < MIN_COVER:
         return None
-    x = torch.cat([shown, alpha], dim=1)                                  # [n, 4]: [c, 1] @ W, pixel-weighted
     identity = torch.cat([torch.eye(3), torch.zeros(1, 3)]).to(x)
-    gram = x.T @ x + RIDGE * torch.eye(4, dtype=x.dtype)
-    return torch.linalg.solve(gram, x.T @ target + RIDGE * identity)
+    one = fitted(x, target, torch.ones(1, len(x)), identity)[0]
+    sigma = SIGMA * max(view.alpha.shape[1:3])
+    near = torch.exp(-torch.cdist(centres, centres) ** 2 / (2 * sigma ** 2))
+    h, w = view.alpha.shape[1] // POOL, view.alpha.shape[2] // POOL
+    return one, fitted(x, target, near, one).reshape(h, w, 4, 3)
 
 
-def matched(gaussians: Gaussians, weights: Tensor) -> Gaussians:
-    """The Gaussians with every colour c (degree 0) mapped to [c, 1] @ weights; higher SH bands by A alone."""
+def recoloured(gaussians: Gaussians, maps: Tensor) -> Gaussians:
+    """The Gaussians with each colour c (degree 0) mapped to [c, 1] @ its map (maps [N, 4, 3], or one [4, 3]);
+    higher SH bands by A alone."""
+    maps = maps.to(gaussians.sh0).expand(len(gaussians), 4, 3)
     rgb = gaussians.sh0 * SH_C0 + 0.5
-    rgb = torch.cat([rgb, torch.ones_like(rgb[:, :1])], dim=1) @ weights.to(rgb)
-    rest = gaussians.sh_rest @ weights[:3].to(rgb)
+    rgb = torch.einsum("na,nac->nc", torch.cat([rgb, torch.ones_like(rgb[:, :1])], dim=1), maps)
+    rest = torch.einsum("nka,nac->nkc", gaussians.sh_rest, maps[:, :3])
     return Gaussians(gaussians.means, gaussians.log_scales, gaussians.quats, gaussians.opacity_logits,
                      (rgb - 0.5) / SH_C0, rest)
 
 
+def maps_at(means: Tensor, one: Tensor, regions: Tensor, camera0: CameraBatch) -> Tensor:
+    """[N, 4, 3]: the regions' maps, interpolated where each centre [N, 3] falls at camera 0 (clamped into the
+    view); the one map for centres behind the camera."""
+    w2c = camera0.w2c[0].to(means)
+    local = means @ w2c[:3, :3].T + w2c[:3, 3]
+    z = local[:, 2]
+    pixel = (local / z.clamp_min(1e-6)[:, None]) @ camera0.K[0].to(means).T
+    size = torch.tensor([camera0.width, camera0.height], dtype=means.dtype, device=means.device)
+    grid = (pixel[:, :2] / size * 2 - 1).clamp(-1, 1)[None, None]                     # [1, 1, N, 2]
+    field = regions.to(means).reshape(*regions.shape[:2], 12).permute(2, 0, 1)[None]  # [1, 12, h, w]
+    at = F.grid_sample(field, grid, mode="bilinear", padding_mode="border", align_corners=False)[0, :, 0].T
+    return torch.where((z > 1e-6)[:, None, None], at.reshape(-1, 4, 3), one.to(means).expand(len(means), 4, 3))
+
+
 def matched_to_photo(local: Gaussians, photo: Tensor, camera0: CameraBatch) -> tuple[Gaussians, Tensor | None]:
-    """The model's Gaussians (camera 0's frame) in the palette of the photo [H, W, 3] at camera 0's model size,
-    and the map [4, 3] used (None: too little of the view covered, the Gaussians unchanged)."""
-    weights = palette_map(model_view(local.to("cpu", torch.float32), camera0.to("cpu", torch.float32)), photo)
-    return (local, None) if weights is None else (matched(local, weights.to(local.device)), weights)
+    """The model's Gaussians (camera 0's frame) in the palette of the photo [h, w, 3] at camera 0's model size,
+    and the one map [4, 3] (None: too little of the view covered, the Gaussians unchanged)."""
+    camera0 = camera0.to("cpu", torch.float32)
+    fit = palette_maps(model_view(local.to("cpu", torch.float32), camera0), photo)
+    if fit is None:
+        return local, None
+    one, regions = fit
+    maps = maps_at(local.means.to("cpu", torch.float32), one, regions, camera0)
+    return recoloured(local, maps.to(local.means.device)), one
