@@ -13,6 +13,8 @@ camera 0 (clamped into the view; one behind the camera, the one map).
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -28,38 +30,45 @@ RIDGE = 1.0             # pull towards the identity map (the regions': the one m
 SIGMA = 0.03            # a region's reach, a fraction of the view's long side (chosen on validation rooms)
 
 
-def samples(view: RenderOutput, photo: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """The fit's samples: x [n, 4] = (the view's colour, its alpha), the target [n, 3] = photo times alpha,
-    each pooled over POOL × POOL pixels, and their centres [n, 2] (x, y in the view's pixels)."""
-    shown = view.rgb[0].permute(2, 0, 1)[None].float()             # [1, 3, h, w]: sum w c, black behind
-    alpha = view.alpha[0, ..., 0][None, None].float()
-    target = photo.permute(2, 0, 1)[None].float() * alpha          # what it would show in the photo's colours
-    h, w = alpha.shape[-2:]
-    shown, alpha, target = (F.avg_pool2d(x, POOL).flatten(2)[0].T for x in (shown, alpha, target))
-    rows, cols = torch.meshgrid(torch.arange(h // POOL), torch.arange(w // POOL), indexing="ij")
-    centres = (torch.stack([cols.flatten(), rows.flatten()], dim=1) + 0.5) * POOL
-    return torch.cat([shown, alpha], dim=1), target, centres
+def samples(view: RenderOutput, photo: Tensor) -> tuple[Tensor, Tensor]:
+    """The fit's samples on the grid of POOL × POOL-pixel means of the view: x [4, h, w] = (the view's colour,
+    its alpha) and the target [3, h, w] = photo times alpha."""
+    shown = view.rgb[0].permute(2, 0, 1).float()                   # [3, H, W]: sum w c, black behind
+    alpha = view.alpha[0, ..., 0][None].float()
+    target = photo.permute(2, 0, 1).float() * alpha                # what it would show in the photo's colours
+    return F.avg_pool2d(torch.cat([shown, alpha]), POOL), F.avg_pool2d(target, POOL)
 
 
-def fitted(x: Tensor, target: Tensor, weights: Tensor, prior: Tensor) -> Tensor:
-    """[m, 4, 3]: for each row of weights [m, n] over the samples, the least-squares map pulled towards prior."""
-    gram = torch.einsum("mn,na,nb->mab", weights, x, x) + RIDGE * torch.eye(4, dtype=x.dtype)
-    return torch.linalg.solve(gram, torch.einsum("mn,na,nc->mac", weights, x, target) + RIDGE * prior)
+def gaussian_sums(x: Tensor, sigma: float) -> Tensor:
+    """[C, h, w]: at every grid place, the sum of x [C, h, w] over the grid weighted by exp(-d² / 2 sigma²), d
+    the distance in grid steps (places beyond the grid count nothing)."""
+    radius = max(1, math.ceil(4 * sigma))
+    taps = torch.exp(-0.5 * (torch.arange(-radius, radius + 1, dtype=x.dtype) / sigma) ** 2)
+    x = F.conv2d(x[:, None], taps.view(1, 1, 1, -1), padding=(0, radius))
+    return F.conv2d(x, taps.view(1, 1, -1, 1), padding=(radius, 0))[:, 0]
+
+
+def solved(gram: Tensor, rhs: Tensor, prior: Tensor) -> Tensor:
+    """The least-squares maps [..., 4, 3] of the normal equations gram [..., 4, 4], rhs [..., 4, 3], pulled
+    towards prior [4, 3]."""
+    return torch.linalg.solve(gram + RIDGE * torch.eye(4, dtype=gram.dtype), rhs + RIDGE * prior)
 
 
 def palette_maps(view: RenderOutput, photo: Tensor) -> tuple[Tensor, Tensor] | None:
     """(the one map [4, 3], the regions' maps [h / POOL, w / POOL, 4, 3]) fitted on the model's view at camera 0
     against the photo [h, w, 3] at the view's size, the matched colour being [c, 1] @ map; None when the model
     shows too little of the view to fit."""
-    x, target, centres = samples(view, photo)
-    if float(x[:, 3].sum()) < MIN_COVER:
+    x, target = samples(view, photo)
+    if float(x[3].sum()) < MIN_COVER:
         return None
+    h, w = x.shape[1:]
+    gram = (x[:, None] * x[None]).reshape(16, h, w)                  # each sample's x xᵀ and x targetᵀ
+    rhs = (x[:, None] * target[None]).reshape(12, h, w)
     identity = torch.cat([torch.eye(3), torch.zeros(1, 3)]).to(x)
-    one = fitted(x, target, torch.ones(1, len(x)), identity)[0]
-    sigma = SIGMA * max(view.alpha.shape[1:3])
-    near = torch.exp(-torch.cdist(centres, centres) ** 2 / (2 * sigma ** 2))
-    h, w = view.alpha.shape[1] // POOL, view.alpha.shape[2] // POOL
-    return one, fitted(x, target, near, one).reshape(h, w, 4, 3)
+    one = solved(gram.sum(dim=(1, 2)).view(4, 4), rhs.sum(dim=(1, 2)).view(4, 3), identity)
+    sigma = SIGMA * max(view.alpha.shape[1:3]) / POOL
+    near = gaussian_sums(torch.cat([gram, rhs]), sigma).permute(1, 2, 0)
+    return one, solved(near[..., :16].reshape(h, w, 4, 4), near[..., 16:].reshape(h, w, 4, 3), one)
 
 
 def recoloured(gaussians: Gaussians, maps: Tensor) -> Gaussians:
