@@ -20,7 +20,6 @@ its header), like the LaLRM.
 from __future__ import annotations
 
 import dataclasses
-import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from backend.errors import InputError
-from backend.models.weights import config_from_dict, header_config, load_into, load_state_dict, save_with_config
+from backend.models.weights import SingleFileModel, config_from_dict
 from backend.plucker import camera_directions
 
 PHOTO_CHANNELS = 3
@@ -84,10 +83,11 @@ def _block(channels_in: int, channels_out: int) -> nn.Sequential:
                          nn.Conv2d(channels_out, channels_out, 3, padding=1), nn.GroupNorm(8, channels_out), nn.SiLU())
 
 
-class DepthPrior(nn.Module):
+class DepthPrior(SingleFileModel, nn.Module):
     """(photo [N, 3, H, W] in 0..1, rays [N, 2 or 3, H, W]: ray_channels) -> log camera z [N, H, W] in the
     world's unit."""
-    config_class = DepthPriorConfig
+    config_class, config_key = DepthPriorConfig, CONFIG_METADATA_KEY    # SingleFileModel: one .safetensors file
+    kind, made_by = "depth prior", "export depth priors with `python -m backend train-depth-prior … --export DIR`"
 
     def __init__(self, config: DepthPriorConfig):
         super().__init__()
@@ -111,21 +111,3 @@ class DepthPrior(nn.Module):
             up = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
             x = block(torch.cat([up, skip], dim=1))
         return self.head(x)[:, 0]
-
-    def save_pretrained(self, path: str | os.PathLike) -> None:
-        """One .safetensors file holding the weights and, in its header, the config."""
-        save_with_config(self, self.config.to_dict(), CONFIG_METADATA_KEY, path)
-
-    @classmethod
-    def pretrained_config(cls, path: str | os.PathLike) -> DepthPriorConfig:
-        """The config a save_pretrained file holds, from its header alone (no weights read)."""
-        return DepthPriorConfig.from_dict(header_config(
-            path, CONFIG_METADATA_KEY, "depth prior",
-            "export depth priors with `python -m backend train-depth-prior … --export DIR`"))
-
-    @classmethod
-    def from_pretrained(cls, path: str | os.PathLike) -> "DepthPrior":
-        """The depth prior of a save_pretrained file, in eval mode, on the CPU."""
-        model = cls(cls.pretrained_config(path))
-        load_into(model, load_state_dict(path), strict=True)
-        return model.eval()

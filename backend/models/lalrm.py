@@ -20,7 +20,6 @@ GS-LRM rule "0.3 × scene extent" for a path of extent ~1 (gaussians.md).
 from __future__ import annotations
 
 import dataclasses
-import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,7 +32,7 @@ from backend.cameras import CameraBatch
 from backend.errors import InputError
 from backend.gaussians import Gaussians
 from backend.heads import RAW_CHANNELS, gaussians_from_raw
-from backend.models.weights import config_from_dict, header_config, load_into, load_state_dict, save_with_config
+from backend.models.weights import SingleFileModel, config_from_dict
 from backend.plucker import pixel_rays, plucker_embedding
 
 PLUCKER_CHANNELS = 6
@@ -212,7 +211,7 @@ class TransformerBlock(nn.Module):
         return x + self.mlp(self.norm2(x))
 
 
-class LaLRM(nn.Module):
+class LaLRM(SingleFileModel, nn.Module):
     """Video latents + Plücker maps -> raw per-pixel Gaussian parameters (see the module docstring)."""
 
     def __init__(self, config: LaLRMConfig, gradient_checkpointing: bool = False):
@@ -237,21 +236,9 @@ class LaLRM(nn.Module):
     def from_config(cls, config: LaLRMConfig | dict, **kwargs) -> "LaLRM":
         return cls(config if isinstance(config, LaLRMConfig) else LaLRMConfig.from_dict(config), **kwargs)
 
-    # Weights with their config ----------------------------------------------------------------------
-    def save_pretrained(self, path: str | os.PathLike) -> None:
-        """One .safetensors file holding the weights and, in its header, the config."""
-        save_with_config(self, self.config.to_dict(), CONFIG_METADATA_KEY, path)
-
-    @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, device: str | torch.device = "cpu",
-                        dtype: torch.dtype | None = None) -> "LaLRM":
-        """The model of a save_pretrained file, in eval mode (weights read once, no random init)."""
-        config = LaLRMConfig.from_dict(header_config(path, CONFIG_METADATA_KEY, "LaLRM",
-                                                     "save LaLRM weights with LaLRM.save_pretrained"))
-        with torch.device("meta"):
-            model = cls(config)
-        load_into(model, load_state_dict(path, device=device), strict=True)
-        return model.to(device=device, dtype=dtype).eval()
+    # Weights with their config (SingleFileModel: save_pretrained, pretrained_config, from_pretrained) ------
+    config_class, config_key = LaLRMConfig, CONFIG_METADATA_KEY
+    kind, made_by = "LaLRM", "save LaLRM weights with LaLRM.save_pretrained"
 
     # Network ----------------------------------------------------------------------------------------
     @property

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,7 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from backend.errors import InputError
-from backend.models.weights import config_from_dict, header_config, load_into, load_state_dict, save_with_config
+from backend.models.weights import SingleFileModel, config_from_dict
 
 INPUT_CHANNELS = 8              # photo 3 + model render 3 + model alpha 1 + centred log depth 1
 OUTPUT_CHANNELS = 3             # log-depth residual, opacity logit offset, log-scale offset
@@ -63,10 +62,11 @@ class RefinerConfig:
         return config_from_dict(cls, data, source="refiner config")
 
 
-class Refiner(nn.Module):
+class Refiner(SingleFileModel, nn.Module):
     """features [N, INPUT_CHANNELS, H, W] -> (log-depth residual, opacity logit offset, log-scale offset),
     each [N, H, W], bounded as the module docstring says."""
-    config_class = RefinerConfig
+    config_class, config_key = RefinerConfig, CONFIG_METADATA_KEY    # SingleFileModel: one .safetensors file
+    kind, made_by = "refiner", "export refiners with `python -m backend train-refiner … --export DIR`"
 
     def __init__(self, config: RefinerConfig):
         super().__init__()
@@ -87,20 +87,3 @@ class Refiner(nn.Module):
         o = self.head(self.body(features))
         c = self.config
         return c.max_log_depth * torch.tanh(o[:, 0]), o[:, 1], c.max_log_scale * torch.tanh(o[:, 2])
-
-    def save_pretrained(self, path: str | os.PathLike) -> None:
-        """One .safetensors file holding the weights and, in its header, the config."""
-        save_with_config(self, self.config.to_dict(), CONFIG_METADATA_KEY, path)
-
-    @classmethod
-    def pretrained_config(cls, path: str | os.PathLike) -> RefinerConfig:
-        """The config a save_pretrained file holds, from its header alone (no weights read)."""
-        return RefinerConfig.from_dict(header_config(
-            path, CONFIG_METADATA_KEY, "refiner", "export refiners with `python -m backend train-refiner … --export DIR`"))
-
-    @classmethod
-    def from_pretrained(cls, path: str | os.PathLike) -> "Refiner":
-        """The refiner of a save_pretrained file, in eval mode, on the CPU."""
-        model = cls(cls.pretrained_config(path))
-        load_into(model, load_state_dict(path), strict=True)
-        return model.eval()

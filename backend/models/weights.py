@@ -186,6 +186,36 @@ def load_into(module: nn.Module, state_dict: Mapping[str, Tensor] | str | os.Pat
     return missing, unexpected
 
 
+class SingleFileModel:
+    """save_pretrained / pretrained_config / from_pretrained for a module whose weights and config live in one
+    .safetensors file, the config as JSON under `config_key` in its header (the LaLRM, the refiner, the depth
+    prior). A subclass names its `config_class`, `config_key`, what it is (`kind`, for messages) and how such
+    files are made (`made_by`, the hint when a header has no config)."""
+    config_class: type
+    config_key: str
+    kind: str
+    made_by: str
+
+    def save_pretrained(self, path: str | os.PathLike) -> None:
+        """One .safetensors file holding the weights and, in its header, the config."""
+        save_with_config(self, self.config.to_dict(), self.config_key, path)
+
+    @classmethod
+    def pretrained_config(cls, path: str | os.PathLike):
+        """The config a save_pretrained file holds, from its header alone (no weights read)."""
+        return cls.config_class.from_dict(header_config(path, cls.config_key, cls.kind, cls.made_by))
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, device: str | torch.device = "cpu",
+                        dtype: torch.dtype | None = None):
+        """The model of a save_pretrained file, in eval mode (weights read once, no random init)."""
+        config = cls.pretrained_config(path)
+        with torch.device("meta"):
+            model = cls(config)
+        load_into(model, load_state_dict(path, device=device), strict=True)
+        return model.to(device=device, dtype=dtype).eval()
+
+
 def save_config(obj: Any, path: str | os.PathLike) -> None:
     """Write a dataclass config (its to_dict() if it has one) as indented JSON, atomically."""
     data = obj.to_dict() if hasattr(obj, "to_dict") else dataclasses.asdict(obj)
