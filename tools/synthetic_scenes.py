@@ -331,8 +331,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--plan-frames", type=positive, default=None,
                         help="plan each camera move over this many frames and render its first --frames (default: "
                              "--frames): `--frames 1 --plan-frames 9` renders exactly frame 0 of the 9-frame scenes, "
-                             "whose first camera sits where the whole move fits (nearer the room's middle than a "
-                             "lone camera's)")
+                             "whose first camera sits where the whole move fits")
     parser.add_argument("--samples", type=positive, default=DEFAULT_SAMPLES, help="Cycles samples per pixel")
     parser.add_argument("--threads", type=int, default=0, help="render threads (default: all usable cores)")
     parser.add_argument("--no-denoise", dest="denoise", action="store_false",
