@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from backend.atomic import atomic_write_text
@@ -334,3 +335,18 @@ def normalize(batch: CameraBatch, radius: float = SCALE_RADIUS, by_path: bool = 
     normalized = normalization.cameras_to_normalized(batch)
     normalized.c2w[0] = torch.eye(4, dtype=normalized.c2w.dtype)  # exactly, not up to rounding
     return normalized, normalization
+
+
+def sampled_at(field: Tensor, points: Tensor, K: Tensor, width: int, height: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Where points [N, 3] in a camera's own frame (OpenCV axes; intrinsics K [3, 3] at width × height) fall
+    in its picture: a field [C, h, w] over that picture sampled there bilinearly (pixel centres at i + 0.5;
+    beyond the picture, its outer half-pixels), [C, N]; whether each falls inside the picture, [N]; and whether
+    it lies in front of the camera, [N]."""
+    z = points[:, 2]
+    depth = z.clamp_min(1e-6)
+    u, v = K[0, 0] * points[:, 0] / depth + K[0, 2], K[1, 1] * points[:, 1] / depth + K[1, 2]
+    grid = torch.stack([2 * u / width - 1, 2 * v / height - 1], dim=-1).to(field)
+    values = F.grid_sample(field[None], grid[None, None], mode="bilinear", padding_mode="border",
+                           align_corners=False)[0, :, 0]
+    in_front = z > 1e-6
+    return values, in_front & (grid.abs() <= 1).all(dim=-1), in_front

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from backend.cameras import CameraBatch
+from backend.cameras import CameraBatch, sampled_at
 from backend.detail import model_view
 from backend.gaussians import SH_C0, Gaussians
 from backend.render import RenderOutput
@@ -83,17 +83,11 @@ def recoloured(gaussians: Gaussians, maps: Tensor) -> Gaussians:
 
 
 def maps_at(means: Tensor, one: Tensor, regions: Tensor, camera0: CameraBatch) -> Tensor:
-    """[N, 4, 3]: the regions' maps, interpolated where each centre [N, 3] falls at camera 0 (clamped into the
-    view); the one map for centres behind the camera."""
-    w2c = camera0.w2c[0].to(means)
-    local = means @ w2c[:3, :3].T + w2c[:3, 3]
-    z = local[:, 2]
-    pixel = (local / z.clamp_min(1e-6)[:, None]) @ camera0.K[0].to(means).T
-    size = torch.tensor([camera0.width, camera0.height], dtype=means.dtype, device=means.device)
-    grid = (pixel[:, :2] / size * 2 - 1).clamp(-1, 1)[None, None]                     # [1, 1, N, 2]
-    field = regions.to(means).reshape(*regions.shape[:2], 12).permute(2, 0, 1)[None]  # [1, 12, h, w]
-    at = F.grid_sample(field, grid, mode="bilinear", padding_mode="border", align_corners=False)[0, :, 0].T
-    return torch.where((z > 1e-6)[:, None, None], at.reshape(-1, 4, 3), one.to(means).expand(len(means), 4, 3))
+    """[N, 4, 3]: the regions' maps, interpolated where each centre [N, 3] (camera 0's frame) falls at camera 0,
+    clamped into the view; the one map for centres behind the camera."""
+    field = regions.to(means).reshape(*regions.shape[:2], 12).permute(2, 0, 1)       # [12, h, w]
+    at, _, in_front = sampled_at(field, means, camera0.K[0].to(means), camera0.width, camera0.height)
+    return torch.where(in_front[:, None, None], at.T.reshape(-1, 4, 3), one.to(means).expand(len(means), 4, 3))
 
 
 def matched_to_photo(local: Gaussians, photo: Tensor, camera0: CameraBatch) -> tuple[Gaussians, Tensor | None]:
