@@ -273,6 +273,13 @@ def write_scene(built: BuiltScene, folder: Path, extra: dict, depth: bool = True
     (folder / "scene.json").write_text(json.dumps(info, indent=1) + "\n", encoding="utf-8")
 
 
+def check_plan_frames(frames: int, plan_frames: int | None) -> None:
+    """A move is planned over at least the frames rendered (ValueError otherwise)."""
+    if plan_frames is not None and plan_frames < frames:
+        raise ValueError(f"--plan-frames {plan_frames} is fewer than --frames {frames}: plan the move over at "
+                         "least the frames rendered")
+
+
 def render_scene(out: Path, seed: int, split: str, *, width: int = DEFAULT_SIZE[0], height: int = DEFAULT_SIZE[1],
                  frames: int = DEFAULT_FRAMES, samples: int = DEFAULT_SAMPLES, threads: int = 0,
                  denoise: bool = True, depth: bool = True, version: int = GENERATOR_VERSION,
@@ -286,9 +293,7 @@ def render_scene(out: Path, seed: int, split: str, *, width: int = DEFAULT_SIZE[
                          "assets)")
     if pool is not None and pool.split != ("heldout" if split == "heldout" else "train"):
         raise ValueError(f"a {split} scene cannot use the {pool.split} assets: load the pool for {split!r}")
-    if plan_frames is not None and plan_frames < frames:
-        raise ValueError(f"--plan-frames {plan_frames} is fewer than --frames {frames}: plan the move over at "
-                         "least the frames rendered")
+    check_plan_frames(frames, plan_frames)
     final = Path(out) / scene_name(seed)
     for stale in Path(out).glob(f".{final.name}.tmp-*"):  # left by an interrupted run
         shutil.rmtree(stale, ignore_errors=True)
@@ -350,9 +355,7 @@ def main(argv: list[str] | None = None) -> int:
     pool = None
     try:
         seeds = scene_seeds(args.split, args.start_seed, args.count)
-        if args.plan_frames is not None and args.plan_frames < args.frames:
-            raise ValueError(f"--plan-frames {args.plan_frames} is fewer than --frames {args.frames}: plan the "
-                             "move over at least the frames rendered")
+        check_plan_frames(args.frames, args.plan_frames)
         if args.generator_version == 1 and (args.split == "heldout" or args.pictures):
             raise ValueError("--split heldout and --pictures need --generator-version 2 (version 1 uses no assets)")
         if args.generator_version == 2:
