@@ -40,13 +40,34 @@ def check_subject_distance(value: float | None) -> None:
                          "the model's own guess")
 
 
-def photo_depth(prior: DepthPrior, photo: Tensor, camera0: CameraBatch) -> Tensor:
+def check_ground_z(value: float | None) -> None:
+    """None (no ground known) or a finite height within ±MAX_SUBJECT_DISTANCE; else an InputError."""
+    if value is None:
+        return
+    number = value if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
+    if not (math.isfinite(number) and abs(number) <= MAX_SUBJECT_DISTANCE):
+        raise InputError(f"--ground-z {value!r} is out of range",
+                         "give the world Z of the ground the picture's camera stands over, in scene units (0 for "
+                         f"Blender's floor grid), within ±{MAX_SUBJECT_DISTANCE:g}; or --no-ground when there is none")
+
+
+def camera_height(camera0: CameraBatch, ground_z: float | None) -> float | None:
+    """How far camera 0 stands above a ground plane at world Z = ground_z; None when the ground is unknown or
+    the camera is not above it (then the prior is not told one)."""
+    if ground_z is None:
+        return None
+    height = float(camera0.c2w[0, 2, 3]) - ground_z
+    return height if height > 0 else None
+
+
+def photo_depth(prior: DepthPrior, photo: Tensor, camera0: CameraBatch, ground_z: float | None = None) -> Tensor:
     """Camera z [h, w] (the world's unit) of photo [h, w, 3] in 0..1 seen by camera0, in the caller's world (a
-    gravity prior reads its up), with K at the photo's size."""
+    gravity prior reads its up, a ground prior where its rays meet the ground at world Z = ground_z: None, or a
+    camera not above it, tells it none), with K at the photo's size."""
     h, w = photo.shape[:2]
     device = next(prior.parameters()).device
     pose = camera0.c2w[0].to(torch.float32).cpu() if prior.config.gravity else None
-    rays = ray_channels(camera0.K[0].to(torch.float32).cpu(), h, w, pose)
+    rays = ray_channels(camera0.K[0].to(torch.float32).cpu(), h, w, pose, prior.config.ground, ground_z)
     with torch.no_grad():
         log_z = prior(photo.permute(2, 0, 1)[None].to(device, torch.float32), rays[None].to(device))
     return log_z[0].exp().cpu()

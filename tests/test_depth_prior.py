@@ -12,16 +12,19 @@ import torch
 from backend.cameras import CameraBatch
 from backend.errors import InputError
 from backend.evaluation import load_eval_scene
-from backend.models.depth_prior import DepthPrior, DepthPriorConfig, ray_channels
+from backend.models.depth_prior import (FLOOR_PRIOR_SHARE, MIN_FALL, DepthPrior, DepthPriorConfig, ground_shift,
+                                        ray_channels)
 from backend.models.model_dir import CONFIG_FILE, DEPTH_PRIOR_FILE, read_part
 from backend.pipelines.wonderland import WonderlandPipeline, generate, load_pipeline
 from backend.prior_scale import photo_depth
 from backend.render import render
-from backend.training.train_depth_prior import DepthPriorObjective, batch_inputs
+from backend.training.train_depth_prior import FLOOR_WEIGHT, DepthPriorObjective, batch_inputs, ground_labels
 from tests.test_evaluation import make_plane_scene
 from tests.test_intrinsics import axis_rotation
 
 SMALL = DepthPriorConfig(widths=(8, 16, 16))
+GRAVITY = dataclasses.replace(SMALL, gravity=True)
+GROUND = dataclasses.replace(GRAVITY, ground=True)
 
 
 def constant_prior(depth: float, detail_weight: float, shape_sigma: float = 0.0) -> DepthPrior:
@@ -93,7 +96,7 @@ def test_a_metric_model_folder_round_trips_its_prior_and_a_missing_file_is_named
     pipe = tiny_metric(constant_prior(2.5, 0.5))
     pipe.save_pretrained(tmp_path / "m")
     manifest = json.loads((tmp_path / "m" / CONFIG_FILE).read_text())
-    assert manifest["depth_prior"] == {"widths": [8, 16, 16], "detail_weight": 0.5, "gravity": False,
+    assert manifest["depth_prior"] == {"widths": [8, 16, 16], "detail_weight": 0.5, "gravity": False, "ground": False,
                                      "shape_sigma": 0.0}
     loaded = WonderlandPipeline.from_pretrained(tmp_path / "m")
     assert loaded.depth_prior.config == pipe.depth_prior.config and not loaded.depth_prior.training
@@ -119,7 +122,8 @@ def test_a_path_scale_model_refuses_a_prior():
 
 @pytest.mark.parametrize("field, value, hint", [("detail_weight", 1.5, "the prior's depth alone"),
                                                ("shape_sigma", -0.1, "one factor"),
-                                               ("shape_sigma", 2.0, "as wide as the picture")])
+                                               ("shape_sigma", 2.0, "as wide as the picture"),
+                                               ("ground", True, "needs its rise")])
 def test_settings_out_of_range_are_refused_with_a_hint(field, value, hint):
     with pytest.raises(InputError, match=f"{field} {value}") as error:
         DepthPriorConfig(**{field: value})
@@ -184,12 +188,106 @@ def test_the_objective_reads_only_valid_depth():
     batch = one_frame_batch(2.0)
     batch["depth"][:, :, :8] = 0.0                                     # no depth: the top half does not count
     prior = constant_prior(2.0, 0.5)
-    assert float(DepthPriorObjective(False)(prior, batch, {})["loss"].detach()) == pytest.approx(0.0, abs=1e-5)
-    photo, rays, depth = batch_inputs(batch, False)
+    assert float(DepthPriorObjective(SMALL)(prior, batch, {})["loss"].detach()) == pytest.approx(0.0, abs=1e-5)
+    photo, rays, depth = batch_inputs(batch, SMALL)
     assert photo.shape == (2, 3, 16, 24) and rays.shape == (2, 2, 16, 24) and depth.shape == (2, 16, 24)
-    assert batch_inputs(batch, True)[1].shape == (2, 3, 16, 24)
+    assert batch_inputs(batch, GRAVITY)[1].shape == (2, 3, 16, 24)
     batch["depth"][:, :, 8:] = 2.0 * math.e
-    assert float(DepthPriorObjective(False)(prior, batch, {})["loss"].detach()) == pytest.approx(1.0, abs=1e-4)
+    assert float(DepthPriorObjective(SMALL)(prior, batch, {})["loss"].detach()) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_the_ground_channels_put_the_ground_where_the_rays_meet_it():
+    """A ground prior's last two channels: log camera z where each ray meets the plane Z = ground_z (the camera
+    1.5 above Z = 0 here) and 1 where it does; zero where the ray rises, and everywhere when the ground is unknown
+    or the camera is not above it."""
+    K = torch.tensor([[70.0, 0, 48.0], [0, 70.0, 32.0], [0, 0, 1]], dtype=torch.float64)
+    c2w = pitched(20.0)
+    rays = ray_channels(K, 64, 96, c2w, ground=True, ground_z=0.0)
+    rise, log_z, meets = rays[2], rays[3], rays[4]
+    assert torch.equal(rays[:3], ray_channels(K, 64, 96, c2w))
+    assert torch.equal(meets.bool(), rise < -MIN_FALL) and 0 < float(meets.mean()) < 1
+    assert torch.allclose(log_z[meets.bool()], (1.5 / -rise[meets.bool()]).log(), rtol=1e-9)
+    assert bool((log_z[~meets.bool()] == 0).all())
+    raised = ray_channels(K, 64, 96, c2w, ground=True, ground_z=0.5)   # 1.0 above the ground: all nearer by 2/3
+    assert torch.allclose(raised[3] - log_z, torch.full_like(log_z, math.log(1.0 / 1.5)).where(meets.bool(), 0.0))
+    for unknown in (None, 1.5, 3.0):                  # no ground, or the camera on or below it
+        assert not ray_channels(K, 64, 96, c2w, ground=True, ground_z=unknown)[3:].any()
+
+
+def test_the_ground_shift_moves_the_answer_onto_the_ground_it_sees():
+    """ground_shift: the floor-weighted mean of (ground - answer), shrunk by FLOOR_PRIOR_SHARE of the pixels; no
+    ground seen or none told: no shift. In the model, a told ground moves the whole answer by that one shift."""
+    log_z, ground = torch.zeros(2, 10, 10), torch.full((2, 10, 10), 0.7)
+    meets = torch.zeros(2, 10, 10)
+    meets[0, 5:] = 1.0                                                       # 50 pixels see the ground
+    shift = ground_shift(log_z, torch.ones(2, 10, 10), ground, meets)
+    assert shift[0] == pytest.approx(0.7 * 50 / (50 + FLOOR_PRIOR_SHARE * 100)) and shift[1] == 0.0
+    assert ground_shift(log_z, torch.zeros(2, 10, 10), ground, meets).abs().max() == 0.0   # nothing looks like it
+    prior = DepthPrior(GROUND).eval()
+    with torch.no_grad():
+        prior.floor.bias.fill_(20.0)                                         # every pixel looks like the ground
+        photo = torch.rand(1, 3, 16, 24)
+        K = torch.tensor([[20.0, 0, 12], [0, 20, 8], [0, 0, 1]], dtype=torch.float64)
+        told, untold = (ray_channels(K, 16, 24, pitched(20.0), ground=True, ground_z=z)[None].float()
+                        for z in (0.0, None))
+        moved = prior(photo, told) - prior(photo, untold)
+        base = prior(photo, untold)
+        expected = ground_shift(base, torch.ones_like(base), told[:, 3], told[:, 4])
+    assert torch.allclose(moved, expected[:, None, None].expand_as(moved), atol=1e-4) and float(expected) != 0
+
+
+def test_the_ground_head_learns_from_where_the_truth_lies_on_the_ground():
+    """ground_labels: 1 where the true depth is the ground's (a floor), 0 where something stands in front of it,
+    and only falling rays of frames told the ground count; the objective adds the head's cross-entropy."""
+    batch = one_frame_batch(1.0)
+    rays = batch_inputs(batch, GROUND)[1]
+    meets = rays[:, 4] > 0
+    batch["depth"][:, 0] = torch.where(meets, rays[:, 3].exp(), torch.tensor(2.0))   # the floor, and a far wall
+    batch["depth"][:, 0, :, :6] *= torch.where(meets[:, :, :6], 0.5, 1.0)              # a box on the floor at left
+    labels, counted = ground_labels(rays, batch["depth"][:, 0])
+    assert torch.equal(counted, meets) and bool(labels[:, :, 6:][meets[:, :, 6:]].all())
+    assert not labels[:, :, :6].any() and not labels[~meets].any()
+    withheld = batch_inputs(batch, GROUND, torch.tensor([True, True]))[1]
+    assert not ground_labels(withheld, batch["depth"][:, 0])[1].any()                 # no ground told, nothing counts
+    torch.manual_seed(0)                              # the objective withholds the ground from a random share
+    terms = DepthPriorObjective(GROUND)(DepthPrior(GROUND), batch, {})
+    assert float(terms["loss"].detach()) == pytest.approx(float(terms["depth"] + FLOOR_WEIGHT * terms["floor"]), rel=1e-5)
+    assert float(terms["floor"]) > 0
+
+
+def test_training_withholds_the_ground_in_the_frames_it_is_told():
+    batch = one_frame_batch(2.0)
+    rays = batch_inputs(batch, GROUND, torch.tensor([False, True]))[1]
+    assert rays.shape == (2, 5, 16, 24) and rays[0, 4].any() and not rays[1, 3:].any()
+    assert torch.equal(rays[0], batch_inputs(batch, GROUND)[1][1])     # by default told in every frame
+
+
+class GroundPrior(DepthPrior):
+    """A ground prior that answers the ground's depth where it is told one, and 10 elsewhere."""
+
+    def forward(self, photo, rays):
+        return torch.where(rays[:, 4] > 0, rays[:, 3], math.log(10.0))
+
+
+def test_generate_tells_a_ground_prior_the_camera_height_and_meta_says_so():
+    """The rig pitched down 30° with camera 0 at Z 1.5: over the ground at Z 0 the scene is sized by the floor
+    1.5 below; at Z -1.5 (3 below), twice as far; with no ground, or the camera below it (and a warning), the
+    prior is told none."""
+    image, cameras = dolly_and_image()
+    rig = CameraBatch(cameras.K, pitched(30.0).float() @ cameras.c2w, cameras.width, cameras.height)
+    pipe = tiny_metric(GroundPrior(GROUND).eval())
+    runs = {z: generate(pipe, image, rig, steps=2, preview_count=0, detail_size=0, ground_z=z).info
+            for z in (0.0, -1.5, None, 2.0)}
+    assert runs[0.0]["depth_prior"]["ground"] == {"z": 0.0, "camera_height": pytest.approx(1.5, abs=1e-4)}
+    assert runs[-1.5]["depth_prior"]["ground"]["camera_height"] == pytest.approx(3.0, abs=1e-4)
+    assert runs[-1.5]["depth_prior"]["scale"] == pytest.approx(2 * runs[0.0]["depth_prior"]["scale"], rel=0.02)
+    for z in (None, 2.0):
+        assert runs[z]["depth_prior"]["ground"] == {"z": None, "camera_height": None}
+        assert runs[z]["depth_prior"]["scale"] == runs[None]["depth_prior"]["scale"]        # 10 everywhere:
+        assert runs[z]["depth_prior"]["scale"] > 1.5 * runs[-1.5]["depth_prior"]["scale"]   # beyond the floor
+    assert not runs[None]["warnings"] and "not above the ground at Z 2" in runs[2.0]["warnings"][0]
+    assert "ground" not in str(generate(tiny_metric(constant_prior(3.0, 0.0)), image, rig, steps=2, preview_count=0,
+                                        detail_size=0).info["warnings"])
 
 
 class FloorPrior(DepthPrior):
@@ -205,7 +303,7 @@ def test_generate_gives_a_gravity_prior_the_world_pose_of_camera_0():
     image, cameras = dolly_and_image()
     rigs = [CameraBatch(cameras.K, pitched(degrees).float() @ cameras.c2w, cameras.width, cameras.height)
             for degrees in (0.0, 30.0)]
-    plain, floor = constant_prior(3.0, 0.0), FloorPrior(dataclasses.replace(SMALL, gravity=True)).eval()
+    plain, floor = constant_prior(3.0, 0.0), FloorPrior(GRAVITY).eval()
     scales = {prior: [generate(tiny_metric(prior), image, rig, steps=2, preview_count=0, detail_size=0)
                       .info["depth_prior"]["scale"] for rig in rigs] for prior in (plain, floor)}
     assert scales[plain][0] == pytest.approx(scales[plain][1], rel=1e-4)

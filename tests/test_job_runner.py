@@ -49,6 +49,9 @@ def test_build_command_has_the_contract_flags_and_skips_unset_ones():
                    "--out", "/j", "--model", "tiny", "--steps", "4", "--seed", "0", "--device", "cpu"]
     sized = build_command("/py", "/j/image.png", "/j/cameras.json", "/j", subject_distance=12.5)
     assert sized[-2:] == ["--subject-distance", "12.5"]
+    grounded = build_command("/py", "/j/image.png", "/j/cameras.json", "/j", ground_z=0.0)
+    assert grounded[-2:] == ["--ground-z", "0.0"]
+    assert build_command("/py", "/j/image.png", "/j/cameras.json", "/j", no_ground=True)[-1] == "--no-ground"
 
 
 def test_stage_progress_runs_through_the_stages_in_order():

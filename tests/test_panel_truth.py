@@ -14,7 +14,8 @@ import torch
 from backend.cameras import CameraBatch
 from backend.pipelines.wonderland import model_inputs
 from wonderland_blender.intrinsics import model_crop
-from wonderland_blender.model_info import (ModelSpec, find_model_config, job_scene_scale, job_subject_distance,
+from wonderland_blender.model_info import (ModelSpec, find_model_config, ground_text, job_camera_height,
+                                           job_scene_scale, job_subject_distance,
                                            job_warnings, move_length, read_model_spec, scale_text, weights_dirs)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -106,3 +107,24 @@ def test_the_scale_line_says_when_the_artists_subject_distance_sized_the_scene(t
     for broken in ({"subject_distance": "far"}, {"subject_distance": {"distance": "x"}}, ["not", "a", "dict"]):
         meta.write_text(json.dumps(broken))
         assert job_subject_distance(meta) == 0.0
+
+
+def test_the_ground_line_says_how_high_the_camera_stands():
+    assert ground_text(1.6, 0.0) == ("Camera 1.60 over the ground: it sizes the scene (eye height: 1.5-1.7 m)", 'INFO')
+    assert ground_text(1.6, 0.5)[0].startswith("Camera 1.10 over")
+    text, icon = ground_text(-0.25, 0.0)
+    assert icon == 'ERROR' and "0.25 below the ground" in text
+
+
+def test_the_scale_line_says_when_the_cameras_height_over_the_ground_sized_the_scene(tmp_path):
+    meta = tmp_path / "meta.json"
+    assert job_camera_height(meta) == 0.0                         # no meta.json: no ground
+    meta.write_text(json.dumps({"scene_scale": "metric", "depth_prior": {"ground": {"z": 0.0, "camera_height": 1.6}}}))
+    assert job_camera_height(meta) == 1.6
+    assert scale_text(0.5, "metric", 0.0, 1.6) == ("Scale: metres, from the picture and the camera's 1.6-unit height "
+                                                   "over the ground (the camera moved 0.5)")
+    assert scale_text(0.5, "metric", 40.0, 1.6).startswith("Scale: set by Subject Distance")   # the artist's wins
+    for told_none in ({"depth_prior": {"ground": {"z": None, "camera_height": None}}}, {"depth_prior": {"ground": None}},
+                      {"depth_prior": {"ground": "high"}}, {"depth_prior": None}):
+        meta.write_text(json.dumps(told_none))
+        assert job_camera_height(meta) == 0.0

@@ -1,5 +1,6 @@
 """--subject-distance (backend/prior_scale.py, generate): the artist's answer to how far the picture's subject
-is sizes the whole result about the first camera, over the model's guess and over a depth prior's."""
+is sizes the whole result about the first camera, over the model's guess and over a depth prior's; and the CLI
+refuses a bad --ground-z (the ground such a prior is told)."""
 import json
 import math
 
@@ -78,6 +79,16 @@ def test_cli_sizes_the_scene_and_says_so_in_meta(tmp_path, run_backend):
                 "--detail-size", "0", "--subject-distance", "12", check=0)
     meta = json.loads((out / "meta.json").read_text())
     assert meta["subject_distance"]["distance"] == 12.0 and meta["subject_distance"]["scale"] > 0
+
+
+@pytest.mark.parametrize("args, named", [(["--ground-z", "nan"], "--ground-z"), (["--ground-z", "1e9"], "--ground-z"),
+                                         (["--ground-z", "0", "--no-ground"], "both given")])
+def test_cli_refuses_a_bad_ground_with_exit_2(tmp_path, run_backend, args, named):
+    image, cams = write_job(tmp_path)
+    out = tmp_path / "out"
+    result = run_backend("generate", "--image", image, "--cameras", cams, "--out", out, "--model", "tiny", *args,
+                         check=2)
+    assert named in result.stderr and not (out / "scene.ply").exists()
 
 
 @pytest.mark.parametrize("value", ["0", "-1", "inf", "far"])

@@ -160,15 +160,16 @@ JOB_OBJECT_LIMIT_KILL_ON_JOB_CLOSE = 0x2000
 def build_command(python: str, image: str | os.PathLike, cameras: str | os.PathLike, out_dir: str | os.PathLike,
                   model: str | None = None, steps: int | None = None, seed: int | None = None,
                   device: str | None = None, dtype: str | None = None,
-                  subject_distance: float | None = None) -> list[str]:
+                  subject_distance: float | None = None, ground_z: float | None = None,
+                  no_ground: bool = False) -> list[str]:
     """The `python -m backend generate …` command line (architecture.md); options left as None are omitted."""
     cmd = [str(python), "-m", "backend", "generate", "--image", path_argument(image),
            "--cameras", path_argument(cameras), "--out", path_argument(out_dir)]
     for flag, value in (("--model", model), ("--steps", steps), ("--seed", seed), ("--device", device),
-                        ("--dtype", dtype), ("--subject-distance", subject_distance)):
+                        ("--dtype", dtype), ("--subject-distance", subject_distance), ("--ground-z", ground_z)):
         if value is not None and value != "":
             cmd += [flag, str(value)]
-    return cmd
+    return cmd + ["--no-ground"] * no_ground
 
 
 def _tail_lines(path: Path, lines: int = STDERR_TAIL_LINES, max_bytes: int = 16384) -> str:

@@ -108,11 +108,35 @@ def job_subject_distance(meta: str | os.PathLike) -> float:
         return 0.0
 
 
-def scale_text(length: float, scene_scale: str = "path", subject_distance: float = 0.0) -> str:
+def job_camera_height(meta: str | os.PathLike) -> float:
+    """The camera's height over the ground the job's depth prior was told (meta.json's "depth_prior" "ground"),
+    0.0 when it was told none."""
+    prior = _read_meta(meta).get("depth_prior")
+    ground = prior.get("ground") if isinstance(prior, dict) else None
+    try:
+        return float(ground["camera_height"] or 0.0) if isinstance(ground, dict) else 0.0
+    except (KeyError, TypeError, ValueError):
+        return 0.0
+
+
+def ground_text(camera_z: float, ground_z: float) -> tuple[str, str]:
+    """The panel's line under Ground, and its icon: how high the camera stands over it, which a depth prior that
+    reads the ground sizes the scene by (the synthetic rooms' cameras stand 1.0-1.8 m up)."""
+    height = camera_z - ground_z
+    if height <= 0:
+        return (f"The camera is {-height:.2f} below the ground: the size will come from the picture alone", 'ERROR')
+    return f"Camera {height:.2f} over the ground: it sizes the scene (eye height: 1.5-1.7 m)", 'INFO'
+
+
+def scale_text(length: float, scene_scale: str = "path", subject_distance: float = 0.0,
+               camera_height: float = 0.0) -> str:
     """The panel's line on where the result's scale comes from."""
     if subject_distance > 0:
         return (f"Scale: set by Subject Distance, the picture's median depth {subject_distance:.3g} units (the camera "
                 f"moved {length:.3g})")
+    if scene_scale == "metric" and camera_height > 0:
+        return (f"Scale: metres, from the picture and the camera's {camera_height:.3g}-unit height over the ground "
+                f"(the camera moved {length:.3g})")
     if scene_scale == "metric":
         return (f"Scale: metres, as the model learned rooms (the camera moved {length:.3g} units: a short move "
                 "stays short)")

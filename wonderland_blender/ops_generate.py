@@ -25,7 +25,7 @@ from bpy.props import FloatProperty, StringProperty
 from .display import solid_view_note
 from .housekeeping import RESULT_KEY, clean_job_folders, note_job_folder, retire_previous_results, used_paths
 from .job import Job, JobState, build_command, stage_progress
-from .model_info import job_scene_scale, job_subject_distance, job_warnings, move_length
+from .model_info import job_camera_height, job_scene_scale, job_subject_distance, job_warnings, move_length
 from .plyio import PlyError, read_ply
 from .pointcloud import create_object
 from .preferences import (SOURCE_ROOT, WonderlandPreferences, get_preferences, output_root,
@@ -215,7 +215,9 @@ def start_job(context, extra_args: str = "") -> Job:
                             steps=settings.steps or _pref(prefs, "default_steps") or None,  # 0: the model's
                             seed=settings.seed or _pref(prefs, "default_seed"),
                             device=_pref(prefs, "device"), dtype=_pref(prefs, "precision"),
-                            subject_distance=settings.subject_distance or None)   # 0: the model's own size
+                            subject_distance=settings.subject_distance or None,   # 0: the model's own size
+                            ground_z=settings.ground_z if settings.use_ground else None,
+                            no_ground=not settings.use_ground)
     command += ["--video-preview"] * settings.video_preview + shlex.split(extra_args)
     # From a source checkout, run the checkout's backend even if the venv has another one installed.
     cwd = SOURCE_ROOT if (SOURCE_ROOT / "backend").is_dir() else None
@@ -292,6 +294,7 @@ def _import_result(context, job: Job) -> str:
     meta = final.get("meta") or job.out_dir / "meta.json"
     settings.last_scene_scale = job_scene_scale(meta)
     settings.last_subject_distance = job_subject_distance(meta)
+    settings.last_camera_height = job_camera_height(meta)
     settings.last_result_path = str(final["ply"])
     settings.last_count = len(result.splats)
     settings.last_seconds = job.seconds

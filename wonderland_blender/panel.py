@@ -8,7 +8,7 @@ import struct
 import bpy
 
 from .intrinsics import model_crop, render_size
-from .model_info import ModelSpec, find_model_config, read_model_spec, scale_text, weights_dirs
+from .model_info import ModelSpec, find_model_config, ground_text, read_model_spec, scale_text, weights_dirs
 from .preferences import DEFAULT_MODEL, SOURCE_ROOT, get_preferences, resolve_backend_python
 from .presets import PRESETS
 from .properties import effective_camera, effective_frame_range
@@ -187,6 +187,14 @@ class WONDERLAND_PT_main(bpy.types.Panel):
         row.prop(s, "steps")
         row.prop(s, "seed")
         col.prop(s, "subject_distance")
+        row = col.row(align=True)
+        row.prop(s, "use_ground")
+        sub = row.row(align=True)
+        sub.active = s.use_ground
+        sub.prop(s, "ground_z")
+        if s.use_ground and cam_obj is not None:
+            text, icon = ground_text(cam_obj.matrix_world.translation.z, s.ground_z)
+            col.label(text=text, icon=icon)
         col.prop(s, "video_preview")
 
         if s.is_running:
@@ -206,7 +214,8 @@ class WONDERLAND_PT_main(bpy.types.Panel):
             box.label(text=s.last_result_path)
             for warning in filter(None, s.last_warnings.split("\n")):
                 box.label(text=f"Backend: {warning}", icon='ERROR')
-            box.label(text=scale_text(s.last_move_length, s.last_scene_scale, s.last_subject_distance),
+            box.label(text=scale_text(s.last_move_length, s.last_scene_scale, s.last_subject_distance,
+                                           s.last_camera_height),
                       icon='INFO')
             if operator_available("WONDERLAND_OT_open_preview"):
                 box.operator("wonderland.open_preview", icon='IMAGE_DATA')

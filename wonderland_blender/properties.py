@@ -30,6 +30,12 @@ class WonderlandSceneSettings(bpy.types.PropertyGroup):
                                     description="How far the picture's subject is from the camera: the result is "
                                                 "scaled about the camera so that the picture's median depth is "
                                                 "this (0: the model's own guess, a room's 2-9 m)")
+    use_ground: BoolProperty(name="Ground", default=True,
+                             description="The camera stands over a ground plane at Ground Z (Blender's floor grid "
+                                         "by default): a model that reads the ground sizes the scene by the "
+                                         "camera's height over it. Off: the size comes from the picture alone")
+    ground_z: FloatProperty(name="Ground Z", default=0.0, soft_min=-100.0, soft_max=100.0, subtype='DISTANCE',
+                            description="The world Z of the ground under the camera (0: Blender's floor grid)")
     video_preview: BoolProperty(name="Video Preview", default=False,
                                 description="Also decode the generated video into an image sequence: a look at "
                                             "what the video model made (the 3D scene does not need it)")
@@ -64,6 +70,9 @@ class WonderlandSceneSettings(bpy.types.PropertyGroup):
                                                  "move) or metric (metres it learned)")
     last_subject_distance: FloatProperty(name="Subject Distance Used", min=0.0, default=0.0, subtype='DISTANCE',
                                          description="The Subject Distance the last result was sized to (0: none)")
+    last_camera_height: FloatProperty(name="Camera Height Used", min=0.0, default=0.0, subtype='DISTANCE',
+                                      description="The camera's height over the ground the last result was sized "
+                                                  "by (0: none)")
     last_warnings: StringProperty(name="Backend Warnings", description="The last job's warnings, one a line")
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from backend.atomic import atomic_write_text
 from backend.detail_size import DEFAULT_DETAIL_SIZE, MAX_DETAIL_SIZE, check_detail_size
 from backend.devices import DEVICES, DTYPES
-from backend.commands.generate_checks import check_args, check_result, decode_min_side
+from backend.commands.generate_checks import check_args, check_result, decode_min_side, ground_z
 from backend.errors import InputError
 from backend.job import CancelWatch, EventLog, job_folder
 
@@ -62,6 +62,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="how far the picture's subject is from its camera, in the cameras' units (metres for "
                         "a Blender scene in metres): the result is scaled about the first camera so that the "
                         "median depth of its view is D. Default: the model's own guess")
+    p.add_argument("--ground-z", type=float, metavar="Z",
+                   help="the world Z of the ground the first camera stands over, in the cameras' units (default 0: "
+                        "Blender's floor grid); a model whose depth prior reads the ground sizes the scene by the "
+                        "camera's height over it")
+    p.add_argument("--no-ground", action="store_true",
+                   help="no ground under the first camera is known (e.g. the scene's floor is not at a known Z): "
+                        "the size is judged from the picture alone")
 
 
 def _prompt_embeds(args, video_config):
@@ -139,6 +146,7 @@ def _generate(args, out: Path, events: EventLog, watch: CancelWatch) -> dict:
                           video_preview=args.video_preview, vae_tiling=args.vae_tiling,
                           prune_opacity=args.prune_opacity, max_gaussians=args.max_gaussians,
                           detail_size=args.detail_size, subject_distance=args.subject_distance,
+                          ground_z=ground_z(args),
                           prompt_embeds=prompt_embeds, device=device,
                           offload=args.offload, on_progress=on_progress, should_cancel=watch.requested)
     finally:

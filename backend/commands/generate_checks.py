@@ -7,7 +7,7 @@ import math
 import torch
 
 from backend.errors import InputError
-from backend.prior_scale import check_subject_distance
+from backend.prior_scale import check_ground_z, check_subject_distance
 
 MAX_STEPS = 1000          # the CogVideoX schedulers' training timesteps: more inference steps do not exist
 MAX_PREVIEWS = 1000
@@ -35,9 +35,20 @@ def check_args(args) -> None:
         if value is not None and not math.isfinite(value):
             raise InputError(f"--{name.replace('_', '-')} {value} is not a finite number", "give a number")
     check_subject_distance(getattr(args, "subject_distance", None))
+    if getattr(args, "no_ground", False) and getattr(args, "ground_z", None) is not None:
+        raise InputError(f"--ground-z {args.ground_z} and --no-ground both given", "give one of them")
+    check_ground_z(getattr(args, "ground_z", None))
     if args.prune_opacity is not None and not 0.0 <= args.prune_opacity <= 1.0:
         raise InputError(f"--prune-opacity {args.prune_opacity} is out of range",
                          "opacities lie in 0..1: use e.g. 0.005")
+
+
+def ground_z(args) -> float | None:
+    """The ground's world Z for generate: --ground-z, 0 (Blender's floor grid) by default, None with --no-ground."""
+    if getattr(args, "no_ground", False):
+        return None
+    value = getattr(args, "ground_z", None)
+    return 0.0 if value is None else value
 
 
 def decode_min_side(args) -> int:

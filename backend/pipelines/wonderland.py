@@ -32,8 +32,8 @@ from backend.palette import matched_to_photo
 from backend.pipelines.camera_i2v import (check_tiling, compile_blocks, decode_latents, encode_image,
                                           sample_video_latents)
 from backend.plucker import plucker_embedding
-from backend.prior_scale import (check_subject_distance, distance_ratio, photo_depth, prior_field, scaled,
-                                 warped)
+from backend.prior_scale import (camera_height, check_ground_z, check_subject_distance, distance_ratio, photo_depth,
+                                 prior_field, scaled, warped)
 from backend.render import render
 
 SHIPPED_DIR = Path(__file__).resolve().parents[1] / "weights"  # models the project ships, by name
@@ -172,6 +172,12 @@ def model_inputs(pipe: WonderlandPipeline, image: np.ndarray, cameras: CameraBat
     return pixels, fitted, info
 
 
+def ground_info(camera0: CameraBatch, ground_z: float | None) -> dict:
+    """What a ground-reading prior was told: the ground's world Z and camera 0's height over it (None: none)."""
+    height = camera_height(camera0, ground_z)
+    return {"z": None if height is None else ground_z, "camera_height": None if height is None else round(height, 4)}
+
+
 def generate(pipe: WonderlandPipeline, image: np.ndarray, cameras: CameraBatch, *, steps: int | None = None,
              seed: int = 0, guidance_scale: float | None = None, controlnet_fraction: float | None = None,
              guidance_fraction: float = 1.0, prompt_embeds: torch.Tensor | None = None,
@@ -179,8 +185,8 @@ def generate(pipe: WonderlandPipeline, image: np.ndarray, cameras: CameraBatch, 
              video_preview: bool = False, vae_tiling: bool = False,
              prune_opacity: float | None = None, max_gaussians: int | None = None,
              detail_size: int = DEFAULT_DETAIL_SIZE, subject_distance: float | None = None,
-             device: torch.device | None = None, offload: bool = False, on_progress: ProgressFn | None = None,
-             should_cancel: Callable[[], bool] | None = None) -> GenerateResult:
+             ground_z: float | None = 0.0, device: torch.device | None = None, offload: bool = False,
+             on_progress: ProgressFn | None = None, should_cancel: Callable[[], bool] | None = None) -> GenerateResult:
     """Image [H, W, 3] floats in 0..1 and the caller's trajectory -> Gaussians in the caller's world.
 
     `prompt_embeds` [L, D] (e.g. T5 of a prompt, precomputed) turn on classifier-free guidance against
@@ -197,6 +203,8 @@ def generate(pipe: WonderlandPipeline, image: np.ndarray, cameras: CameraBatch, 
     (backend/coverage.py; info["detail"]["opaque"]). A model with a depth prior slides its Gaussians along camera
     0's rays to the photo's metric depth (its median: the size; a blur of the rest: the broad shape) and blends
     that depth into the layer's (backend/prior_scale.py; info["depth_prior"]).
+    A prior that reads the ground is told that camera 0 stands over a ground plane at world Z = `ground_z` (None:
+    no known ground; info["depth_prior"]["ground"]).
     `subject_distance` (the caller's world units) overrides the model's size: everything is scaled about camera
     0 so that the median depth of its view is that distance (info["subject_distance"]).
     """
@@ -221,6 +229,7 @@ def generate(pipe: WonderlandPipeline, image: np.ndarray, cameras: CameraBatch, 
         check_tiling(pipe.vae)  # before the minutes of sampling, not after
     check_detail_size(detail_size)
     check_subject_distance(subject_distance)
+    check_ground_z(ground_z)
     steps = steps or video_cfg.num_inference_steps
     device, dtype = device or pipe.device, pipe.lalrm.dtype
 
@@ -282,11 +291,16 @@ def generate(pipe: WonderlandPipeline, image: np.ndarray, cameras: CameraBatch, 
         if pipe.depth_prior is not None:
             settings = pipe.depth_prior.config
             prior_weight = settings.detail_weight
-            prior = photo_depth(pipe.depth_prior, torch.from_numpy(pixels), fitted[0])
+            prior = photo_depth(pipe.depth_prior, torch.from_numpy(pixels), fitted[0], ground_z)
             field, size = prior_field(view, prior, settings.shape_sigma)
             local = warped(local, field, camera0.K[0])
             info["depth_prior"] = {"scale": round(size, 4), "detail_weight": prior_weight,
-                                   "shape_sigma": settings.shape_sigma}
+                                   "shape_sigma": settings.shape_sigma,
+                                   "ground": ground_info(fitted[0], ground_z) if settings.ground else None}
+            if settings.ground and ground_z is not None and camera_height(fitted[0], ground_z) is None:
+                info["warnings"].append(f"the first camera stands at Z {float(fitted[0].c2w[0, 2, 3]):.3g}, not above "
+                                        f"the ground at Z {ground_z:g}: the scene's size was judged without a ground "
+                                        "(set the ground's Z, or say there is none)")
             if subject_distance is not None:
                 view = model_view(local.to("cpu", torch.float32), camera0)
         if subject_distance is not None:

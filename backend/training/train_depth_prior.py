@@ -3,7 +3,9 @@
 One step: `batch_size` frames, each a random frame of a training scene with a random crop (DataOptions'
 crop scale) resized to the model's size, flipped left-right at random (the rays' x flipped and negated
 with it: the mirrored camera). Loss: L1 of log depth where the map shows a surface away from silhouettes
-(backend/data/depth.py), the mean over those pixels. Depth maps are camera z in the world's unit (metres
+(backend/data/depth.py), the mean over those pixels. A prior that reads the ground is not told it in
+GROUND_WITHHELD of the frames, and its ground head learns, by cross-entropy (FLOOR_WEIGHT), which pixels show
+the ground (ground_labels: the truth's depth is the ground's there). Depth maps are camera z in the world's unit (metres
 for tools/synthetic_scenes.py), so the prior learns metres; scenes without depth/ are left out.
 
 Validation: the held-out scenes' frame 0 uncropped (what generate gives the prior: the input view), the same
@@ -17,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from backend.data import collate
@@ -27,6 +30,11 @@ from backend.models.model_dir import CONFIG_FILE, initial_part, read_config, wri
 from backend.training.engine import Trainer, TrainConfig
 
 log = logging.getLogger(__name__)
+
+SYNTHETIC_GROUND_Z = 0.0    # tools/synthetic_scenes.py stands every room's floor and yard on the world's Z = 0
+GROUND_WITHHELD = 0.25      # the share of frames a ground-reading prior trains without the ground (it may be unknown)
+GROUND_TOLERANCE = 0.05     # a pixel whose true log depth is this close to its ray's ground depth shows the ground
+FLOOR_WEIGHT = 0.1          # the ground head's cross-entropy beside the log-depth L1
 
 
 @dataclass
@@ -63,13 +71,17 @@ def check_export(folder: Path) -> None:
                          "export into a metric-scale model folder (train-lrm --scene-scale metric)")
 
 
-def batch_inputs(batch: dict, gravity: bool) -> tuple[Tensor, Tensor, Tensor]:
-    """(photo [N, 3, H, W], rays [N, 2 or 3, H, W], depth [N, H, W]; 0 = no valid depth) of a batch of 1-frame
-    clips; the rays with their rise along the world's up for a prior with `gravity`."""
+def batch_inputs(batch: dict, config: DepthPriorConfig, withheld: Tensor | None = None
+                 ) -> tuple[Tensor, Tensor, Tensor]:
+    """(photo [N, 3, H, W], rays [N, C, H, W]: ray_channels for `config`, depth [N, H, W]; 0 = no valid depth) of
+    a batch of 1-frame clips. A ground-reading prior is told the ground at SYNTHETIC_GROUND_Z, except in the
+    frames `withheld` [N] (bool) marks."""
     photo, depth, K, c2w = batch["frames"][:, 0], batch["depth"][:, 0], batch["K"][:, 0], batch["c2w"][:, 0]
     height, width = photo.shape[-2:]
-    rays = torch.stack([ray_channels(k.float().cpu(), height, width, pose.float().cpu() if gravity else None)
-                        for k, pose in zip(K, c2w)]).to(photo.device)
+    withheld = torch.zeros(len(K), dtype=torch.bool) if withheld is None else withheld
+    rays = torch.stack([ray_channels(k.float().cpu(), height, width, pose.float().cpu() if config.gravity else None,
+                                     config.ground, None if hide else SYNTHETIC_GROUND_Z)
+                        for k, pose, hide in zip(K, c2w, withheld.tolist())]).to(photo.device)
     return photo, rays, depth
 
 
@@ -82,11 +94,12 @@ def log_depth_l1(log_z: Tensor, depth: Tensor) -> Tensor:
 @dataclass
 class DepthPriorObjective:
     """The engine's step function (module docstring). A mirrored camera sees the world's up mirrored too, so
-    the rise channel only flips with the picture."""
-    gravity: bool
+    the rise channel only flips with the picture (and the ground channels, which follow from it)."""
+    config: DepthPriorConfig
 
     def __call__(self, model: nn.Module, batch: dict, stage: dict) -> dict[str, Tensor]:
-        photo, rays, depth = batch_inputs(batch, self.gravity)
+        withheld = torch.rand(batch["frames"].shape[0]) < GROUND_WITHHELD
+        photo, rays, depth = batch_inputs(batch, self.config, withheld)
         flip = torch.rand(photo.shape[0]) < 0.5
         if bool(flip.any()):
             photo, rays, depth = photo.clone(), rays.clone(), depth.clone()
@@ -94,7 +107,26 @@ class DepthPriorObjective:
             mirror = torch.ones(rays.shape[1], device=rays.device)
             mirror[0] = -1.0
             rays[flip] = rays[flip].flip(-1) * mirror[:, None, None]
-        return {"loss": log_depth_l1(model(photo, rays), depth)}
+        if not self.config.ground:
+            return {"loss": log_depth_l1(model(photo, rays), depth)}
+        log_z, floor = model(photo, rays, with_floor=True)
+        depth_loss, floor_loss = log_depth_l1(log_z, depth), ground_loss(floor, rays, depth)
+        return {"loss": depth_loss + FLOOR_WEIGHT * floor_loss, "depth": depth_loss.detach(), "floor": floor_loss.detach()}
+
+
+def ground_labels(rays: Tensor, depth: Tensor) -> tuple[Tensor, Tensor]:
+    """(1 where the truth lies on the ground within GROUND_TOLERANCE in log depth, else 0; the pixels that count:
+    rays that meet a told ground, with valid depth), each [N, H, W]."""
+    counted = (rays[:, -1] > 0) & (depth > 0)
+    on_ground = (depth.clamp_min(1e-6).log() - rays[:, -2]).abs() < GROUND_TOLERANCE
+    return (on_ground & counted).to(depth.dtype), counted
+
+
+def ground_loss(floor_logits: Tensor, rays: Tensor, depth: Tensor) -> Tensor:
+    """Binary cross-entropy of the ground head against ground_labels, the mean over the counted pixels."""
+    labels, counted = ground_labels(rays, depth)
+    bce = F.binary_cross_entropy_with_logits(floor_logits, labels, reduction="none")
+    return (bce * counted).sum() / counted.sum().clamp_min(1)
 
 
 def depth_validator(module: DepthPrior, dataset, max_items: int):
@@ -105,7 +137,7 @@ def depth_validator(module: DepthPrior, dataset, max_items: int):
         l1, scale, count = 0.0, 0.0, 0
         with torch.no_grad():
             for i in range(min(max_items, len(dataset))):
-                photo, rays, depth = batch_inputs(collate([dataset[i]]), module.config.gravity)
+                photo, rays, depth = batch_inputs(collate([dataset[i]]), module.config)
                 valid = depth > 0
                 if not bool(valid.any()):
                     continue
@@ -144,7 +176,7 @@ def train_depth_prior(run: DepthPriorRun) -> dict:
     if val_scenes:
         val_set = run.scenes.validation_clips(val_scenes, 1, height, width, run.train.seed)
         validate = depth_validator(trainer.unwrapped_model, val_set, run.scenes.val_clips)
-    trainer.fit(data, DepthPriorObjective(run.prior.gravity), collate_fn=collate, validate_fn=validate)
+    trainer.fit(data, DepthPriorObjective(run.prior), collate_fn=collate, validate_fn=validate)
     if run.export:
         trainer.export(DepthPrior(run.prior), lambda prior: write_part(run.export, "depth_prior", prior))
     trainer.end()

@@ -156,3 +156,34 @@ def test_subject_distance_reaches_the_backend_and_the_scale_line(job_scene):
     settings.subject_distance = 0.0                     # back to the model's own size
     assert bpy.ops.wonderland.generate(extra_args=FAST_PREVIEWS) == {'FINISHED'}
     assert settings.last_subject_distance == 0.0
+
+
+def test_the_ground_reaches_a_ground_reading_prior_and_the_scale_line(job_scene, tmp_path):
+    """Ground and Ground Z go to the job (--ground-z / --no-ground); a model whose depth prior reads the ground
+    reports the camera's height over it, which the scale line then names."""
+    import dataclasses
+
+    from backend.models.depth_prior import DepthPrior, DepthPriorConfig
+    from backend.models.model_dir import write_model
+    from backend.pipelines.wonderland import load_pipeline
+    from wonderland_blender.model_info import scale_text
+
+    tiny = load_pipeline("tiny")
+    folder = tmp_path / "ground-model"
+    write_model(folder, dataclasses.replace(tiny.config, scene_scale="metric"), tiny.vae, tiny.transformer,
+                tiny.scheduler, tiny.lalrm, depth_prior=DepthPrior(DepthPriorConfig(widths=(8, 16), gravity=True,
+                                                                                    ground=True)))
+    settings = job_scene.wonderland
+    settings.model, settings.ground_z = str(folder), -0.5
+    assert bpy.ops.wonderland.generate(extra_args=FAST_PREVIEWS) == {'FINISHED'}
+    folder = Path(next(o for o in job_scene.objects if RESULT_KEY in o)[RESULT_KEY])
+    ground = json.loads((folder / "meta.json").read_text())["depth_prior"]["ground"]
+    assert ground["z"] == -0.5 and ground["camera_height"] == pytest.approx(1.5, abs=1e-3)   # the camera at Z 1
+    assert settings.last_camera_height == pytest.approx(1.5, abs=1e-3)
+    assert "height over the ground" in scale_text(settings.last_move_length, settings.last_scene_scale,
+                                                  settings.last_subject_distance, settings.last_camera_height)
+    settings.use_ground = False
+    assert bpy.ops.wonderland.generate(extra_args=FAST_PREVIEWS) == {'FINISHED'}
+    folder = Path(settings.last_result_path).parent
+    assert json.loads((folder / "meta.json").read_text())["depth_prior"]["ground"]["z"] is None
+    assert settings.last_camera_height == 0.0
