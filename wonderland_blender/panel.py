@@ -192,7 +192,7 @@ class WONDERLAND_PT_main(bpy.types.Panel):
         sub = row.row(align=True)
         sub.active = s.use_ground
         sub.prop(s, "ground_z")
-        if s.use_ground and cam_obj is not None:
+        if s.use_ground and cam_obj is not None:   # at the current frame: drawing cannot step to the first
             text, icon = ground_text(cam_obj.matrix_world.translation.z, s.ground_z)
             col.label(text=text, icon=icon)
         col.prop(s, "video_preview")
@@ -215,8 +215,7 @@ class WONDERLAND_PT_main(bpy.types.Panel):
             for warning in filter(None, s.last_warnings.split("\n")):
                 box.label(text=f"Backend: {warning}", icon='ERROR')
             box.label(text=scale_text(s.last_move_length, s.last_scene_scale, s.last_subject_distance,
-                                           s.last_camera_height),
-                      icon='INFO')
+                                      s.last_camera_height), icon='INFO')
             if operator_available("WONDERLAND_OT_open_preview"):
                 box.operator("wonderland.open_preview", icon='IMAGE_DATA')
             if operator_available("WONDERLAND_OT_input_view_mesh"):
