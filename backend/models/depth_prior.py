@@ -42,7 +42,7 @@ from backend.plucker import camera_directions
 PHOTO_CHANNELS = 3
 MIN_FALL = 0.01                 # rays that fall less than this per unit of camera z are taken to miss the ground
 INITIAL_LOG_DEPTH = 1.0         # the head's starting output, e^1 = 2.7: a room's median depth in metres
-INITIAL_FLOOR_LOGIT = -1.0      # sigmoid 0.27: about the share of a room picture's falling rays that see the floor
+INITIAL_FLOOR_LOGIT = -1.0      # sigmoid 0.27, a room picture's share of floor, under FLOOR_SURE: a new head moves nothing
 FLOOR_POWER = 4                 # the ground head's probability, sharpened: pixels it is unsure of hardly count,
 FLOOR_SURE = 0.84               # and those under this not at (chosen on validation rooms, as the power)
 FLOOR_PRIOR_SHARE = 0.01       # ground_shift's shrinkage, as a share of the picture's pixels
