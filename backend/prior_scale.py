@@ -51,15 +51,6 @@ def check_ground_z(value: float | None) -> None:
                          f"Blender's floor grid), within ±{MAX_SUBJECT_DISTANCE:g}; or --no-ground when there is none")
 
 
-def camera_height(camera0: CameraBatch, ground_z: float | None) -> float | None:
-    """How far camera 0 stands above a ground plane at world Z = ground_z; None when the ground is unknown or
-    the camera is not above it (then the prior is not told one)."""
-    if ground_z is None:
-        return None
-    height = float(camera0.c2w[0, 2, 3]) - ground_z
-    return height if height > 0 else None
-
-
 def photo_depth(prior: DepthPrior, photo: Tensor, camera0: CameraBatch, ground_z: float | None = None) -> Tensor:
     """Camera z [h, w] (the world's unit) of photo [h, w, 3] in 0..1 seen by camera0, in the caller's world (a
     gravity prior reads its up, a ground prior where its rays meet the ground at world Z = ground_z: None, or a

@@ -96,18 +96,27 @@ def ray_channels(K: Tensor, height: int, width: int, c2w: Tensor | None = None, 
     rise = d @ c2w[2, :3].to(d.dtype)          # the world's up in the camera's frame is c2w's rotation's last row
     channels = [d[..., 0], d[..., 1], rise]
     if ground:
-        channels += ground_channels(rise, None if ground_z is None else float(c2w[2, 3]) - ground_z)
+        channels += ground_channels(rise, camera_height(c2w, ground_z))
     return torch.stack(channels)
 
 
-def ground_channels(rise: Tensor, camera_height: float | None) -> list[Tensor]:
-    """[log camera z where each ray meets a ground plane camera_height below the camera, 1 where it does]: each
-    [h, w], zero where the ray does not fall by MIN_FALL (the plane beyond 1 / MIN_FALL heights or behind) or the
-    height is unknown (None) or not above the plane."""
-    if camera_height is None or not camera_height > 0:
+def camera_height(c2w: Tensor, ground_z: float | None) -> float | None:
+    """How far a camera (world pose c2w [4, 4]) stands above a ground plane at world Z = ground_z; None when the
+    ground is unknown (None) or the camera is not above it: then a ground prior is told no ground."""
+    if ground_z is None:
+        return None
+    height = float(c2w[2, 3]) - ground_z
+    return height if height > 0 else None
+
+
+def ground_channels(rise: Tensor, height: float | None) -> list[Tensor]:
+    """[log camera z where each ray meets a ground plane `height` below the camera, 1 where it does]: each
+    [h, w], zero where the ray does not fall by MIN_FALL (the plane beyond 1 / MIN_FALL heights or behind) and
+    everywhere when the height is None (camera_height: no ground)."""
+    if height is None:
         return [torch.zeros_like(rise), torch.zeros_like(rise)]
     meets = rise < -MIN_FALL
-    log_z = (camera_height / (-rise).clamp_min(MIN_FALL)).log()
+    log_z = (height / (-rise).clamp_min(MIN_FALL)).log()
     return [torch.where(meets, log_z, torch.zeros_like(rise)), meets.to(rise.dtype)]
 
 

@@ -23,7 +23,7 @@ from backend.errors import Cancelled, InputError
 from backend.gaussians import Gaussians
 from backend.images import crop_resize
 from backend.models.config import NAMED_CONFIGS, ModelConfig
-from backend.models.depth_prior import DepthPrior
+from backend.models.depth_prior import DepthPrior, camera_height
 from backend.models.lalrm import LaLRM
 from backend.models.video import CameraControlledTransformer, build_scheduler, build_vae
 from backend.models.model_dir import CONFIG_FILE, read_model, read_part, write_model
@@ -32,8 +32,8 @@ from backend.palette import matched_to_photo
 from backend.pipelines.camera_i2v import (check_tiling, compile_blocks, decode_latents, encode_image,
                                           sample_video_latents)
 from backend.plucker import plucker_embedding
-from backend.prior_scale import (camera_height, check_ground_z, check_subject_distance, distance_ratio, photo_depth,
-                                 prior_field, scaled, warped)
+from backend.prior_scale import (check_ground_z, check_subject_distance, distance_ratio, photo_depth, prior_field,
+                                 scaled, warped)
 from backend.render import render
 
 SHIPPED_DIR = Path(__file__).resolve().parents[1] / "weights"  # models the project ships, by name
@@ -174,7 +174,7 @@ def model_inputs(pipe: WonderlandPipeline, image: np.ndarray, cameras: CameraBat
 
 def ground_info(camera0: CameraBatch, ground_z: float | None) -> dict:
     """What a ground-reading prior was told: the ground's world Z and camera 0's height over it (None: none)."""
-    height = camera_height(camera0, ground_z)
+    height = camera_height(camera0.c2w[0], ground_z)
     return {"z": None if height is None else ground_z, "camera_height": None if height is None else round(height, 4)}
 
 
@@ -297,7 +297,7 @@ def generate(pipe: WonderlandPipeline, image: np.ndarray, cameras: CameraBatch, 
             info["depth_prior"] = {"scale": round(size, 4), "detail_weight": prior_weight,
                                    "shape_sigma": settings.shape_sigma,
                                    "ground": ground_info(fitted[0], ground_z) if settings.ground else None}
-            if settings.ground and ground_z is not None and camera_height(fitted[0], ground_z) is None:
+            if settings.ground and ground_z is not None and info["depth_prior"]["ground"]["z"] is None:
                 info["warnings"].append(f"the first camera stands at Z {float(fitted[0].c2w[0, 2, 3]):.3g}, not above "
                                         f"the ground at Z {ground_z:g}: the scene's size was judged without a ground "
                                         "(set the ground's Z, or say there is none)")
