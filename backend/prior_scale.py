@@ -28,11 +28,16 @@ SEEN_ALPHA = 0.5        # pixels where the model's view is this opaque take part
 MAX_SUBJECT_DISTANCE = 1e5  # scene units (100 km in metres): farther, float32 splats lose their shape
 
 
+def as_number(value) -> float:
+    """value as a float if it is an int or float (not a bool), else NaN: a check's one test then refuses it."""
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
+
+
 def check_subject_distance(value: float | None) -> None:
     """None (the model's own size) or a finite distance in (0, MAX_SUBJECT_DISTANCE]; else an InputError."""
     if value is None:
         return
-    number = value if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
+    number = as_number(value)
     if not (math.isfinite(number) and 0 < number <= MAX_SUBJECT_DISTANCE):
         raise InputError(f"--subject-distance {value!r} is out of range",
                          "give how far the picture's subject is from its camera, in scene units (metres in a "
@@ -44,7 +49,7 @@ def check_ground_z(value: float | None) -> None:
     """None (no ground known) or a finite height within ±MAX_SUBJECT_DISTANCE; else an InputError."""
     if value is None:
         return
-    number = value if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
+    number = as_number(value)
     if not (math.isfinite(number) and abs(number) <= MAX_SUBJECT_DISTANCE):
         raise InputError(f"--ground-z {value!r} is out of range",
                          "give the world Z of the ground the picture's camera stands over, in scene units (0 for "
