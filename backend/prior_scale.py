@@ -21,7 +21,7 @@ from torch import Tensor
 from backend.cameras import CameraBatch, sampled_at
 from backend.errors import InputError
 from backend.gaussians import Gaussians
-from backend.models.depth_prior import DepthPrior, ray_channels
+from backend.models.depth_prior import DepthPrior
 from backend.render import RenderOutput
 
 SEEN_ALPHA = 0.5        # pixels where the model's view is this opaque take part in the median
@@ -62,8 +62,7 @@ def photo_depth(prior: DepthPrior, photo: Tensor, camera0: CameraBatch, ground_z
     camera not above it, tells it none), with K at the photo's size."""
     h, w = photo.shape[:2]
     device = next(prior.parameters()).device
-    pose = camera0.c2w[0].to(torch.float32).cpu() if prior.config.gravity else None
-    rays = ray_channels(camera0.K[0].to(torch.float32).cpu(), h, w, pose, prior.config.ground, ground_z)
+    rays = prior.config.rays(camera0.K[0], h, w, camera0.c2w[0], ground_z)
     with torch.no_grad():
         log_z = prior(photo.permute(2, 0, 1)[None].to(device, torch.float32), rays[None].to(device))
     return log_z[0].exp().cpu()

@@ -62,6 +62,12 @@ class DepthPriorConfig:
     def ray_channel_count(self) -> int:
         return 2 + self.gravity + 2 * self.ground
 
+    def rays(self, K: Tensor, height: int, width: int, c2w: Tensor, ground_z: float | None) -> Tensor:
+        """The ray_channels this prior reads, float32 on the CPU, for a camera (K [3, 3] at height × width, world
+        pose c2w [4, 4]) over a ground plane at world Z = ground_z (None: none)."""
+        return ray_channels(K.float().cpu(), height, width, c2w.float().cpu() if self.gravity else None, self.ground,
+                            ground_z)
+
     def __post_init__(self) -> None:
         self.widths = tuple(self.widths)
         if len(self.widths) < 2 or any(not isinstance(w, int) or w < 8 or w % 8 for w in self.widths):

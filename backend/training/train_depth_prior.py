@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from backend.data import collate
 from backend.data.scenes import DataOptions, Scene
 from backend.errors import InputError
-from backend.models.depth_prior import DepthPrior, DepthPriorConfig, ray_channels
+from backend.models.depth_prior import DepthPrior, DepthPriorConfig
 from backend.models.model_dir import CONFIG_FILE, initial_part, read_config, write_part
 from backend.training.engine import Trainer, TrainConfig
 
@@ -79,8 +79,7 @@ def batch_inputs(batch: dict, config: DepthPriorConfig, withheld: Tensor | None 
     photo, depth, K, c2w = batch["frames"][:, 0], batch["depth"][:, 0], batch["K"][:, 0], batch["c2w"][:, 0]
     height, width = photo.shape[-2:]
     withheld = torch.zeros(len(K), dtype=torch.bool) if withheld is None else withheld
-    rays = torch.stack([ray_channels(k.float().cpu(), height, width, pose.float().cpu() if config.gravity else None,
-                                     config.ground, None if hide else SYNTHETIC_GROUND_Z)
+    rays = torch.stack([config.rays(k, height, width, pose, None if hide else SYNTHETIC_GROUND_Z)
                         for k, pose, hide in zip(K, c2w, withheld.tolist())]).to(photo.device)
     return photo, rays, depth
 
